@@ -1,0 +1,302 @@
+//! Cache entries: a stored HTTP response, a raw value or a Vary index, plus the
+//! metadata that decides how long it is fresh, how long it may be served stale
+//! and how long it is kept.
+
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+
+use crate::{DecodeError, codec};
+
+/// What an entry holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Payload {
+    /// A complete HTTP response.
+    Response(StoredResponse),
+    /// An opaque value (the data cache API stores serialized values here).
+    Value(Bytes),
+    /// The response for this key varies on these request headers: the
+    /// response itself is stored under a second-level key built from their
+    /// values (as Django's cache middleware does).
+    Variants(Vec<HeaderName>),
+}
+
+/// A stored HTTP response, ready to serve.
+///
+/// The body is [`Bytes`]: serving a hit clones a reference count, never the body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredResponse {
+    /// The status code.
+    pub status: StatusCode,
+    /// The response headers as stored (hop-by-hop headers removed).
+    pub headers: HeaderMap,
+    /// The complete body.
+    pub body: Bytes,
+}
+
+impl StoredResponse {
+    /// The strong or weak entity tag, if the origin sent one.
+    pub fn etag(&self) -> Option<&HeaderValue> {
+        self.headers.get(header::ETAG)
+    }
+
+    /// The `Last-Modified` validator, if the origin sent one.
+    pub fn last_modified(&self) -> Option<&HeaderValue> {
+        self.headers.get(header::LAST_MODIFIED)
+    }
+
+    /// Whether the response carries a validator, so a stale copy can be
+    /// revalidated with a conditional request instead of refetched.
+    pub fn has_validator(&self) -> bool {
+        self.etag().is_some() || self.last_modified().is_some()
+    }
+}
+
+/// When an entry was stored, how long it is fresh, may be served stale, and kept.
+///
+/// Times are absolute (wall clock), so an entry copied between tiers or
+/// replayed from a journal keeps its *remaining* lifetime, never a fresh one.
+/// The binary codec keeps millisecond precision for times and whole seconds
+/// for the windows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EntryMeta {
+    /// When the response was received from the origin (or the value was set).
+    pub stored_at: SystemTime,
+    /// The entry is fresh before this instant.
+    pub fresh_until: SystemTime,
+    /// Tiers may keep the entry until this instant (fresh time plus the stale
+    /// windows, or longer for responses that can be revalidated).
+    pub keep_until: SystemTime,
+    /// `stale-while-revalidate`: after `fresh_until`, serve stale for this long
+    /// while one background request refreshes the entry.
+    pub stale_while_revalidate: Duration,
+    /// `stale-if-error`: after `fresh_until`, serve stale for this long when the
+    /// origin fails.
+    pub stale_if_error: Duration,
+    /// The response's age when it was stored (its `Age` header and any
+    /// apparent age from `Date`), added to the resident time in `Age`.
+    pub initial_age: Duration,
+    /// `must-revalidate` / `proxy-revalidate` / `no-cache`: a stale copy must
+    /// never be served without successful revalidation, whatever the windows say.
+    pub must_revalidate: bool,
+    /// Tags the entry can be invalidated by.
+    pub tags: Vec<String>,
+}
+
+impl EntryMeta {
+    /// Metadata for an entry stored at `stored_at`, fresh and kept for `ttl`,
+    /// with no stale windows and no tags.
+    pub fn new(stored_at: SystemTime, ttl: Duration) -> Self {
+        let until = stored_at.checked_add(ttl).unwrap_or(stored_at);
+        Self {
+            stored_at,
+            fresh_until: until,
+            keep_until: until,
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            initial_age: Duration::ZERO,
+            must_revalidate: false,
+            tags: Vec::new(),
+        }
+    }
+
+    /// Sets the stale windows and extends `keep_until` to cover them.
+    pub fn with_stale_windows(mut self, while_revalidate: Duration, if_error: Duration) -> Self {
+        self.stale_while_revalidate = while_revalidate;
+        self.stale_if_error = if_error;
+        let stale = while_revalidate.max(if_error);
+        let keep = self
+            .fresh_until
+            .checked_add(stale)
+            .unwrap_or(self.fresh_until);
+        self.keep_until = self.keep_until.max(keep);
+        self
+    }
+
+    /// Keeps the entry at least until `until` (e.g. so it can be revalidated).
+    pub fn keep_at_least_until(mut self, until: SystemTime) -> Self {
+        self.keep_until = self.keep_until.max(until);
+        self
+    }
+
+    /// Sets the age the entry had when stored.
+    pub fn with_initial_age(mut self, age: Duration) -> Self {
+        self.initial_age = age;
+        self
+    }
+
+    /// Marks the entry as never servable stale.
+    pub fn with_must_revalidate(mut self, must_revalidate: bool) -> Self {
+        self.must_revalidate = must_revalidate;
+        self
+    }
+
+    /// Sets the tags.
+    pub fn with_tags<I, S>(mut self, tags: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.tags = tags.into_iter().map(Into::into).collect();
+        self
+    }
+}
+
+/// Whether an entry may be served now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    /// Fresh for `ttl` more.
+    Fresh {
+        /// Time left until the entry becomes stale.
+        ttl: Duration,
+    },
+    /// Stale by `stale_for`.
+    Stale {
+        /// How long ago the entry became stale.
+        stale_for: Duration,
+        /// It may be served while one background request refreshes it.
+        within_stale_while_revalidate: bool,
+        /// It may be served if the origin fails.
+        within_stale_if_error: bool,
+    },
+}
+
+/// A cache entry: a payload plus its [`EntryMeta`].
+///
+/// Tiers share entries as `Arc<Entry>`: the memory tier holds them decoded, so
+/// a hit neither parses nor copies anything; only the Redis tiers use the
+/// [binary encoding](Entry::encode).
+///
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// use bytes::Bytes;
+/// use cachette_core::{Entry, EntryMeta, Freshness};
+///
+/// let now = SystemTime::now();
+/// let entry = Entry::value(Bytes::from_static(b"42"), EntryMeta::new(now, Duration::from_secs(60)));
+/// let bytes = entry.encode();
+/// let back = Entry::decode(bytes).unwrap();
+/// assert!(matches!(back.freshness(now), Freshness::Fresh { .. }));
+/// // Corrupt bytes are an error the caller treats as a miss, never a panic.
+/// assert!(Entry::decode(bytes::Bytes::from_static(b"garbage")).is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    payload: Payload,
+    meta: EntryMeta,
+}
+
+impl Entry {
+    /// An entry holding any payload.
+    pub fn new(payload: Payload, meta: EntryMeta) -> Self {
+        Self { payload, meta }
+    }
+
+    /// An entry holding an HTTP response.
+    pub fn response(response: StoredResponse, meta: EntryMeta) -> Self {
+        Self::new(Payload::Response(response), meta)
+    }
+
+    /// An entry holding an opaque value.
+    pub fn value(value: Bytes, meta: EntryMeta) -> Self {
+        Self::new(Payload::Value(value), meta)
+    }
+
+    /// An entry recording that responses for a key vary on `headers`.
+    pub fn variants(headers: Vec<HeaderName>, meta: EntryMeta) -> Self {
+        Self::new(Payload::Variants(headers), meta)
+    }
+
+    /// The payload.
+    pub fn payload(&self) -> &Payload {
+        &self.payload
+    }
+
+    /// The metadata.
+    pub fn meta(&self) -> &EntryMeta {
+        &self.meta
+    }
+
+    /// The stored response, if this entry holds one.
+    pub fn as_response(&self) -> Option<&StoredResponse> {
+        match &self.payload {
+            Payload::Response(response) => Some(response),
+            _ => None,
+        }
+    }
+
+    /// Splits the entry into its parts.
+    pub fn into_parts(self) -> (Payload, EntryMeta) {
+        (self.payload, self.meta)
+    }
+
+    /// Whether the entry is fresh at `now`, or how stale it is.
+    pub fn freshness(&self, now: SystemTime) -> Freshness {
+        match self.meta.fresh_until.duration_since(now) {
+            Ok(ttl) if !ttl.is_zero() => Freshness::Fresh { ttl },
+            _ => {
+                let stale_for = now
+                    .duration_since(self.meta.fresh_until)
+                    .unwrap_or_default();
+                let may_serve_stale = !self.meta.must_revalidate;
+                Freshness::Stale {
+                    stale_for,
+                    within_stale_while_revalidate: may_serve_stale
+                        && stale_for < self.meta.stale_while_revalidate,
+                    within_stale_if_error: may_serve_stale && stale_for < self.meta.stale_if_error,
+                }
+            }
+        }
+    }
+
+    /// How long tiers should still keep the entry; zero once `keep_until` has
+    /// passed (saturating: an expired entry never wraps to a huge TTL).
+    pub fn remaining_ttl(&self, now: SystemTime) -> Duration {
+        self.meta
+            .keep_until
+            .duration_since(now)
+            .unwrap_or(Duration::ZERO)
+    }
+
+    /// The entry's current age: its age when stored plus its time in cache.
+    pub fn age(&self, now: SystemTime) -> Duration {
+        self.meta.initial_age
+            + now
+                .duration_since(self.meta.stored_at)
+                .unwrap_or(Duration::ZERO)
+    }
+
+    /// Approximate memory held by the entry, used to bound the memory tier by bytes.
+    pub fn weight(&self) -> usize {
+        const OVERHEAD: usize = 160;
+        let tags: usize = self.meta.tags.iter().map(|t| t.len() + 24).sum();
+        let payload = match &self.payload {
+            Payload::Response(r) => {
+                r.body.len()
+                    + r.headers
+                        .iter()
+                        .map(|(n, v)| n.as_str().len() + v.len() + 48)
+                        .sum::<usize>()
+            }
+            Payload::Value(v) => v.len(),
+            Payload::Variants(names) => names.iter().map(|n| n.as_str().len() + 24).sum(),
+        };
+        OVERHEAD + tags + payload
+    }
+
+    /// Encodes the entry in cachette's binary format (magic number, format
+    /// version, fields, CRC32).
+    pub fn encode(&self) -> Bytes {
+        codec::encode(self)
+    }
+
+    /// Decodes bytes written by [`Entry::encode`]. Truncated, corrupt or
+    /// other-version input is an error (callers treat it as a miss); it never
+    /// panics. The body is a zero-copy slice of `bytes`.
+    pub fn decode(bytes: Bytes) -> Result<Self, DecodeError> {
+        codec::decode(bytes)
+    }
+}

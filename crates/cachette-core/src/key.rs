@@ -1,0 +1,95 @@
+//! Cache keys.
+
+use std::{borrow::Borrow, fmt, sync::Arc};
+
+use crate::CacheError;
+
+/// The longest key accepted, in bytes. Longer keys are a sign of unbounded user
+/// input; key builders hash overlong parts instead of passing them through.
+pub const MAX_KEY_LEN: usize = 1024;
+
+/// A cache key: a readable, immutable string that is cheap to clone.
+///
+/// Keys stay readable (`GET:example.com/users/1?page=2`) so that invalidation
+/// by prefix can work on them; builders hash only overlong parts.
+///
+/// ```
+/// use cachette_core::CacheKey;
+///
+/// let key = CacheKey::new("GET:example.com/users/1").unwrap();
+/// assert!(key.starts_with("GET:example.com/users/"));
+/// assert!(CacheKey::new("bad\nkey").is_err());
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CacheKey(Arc<str>);
+
+impl CacheKey {
+    /// Validates and wraps `key`: it must be non-empty, at most [`MAX_KEY_LEN`]
+    /// bytes, and free of control characters and spaces.
+    pub fn new(key: impl AsRef<str>) -> Result<Self, CacheError> {
+        let key = key.as_ref();
+        if key.is_empty() {
+            return Err(CacheError::InvalidKey("empty key".into()));
+        }
+        if key.len() > MAX_KEY_LEN {
+            return Err(CacheError::InvalidKey(format!(
+                "{} bytes is longer than the limit of {MAX_KEY_LEN}",
+                key.len()
+            )));
+        }
+        if let Some(c) = key.chars().find(|c| c.is_control() || *c == ' ') {
+            return Err(CacheError::InvalidKey(format!(
+                "contains the character {c:?}"
+            )));
+        }
+        Ok(Self(Arc::from(key)))
+    }
+
+    /// The key as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether the key starts with `prefix` (used by prefix invalidation).
+    pub fn starts_with(&self, prefix: &str) -> bool {
+        self.0.starts_with(prefix)
+    }
+}
+
+impl fmt::Debug for CacheKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for CacheKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl AsRef<str> for CacheKey {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Borrow<str> for CacheKey {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<&str> for CacheKey {
+    type Error = CacheError;
+    fn try_from(value: &str) -> Result<Self, Self::Error> {
+        Self::new(value)
+    }
+}
+
+impl TryFrom<String> for CacheKey {
+    type Error = CacheError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::new(value)
+    }
+}

@@ -1,0 +1,31 @@
+//! The core model of [cachette](https://docs.rs/cachette): keys, entries and
+//! their binary encoding, the [`Backend`] trait every tier implements,
+//! [`Tiered`] (tiers read in order, promotion, timeouts, circuit breakers),
+//! [`SingleFlight`] and stats.
+//!
+//! Most applications use the `cachette` facade crate instead of this one.
+
+mod backend;
+mod breaker;
+pub mod codec;
+mod entry;
+mod error;
+mod key;
+mod single_flight;
+mod stats;
+mod tiered;
+
+pub use backend::Backend;
+pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker};
+pub use entry::{Entry, EntryMeta, Freshness, Payload, StoredResponse};
+pub use error::{BoxError, CacheError, DecodeError};
+pub use key::{CacheKey, MAX_KEY_LEN};
+pub use single_flight::{Role, SingleFlight};
+pub use stats::{
+    CacheCounters, CacheCountersSnapshot, LatencyHistogram, LatencySnapshot, StatsSnapshot,
+    TierCounters, TierCountersSnapshot, TierSnapshot, TierStats,
+};
+pub use tiered::{Hit, TierFailure, TierOptions, Tiered, TieredBuilder, WriteReport};
+
+/// Re-exported so that backends implement [`Backend`] with the same macro version.
+pub use async_trait::async_trait;

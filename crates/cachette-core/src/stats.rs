@@ -1,0 +1,198 @@
+//! Cheap counters and latency histograms, readable as snapshots.
+
+use std::{
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
+
+use crate::BreakerState;
+
+const BUCKETS: usize = 32;
+
+/// A lock-free latency histogram with power-of-two microsecond buckets
+/// (`< 1µs`, `< 2µs`, `< 4µs`, ... `< 2^31µs`). Percentiles are reported as the
+/// upper bound of their bucket: at most a factor of two high, never low.
+#[derive(Debug, Default)]
+pub struct LatencyHistogram {
+    buckets: [AtomicU64; BUCKETS],
+}
+
+impl LatencyHistogram {
+    /// Records one observation.
+    pub fn record(&self, elapsed: Duration) {
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        let bucket = (u64::BITS - micros.leading_zeros()) as usize;
+        self.buckets[bucket.min(BUCKETS - 1)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The number of observations and the p50, p90 and p99 bucket bounds.
+    pub fn snapshot(&self) -> LatencySnapshot {
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        let quantile = |q: f64| -> Duration {
+            if total == 0 {
+                return Duration::ZERO;
+            }
+            // Rank of the q-quantile observation, 1-based.
+            let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+            let mut seen = 0;
+            for (i, count) in counts.iter().enumerate() {
+                seen += count;
+                if seen >= rank {
+                    return Duration::from_micros(1u64 << i);
+                }
+            }
+            Duration::from_micros(1u64 << (BUCKETS - 1))
+        };
+        LatencySnapshot {
+            count: total,
+            p50: quantile(0.50),
+            p90: quantile(0.90),
+            p99: quantile(0.99),
+        }
+    }
+}
+
+/// Latency percentiles (bucket upper bounds) at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LatencySnapshot {
+    /// Observations recorded.
+    pub count: u64,
+    /// Median.
+    pub p50: Duration,
+    /// 90th percentile.
+    pub p90: Duration,
+    /// 99th percentile.
+    pub p99: Duration,
+}
+
+macro_rules! counters {
+    ($(#[$meta:meta])* $name:ident / $snap:ident { $($(#[$fmeta:meta])* $field:ident),* $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Default)]
+        pub struct $name {
+            $($(#[$fmeta])* pub $field: AtomicU64,)*
+        }
+
+        /// A point-in-time copy of the counters.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+        #[non_exhaustive]
+        pub struct $snap {
+            $($(#[$fmeta])* pub $field: u64,)*
+        }
+
+        impl $name {
+            /// Reads every counter.
+            pub fn snapshot(&self) -> $snap {
+                $snap { $($field: self.$field.load(Ordering::Relaxed),)* }
+            }
+        }
+    };
+}
+
+counters! {
+    /// Counters of one tier.
+    TierCounters / TierCountersSnapshot {
+        /// Reads that found an entry.
+        hits,
+        /// Reads that found nothing.
+        misses,
+        /// Calls that failed (including unreadable entries).
+        errors,
+        /// Calls that exceeded the tier's timeout.
+        timeouts,
+        /// Calls skipped because the breaker was open.
+        skipped,
+        /// Successful writes.
+        writes,
+        /// Entries copied up into this tier from a lower one.
+        promotions,
+    }
+}
+
+counters! {
+    /// Counters of one named cache, as seen by its callers (the HTTP layer, the
+    /// data API).
+    CacheCounters / CacheCountersSnapshot {
+        /// Answered from a fresh entry.
+        hits,
+        /// No usable entry: went to the origin.
+        misses,
+        /// Answered from a stale entry (stale-while-revalidate or stale-if-error).
+        stale_served,
+        /// Waited on another request's origin call instead of making one.
+        coalesced,
+        /// Responses stored.
+        stored,
+        /// Origin responses that were not storable.
+        not_stored,
+        /// Stale entries revalidated with a 304 from the origin.
+        revalidated,
+        /// Requests that bypassed the cache (method, `unless` predicate, ...).
+        bypassed,
+        /// Origin failures (errors, timeouts, 5xx) seen by the cache.
+        origin_errors,
+        /// Invalidations issued (keys, prefixes, tags, clears).
+        invalidations,
+    }
+}
+
+/// Counters plus latency of one tier.
+#[derive(Debug, Default)]
+pub struct TierStats {
+    /// The counters.
+    pub counters: TierCounters,
+    /// Latency of every attempted call.
+    pub latency: LatencyHistogram,
+}
+
+/// One tier's stats at one moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TierSnapshot {
+    /// The tier's name (`memory`, `local`, `master`, ...).
+    pub name: String,
+    /// The backend kind.
+    pub kind: &'static str,
+    /// The breaker's state.
+    pub breaker: BreakerState,
+    /// The counters.
+    pub counters: TierCountersSnapshot,
+    /// Latency percentiles.
+    pub latency: LatencySnapshot,
+}
+
+/// A named cache's stats at one moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StatsSnapshot {
+    /// The cache's name.
+    pub name: String,
+    /// Cache-level counters.
+    pub cache: CacheCountersSnapshot,
+    /// One entry per tier, in read order.
+    pub tiers: Vec<TierSnapshot>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_quantiles_bound_observations() {
+        let h = LatencyHistogram::default();
+        for _ in 0..98 {
+            h.record(Duration::from_micros(3));
+        }
+        h.record(Duration::from_millis(5));
+        h.record(Duration::from_millis(5));
+        let s = h.snapshot();
+        assert_eq!(s.count, 100);
+        assert_eq!(s.p50, Duration::from_micros(4));
+        assert!(s.p99 >= Duration::from_millis(5) && s.p99 < Duration::from_millis(10));
+    }
+}

@@ -1,0 +1,443 @@
+//! [`Tiered`]: an ordered list of tiers read in order, with promotion, per-call
+//! timeouts and a circuit breaker per tier.
+
+use std::{
+    fmt,
+    future::Future,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use crate::{
+    Backend, BreakerConfig, BreakerState, CacheCounters, CacheError, CacheKey, CircuitBreaker,
+    Entry, StatsSnapshot, TierSnapshot, TierStats,
+};
+
+/// How [`Tiered`] wraps the calls to one tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TierOptions {
+    /// Every call to the tier is abandoned after this long (`None`: no timeout,
+    /// for tiers that cannot block, like the in-process memory tier).
+    pub timeout: Option<Duration>,
+    /// When the tier is skipped after failures.
+    pub breaker: BreakerConfig,
+}
+
+impl TierOptions {
+    /// Options with the given timeout and the default breaker.
+    pub fn with_timeout(timeout: Option<Duration>) -> Self {
+        Self {
+            timeout,
+            breaker: BreakerConfig::default(),
+        }
+    }
+}
+
+struct Tier {
+    name: Arc<str>,
+    backend: Arc<dyn Backend>,
+    options: TierOptions,
+    breaker: CircuitBreaker,
+    stats: TierStats,
+}
+
+impl fmt::Debug for Tier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tier")
+            .field("name", &self.name)
+            .field("backend", &self.backend)
+            .field("options", &self.options)
+            .field("breaker", &self.breaker.state())
+            .finish()
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    name: String,
+    tiers: Vec<Tier>,
+    counters: CacheCounters,
+}
+
+/// A named cache made of tiers, read in order: the first hit wins and is
+/// copied into the tiers above it with its *remaining* lifetime.
+///
+/// Every tier call has a timeout and goes through the tier's circuit breaker:
+/// a failing tier makes a call slower (then skipped), never failed. `Tiered` is
+/// cheap to clone (an `Arc`).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// # use std::{sync::Arc, time::{Duration, SystemTime}};
+/// # use bytes::Bytes;
+/// # use cachette_core::*;
+/// # #[derive(Debug, Default)] struct Map(std::sync::Mutex<std::collections::HashMap<CacheKey, Arc<Entry>>>);
+/// # #[async_trait::async_trait] impl Backend for Map {
+/// #   fn kind(&self) -> &'static str { "map" }
+/// #   async fn get(&self, k: &CacheKey) -> Result<Option<Arc<Entry>>, CacheError> { Ok(self.0.lock().unwrap().get(k).cloned()) }
+/// #   async fn set(&self, k: &CacheKey, e: Arc<Entry>, _: Duration) -> Result<(), CacheError> { self.0.lock().unwrap().insert(k.clone(), e); Ok(()) }
+/// #   async fn delete(&self, k: &CacheKey) -> Result<bool, CacheError> { Ok(self.0.lock().unwrap().remove(k).is_some()) }
+/// #   async fn invalidate_prefix(&self, _: &str) -> Result<(), CacheError> { Ok(()) }
+/// #   async fn invalidate_tag(&self, _: &str) -> Result<(), CacheError> { Ok(()) }
+/// #   async fn clear(&self) -> Result<(), CacheError> { Ok(()) }
+/// #   async fn health(&self) -> Result<(), CacheError> { Ok(()) }
+/// # }
+/// let upper = Arc::new(Map::default());
+/// let lower = Arc::new(Map::default());
+/// let cache = Tiered::builder("default")
+///     .tier_arc("upper", upper.clone(), TierOptions::with_timeout(None))
+///     .tier_arc("lower", lower.clone(), TierOptions::with_timeout(Some(Duration::from_millis(50))))
+///     .build();
+/// let key = CacheKey::new("k").unwrap();
+/// let entry = Entry::value(Bytes::from_static(b"v"), EntryMeta::new(SystemTime::now(), Duration::from_secs(60)));
+/// lower.set(&key, Arc::new(entry), Duration::from_secs(60)).await.unwrap();
+///
+/// let hit = cache.get(&key).await.unwrap();
+/// assert_eq!(hit.tier_name(), "lower");
+/// // The hit was promoted: the next read is answered by the upper tier.
+/// assert_eq!(cache.get(&key).await.unwrap().tier_name(), "upper");
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Tiered {
+    inner: Arc<Inner>,
+}
+
+/// Builds a [`Tiered`] cache.
+#[derive(Debug)]
+pub struct TieredBuilder {
+    name: String,
+    tiers: Vec<Tier>,
+}
+
+impl TieredBuilder {
+    /// Appends a tier (read after the ones added before it) with the backend's
+    /// suggested options: no timeout for `memory`, 250 ms for others.
+    pub fn tier(self, name: impl Into<String>, backend: impl Backend) -> Self {
+        let options = if backend.kind() == "memory" {
+            TierOptions::with_timeout(None)
+        } else {
+            TierOptions::with_timeout(Some(Duration::from_millis(250)))
+        };
+        self.tier_arc(name, Arc::new(backend), options)
+    }
+
+    /// Appends a shared backend as a tier with explicit options.
+    pub fn tier_arc(
+        mut self,
+        name: impl Into<String>,
+        backend: Arc<dyn Backend>,
+        options: TierOptions,
+    ) -> Self {
+        self.tiers.push(Tier {
+            name: Arc::from(name.into()),
+            backend,
+            breaker: CircuitBreaker::new(options.breaker),
+            options,
+            stats: TierStats::default(),
+        });
+        self
+    }
+
+    /// Finishes the cache.
+    pub fn build(self) -> Tiered {
+        Tiered {
+            inner: Arc::new(Inner {
+                name: self.name,
+                tiers: self.tiers,
+                counters: CacheCounters::default(),
+            }),
+        }
+    }
+}
+
+/// An entry found by [`Tiered::get`], and where.
+#[derive(Debug, Clone)]
+pub struct Hit {
+    /// The entry.
+    pub entry: Arc<Entry>,
+    tier: usize,
+    tier_name: Arc<str>,
+}
+
+impl Hit {
+    /// The index of the tier that answered (0 = first).
+    pub fn tier(&self) -> usize {
+        self.tier
+    }
+
+    /// The name of the tier that answered.
+    pub fn tier_name(&self) -> &str {
+        &self.tier_name
+    }
+}
+
+/// A tier that did not take a write or an invalidation.
+#[derive(Debug)]
+pub struct TierFailure {
+    /// The tier's name.
+    pub tier: Arc<str>,
+    /// Why.
+    pub error: CacheError,
+}
+
+/// What happened to a write or an invalidation, tier by tier.
+#[derive(Debug, Default)]
+#[must_use = "a report says which tiers missed a write"]
+pub struct WriteReport {
+    /// Tiers that took it.
+    pub succeeded: Vec<Arc<str>>,
+    /// Tiers that did not.
+    pub failed: Vec<TierFailure>,
+}
+
+impl WriteReport {
+    /// Whether every tier took it.
+    pub fn is_complete(&self) -> bool {
+        self.failed.is_empty()
+    }
+}
+
+impl Tiered {
+    /// Starts a cache named `name` (the name appears in stats and logs).
+    pub fn builder(name: impl Into<String>) -> TieredBuilder {
+        TieredBuilder {
+            name: name.into(),
+            tiers: Vec::new(),
+        }
+    }
+
+    /// The cache's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The tiers' names, in read order.
+    pub fn tier_names(&self) -> impl Iterator<Item = &str> {
+        self.inner.tiers.iter().map(|t| &*t.name)
+    }
+
+    /// Cache-level counters, for callers (the HTTP layer, the data API) to count
+    /// hits, misses, stale serves and the like.
+    pub fn counters(&self) -> &CacheCounters {
+        &self.inner.counters
+    }
+
+    /// Reads every counter, breaker and histogram.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            name: self.inner.name.clone(),
+            cache: self.inner.counters.snapshot(),
+            tiers: self
+                .inner
+                .tiers
+                .iter()
+                .map(|t| TierSnapshot {
+                    name: t.name.to_string(),
+                    kind: t.backend.kind(),
+                    breaker: t.breaker.state(),
+                    counters: t.stats.counters.snapshot(),
+                    latency: t.stats.latency.snapshot(),
+                })
+                .collect(),
+        }
+    }
+
+    /// The state of each tier's breaker, in read order.
+    pub fn breaker_states(&self) -> Vec<(&str, BreakerState)> {
+        self.inner
+            .tiers
+            .iter()
+            .map(|t| (&*t.name, t.breaker.state()))
+            .collect()
+    }
+
+    /// Runs one call against a tier: breaker check (unless `force`), timeout,
+    /// latency, counters.
+    async fn call<T>(
+        tier: &Tier,
+        force: bool,
+        op: impl Future<Output = Result<T, CacheError>>,
+    ) -> Result<T, CacheError> {
+        if !force && !tier.breaker.allow() {
+            tier.stats.counters.skipped.fetch_add(1, relaxed());
+            return Err(CacheError::CircuitOpen {
+                tier: tier.name.to_string(),
+            });
+        }
+        let started = Instant::now();
+        let result = match tier.options.timeout {
+            Some(limit) => match tokio::time::timeout(limit, op).await {
+                Ok(result) => result,
+                Err(_) => {
+                    tier.stats.counters.timeouts.fetch_add(1, relaxed());
+                    Err(CacheError::Timeout {
+                        tier: tier.name.to_string(),
+                        timeout: limit,
+                    })
+                }
+            },
+            None => op.await,
+        };
+        tier.stats.latency.record(started.elapsed());
+        match &result {
+            Ok(_) => tier.breaker.record_success(),
+            // Unreadable bytes are a data problem, not a sick tier.
+            Err(CacheError::Decode(_)) => {
+                tier.stats.counters.errors.fetch_add(1, relaxed());
+            }
+            Err(error) => {
+                tier.stats.counters.errors.fetch_add(1, relaxed());
+                if tier.breaker.record_failure() {
+                    tracing::warn!(cache = %tier.name, %error, "circuit breaker opened: tier skipped for a while");
+                }
+            }
+        }
+        result
+    }
+
+    /// Reads `key` through the tiers in order. The first entry found wins and is
+    /// copied into every tier above it with its remaining lifetime. Errors,
+    /// timeouts, open breakers and unreadable entries count as misses.
+    pub async fn get(&self, key: &CacheKey) -> Option<Hit> {
+        for (index, tier) in self.inner.tiers.iter().enumerate() {
+            match Self::call(tier, false, tier.backend.get(key)).await {
+                Ok(Some(entry)) => {
+                    let now = SystemTime::now();
+                    let ttl = entry.remaining_ttl(now);
+                    if ttl.is_zero() {
+                        tier.stats.counters.misses.fetch_add(1, relaxed());
+                        continue;
+                    }
+                    tier.stats.counters.hits.fetch_add(1, relaxed());
+                    for upper in &self.inner.tiers[..index] {
+                        let promoted =
+                            Self::call(upper, false, upper.backend.set(key, entry.clone(), ttl))
+                                .await;
+                        if promoted.is_ok() {
+                            upper.stats.counters.promotions.fetch_add(1, relaxed());
+                        }
+                    }
+                    return Some(Hit {
+                        entry,
+                        tier: index,
+                        tier_name: tier.name.clone(),
+                    });
+                }
+                Ok(None) => {
+                    tier.stats.counters.misses.fetch_add(1, relaxed());
+                }
+                Err(CacheError::Decode(error)) => {
+                    tracing::debug!(%key, tier = %tier.name, %error, "unreadable entry treated as a miss and removed");
+                    // Best effort: a corrupt entry would otherwise fail every read until it expires.
+                    let _ = Self::call(tier, false, tier.backend.delete(key)).await;
+                }
+                Err(error) => {
+                    tracing::debug!(%key, tier = %tier.name, %error, "tier read failed; trying the next tier");
+                }
+            }
+        }
+        None
+    }
+
+    /// Writes `entry` to every tier in order, for its remaining lifetime
+    /// (`keep_until`). An entry whose lifetime is over is not written.
+    pub async fn set(&self, key: &CacheKey, entry: Arc<Entry>) -> WriteReport {
+        let ttl = entry.remaining_ttl(SystemTime::now());
+        self.set_with_ttl(key, entry, ttl).await
+    }
+
+    /// Writes `entry` to every tier in order for `ttl`.
+    pub async fn set_with_ttl(
+        &self,
+        key: &CacheKey,
+        entry: Arc<Entry>,
+        ttl: Duration,
+    ) -> WriteReport {
+        let mut report = WriteReport::default();
+        if ttl.is_zero() {
+            return report;
+        }
+        for tier in &self.inner.tiers {
+            match Self::call(tier, false, tier.backend.set(key, entry.clone(), ttl)).await {
+                Ok(()) => {
+                    tier.stats.counters.writes.fetch_add(1, relaxed());
+                    report.succeeded.push(tier.name.clone());
+                }
+                Err(error) => {
+                    tracing::debug!(%key, tier = %tier.name, %error, "tier write failed");
+                    report.failed.push(TierFailure {
+                        tier: tier.name.clone(),
+                        error,
+                    });
+                }
+            }
+        }
+        report
+    }
+
+    /// Runs an invalidation on every tier. Invalidations are attempted even on a
+    /// tier whose breaker is open (bounded by its timeout): a lost invalidation
+    /// serves wrong data, which is worse than a slow one.
+    async fn invalidate_all<'a, F>(&'a self, what: &str, op: F) -> WriteReport
+    where
+        F: Fn(
+            &'a Arc<dyn Backend>,
+        )
+            -> std::pin::Pin<Box<dyn Future<Output = Result<(), CacheError>> + Send + 'a>>,
+    {
+        self.inner.counters.invalidations.fetch_add(1, relaxed());
+        let mut report = WriteReport::default();
+        for tier in &self.inner.tiers {
+            match Self::call(tier, true, op(&tier.backend)).await {
+                Ok(()) => report.succeeded.push(tier.name.clone()),
+                Err(error) => {
+                    tracing::warn!(cache = %self.inner.name, tier = %tier.name, %error, what, "invalidation failed on a tier");
+                    report.failed.push(TierFailure {
+                        tier: tier.name.clone(),
+                        error,
+                    });
+                }
+            }
+        }
+        report
+    }
+
+    /// Deletes `key` from every tier.
+    pub async fn delete(&self, key: &CacheKey) -> WriteReport {
+        self.invalidate_all("delete", |b| {
+            Box::pin(async move { b.delete(key).await.map(|_| ()) })
+        })
+        .await
+    }
+
+    /// Deletes every key starting with `prefix` from every tier.
+    pub async fn invalidate_prefix(&self, prefix: &str) -> WriteReport {
+        self.invalidate_all("prefix", |b| b.invalidate_prefix(prefix))
+            .await
+    }
+
+    /// Deletes every entry tagged `tag` from every tier.
+    pub async fn invalidate_tag(&self, tag: &str) -> WriteReport {
+        self.invalidate_all("tag", |b| b.invalidate_tag(tag)).await
+    }
+
+    /// Clears this cache's namespace in every tier.
+    pub async fn clear(&self) -> WriteReport {
+        self.invalidate_all("clear", |b| b.clear()).await
+    }
+
+    /// Checks every tier; one result per tier, in read order.
+    pub async fn health(&self) -> Vec<(String, Result<(), CacheError>)> {
+        let mut out = Vec::with_capacity(self.inner.tiers.len());
+        for tier in &self.inner.tiers {
+            let result = Self::call(tier, true, tier.backend.health()).await;
+            out.push((tier.name.to_string(), result));
+        }
+        out
+    }
+}
+
+fn relaxed() -> std::sync::atomic::Ordering {
+    std::sync::atomic::Ordering::Relaxed
+}

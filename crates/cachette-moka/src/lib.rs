@@ -1,0 +1,228 @@
+//! The in-process memory tier of [cachette](https://docs.rs/cachette), on
+//! [moka](https://docs.rs/moka).
+//!
+//! Entries are held decoded, as `Arc<Entry>`: a hit clones a reference count and
+//! never parses or copies a body. Capacity is bounded in bytes (each entry
+//! weighs its approximate memory), each entry expires after its own remaining
+//! lifetime, optionally capped, and entries can be invalidated by key, by key
+//! prefix and by tag.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! use std::{sync::Arc, time::{Duration, SystemTime}};
+//! use bytes::Bytes;
+//! use cachette_core::{Backend, CacheKey, Entry, EntryMeta};
+//! use cachette_moka::MemoryTier;
+//!
+//! let memory = MemoryTier::builder().max_bytes(16 * 1024 * 1024).build();
+//! let key = CacheKey::new("GET:example.com/users/1").unwrap();
+//! let meta = EntryMeta::new(SystemTime::now(), Duration::from_secs(60)).with_tags(["users"]);
+//! memory.set(&key, Arc::new(Entry::value(Bytes::from_static(b"ada"), meta)), Duration::from_secs(60)).await.unwrap();
+//! assert!(memory.get(&key).await.unwrap().is_some());
+//!
+//! memory.invalidate_tag("users").await.unwrap();
+//! assert!(memory.get(&key).await.unwrap().is_none());
+//! # }
+//! ```
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use cachette_core::{Backend, CacheError, CacheKey, Entry, async_trait};
+use moka::{Expiry, future::Cache};
+
+/// The default capacity: 64 MiB.
+pub const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
+
+#[derive(Debug, Clone)]
+struct Stored {
+    entry: Arc<Entry>,
+    ttl: Duration,
+}
+
+/// Each entry lives for the TTL it was written with (already capped and
+/// already saturated at zero by the writer).
+struct PerEntryTtl;
+
+impl Expiry<CacheKey, Stored> for PerEntryTtl {
+    fn expire_after_create(&self, _: &CacheKey, value: &Stored, _: Instant) -> Option<Duration> {
+        Some(value.ttl)
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &CacheKey,
+        value: &Stored,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(value.ttl)
+    }
+}
+
+/// Builds a [`MemoryTier`].
+#[derive(Debug, Clone)]
+pub struct MemoryTierBuilder {
+    max_bytes: u64,
+    max_ttl: Option<Duration>,
+}
+
+impl MemoryTierBuilder {
+    /// Bounds the tier by the approximate memory of its entries and keys
+    /// (default [`DEFAULT_MAX_BYTES`]). Least valuable entries are evicted first
+    /// (moka's TinyLFU).
+    pub fn max_bytes(mut self, max_bytes: u64) -> Self {
+        self.max_bytes = max_bytes;
+        self
+    }
+
+    /// Caps every entry's lifetime in this tier, whatever its TTL. A lost
+    /// cross-node invalidation then serves stale data for at most this long.
+    pub fn max_ttl(mut self, max_ttl: Duration) -> Self {
+        self.max_ttl = Some(max_ttl);
+        self
+    }
+
+    /// Builds the tier.
+    pub fn build(self) -> MemoryTier {
+        let cache = Cache::builder()
+            .name("cachette-memory")
+            .max_capacity(self.max_bytes)
+            .weigher(|key: &CacheKey, value: &Stored| {
+                u32::try_from(key.as_str().len() + value.entry.weight()).unwrap_or(u32::MAX)
+            })
+            .expire_after(PerEntryTtl)
+            .support_invalidation_closures()
+            .build();
+        MemoryTier {
+            cache,
+            max_ttl: self.max_ttl,
+            max_bytes: self.max_bytes,
+        }
+    }
+}
+
+/// The in-process memory tier. Cheap to clone: clones share the same cache.
+#[derive(Clone)]
+pub struct MemoryTier {
+    cache: Cache<CacheKey, Stored>,
+    max_ttl: Option<Duration>,
+    max_bytes: u64,
+}
+
+impl std::fmt::Debug for MemoryTier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryTier")
+            .field("max_bytes", &self.max_bytes)
+            .field("max_ttl", &self.max_ttl)
+            .field("entries", &self.cache.entry_count())
+            .field("weighted_bytes", &self.cache.weighted_size())
+            .finish()
+    }
+}
+
+impl Default for MemoryTier {
+    fn default() -> Self {
+        Self::builder().build()
+    }
+}
+
+impl MemoryTier {
+    /// Starts a builder with the defaults (64 MiB, no TTL cap).
+    pub fn builder() -> MemoryTierBuilder {
+        MemoryTierBuilder {
+            max_bytes: DEFAULT_MAX_BYTES,
+            max_ttl: None,
+        }
+    }
+
+    /// A tier bounded to `max_bytes`.
+    pub fn with_max_bytes(max_bytes: u64) -> Self {
+        Self::builder().max_bytes(max_bytes).build()
+    }
+
+    /// Entries held (approximate until pending maintenance has run).
+    pub fn entry_count(&self) -> u64 {
+        self.cache.entry_count()
+    }
+
+    /// Approximate bytes held (approximate until pending maintenance has run).
+    pub fn weighted_bytes(&self) -> u64 {
+        self.cache.weighted_size()
+    }
+
+    /// The configured capacity in bytes.
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    /// Runs moka's pending maintenance (evictions, invalidation sweeps) now.
+    pub async fn run_pending_tasks(&self) {
+        self.cache.run_pending_tasks().await;
+    }
+
+    fn invalidate_if(
+        &self,
+        predicate: impl Fn(&CacheKey, &Stored) -> bool + Send + Sync + 'static,
+    ) -> Result<(), CacheError> {
+        self.cache
+            .invalidate_entries_if(predicate)
+            .map(|_| ())
+            .map_err(|e| CacheError::backend("memory", e))
+    }
+}
+
+#[async_trait]
+impl Backend for MemoryTier {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn get(&self, key: &CacheKey) -> Result<Option<Arc<Entry>>, CacheError> {
+        Ok(self.cache.get(key).await.map(|stored| stored.entry))
+    }
+
+    async fn set(
+        &self,
+        key: &CacheKey,
+        entry: Arc<Entry>,
+        ttl: Duration,
+    ) -> Result<(), CacheError> {
+        let ttl = match self.max_ttl {
+            Some(cap) => ttl.min(cap),
+            None => ttl,
+        };
+        if ttl.is_zero() {
+            // Nothing to keep; and make sure an older value does not outlive this write.
+            self.cache.invalidate(key).await;
+            return Ok(());
+        }
+        self.cache.insert(key.clone(), Stored { entry, ttl }).await;
+        Ok(())
+    }
+
+    async fn delete(&self, key: &CacheKey) -> Result<bool, CacheError> {
+        Ok(self.cache.remove(key).await.is_some())
+    }
+
+    async fn invalidate_prefix(&self, prefix: &str) -> Result<(), CacheError> {
+        let prefix = prefix.to_owned();
+        self.invalidate_if(move |key, _| key.starts_with(&prefix))
+    }
+
+    async fn invalidate_tag(&self, tag: &str) -> Result<(), CacheError> {
+        let tag = tag.to_owned();
+        self.invalidate_if(move |_, stored| stored.entry.meta().tags.iter().any(|t| *t == tag))
+    }
+
+    async fn clear(&self) -> Result<(), CacheError> {
+        self.cache.invalidate_all();
+        Ok(())
+    }
+
+    async fn health(&self) -> Result<(), CacheError> {
+        Ok(())
+    }
+}

@@ -1,0 +1,171 @@
+//! Behaviour of the memory tier through the `Backend` trait and `Tiered`.
+
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use bytes::Bytes;
+use cachette_core::{Backend, CacheKey, Entry, EntryMeta, Tiered};
+use cachette_moka::MemoryTier;
+
+fn key(s: &str) -> CacheKey {
+    CacheKey::new(s).unwrap()
+}
+
+fn value(body: &'static [u8], ttl: Duration, tags: &[&str]) -> Arc<Entry> {
+    let meta = EntryMeta::new(SystemTime::now(), ttl).with_tags(tags.iter().copied());
+    Arc::new(Entry::value(Bytes::from_static(body), meta))
+}
+
+#[tokio::test]
+async fn get_returns_the_same_arc_without_copying() {
+    let memory = MemoryTier::default();
+    let entry = value(b"hello", Duration::from_secs(60), &[]);
+    memory
+        .set(&key("a"), entry.clone(), Duration::from_secs(60))
+        .await
+        .unwrap();
+    let got = memory.get(&key("a")).await.unwrap().unwrap();
+    assert!(Arc::ptr_eq(&got, &entry));
+}
+
+#[tokio::test]
+async fn entries_expire_after_their_own_ttl() {
+    let memory = MemoryTier::default();
+    memory
+        .set(
+            &key("short"),
+            value(b"1", Duration::from_millis(50), &[]),
+            Duration::from_millis(50),
+        )
+        .await
+        .unwrap();
+    memory
+        .set(
+            &key("long"),
+            value(b"2", Duration::from_secs(60), &[]),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    assert!(memory.get(&key("short")).await.unwrap().is_none());
+    assert!(memory.get(&key("long")).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn an_already_expired_entry_is_not_stored_with_a_wrapped_ttl() {
+    let memory = MemoryTier::default();
+    let past = SystemTime::now() - Duration::from_secs(3600);
+    let expired = Arc::new(Entry::value(
+        Bytes::from_static(b"old"),
+        EntryMeta::new(past, Duration::from_secs(1)),
+    ));
+    // Saturating arithmetic: the remaining lifetime is zero, not u64::MAX - 3599 s.
+    assert_eq!(expired.remaining_ttl(SystemTime::now()), Duration::ZERO);
+
+    let cache = Tiered::builder("t").tier("memory", memory.clone()).build();
+    let report = cache.set(&key("old"), expired.clone()).await;
+    assert!(
+        report.succeeded.is_empty(),
+        "nothing is written for an expired entry"
+    );
+    assert!(memory.get(&key("old")).await.unwrap().is_none());
+
+    // Directly with a zero TTL: stores nothing and removes an older value.
+    memory
+        .set(
+            &key("old"),
+            value(b"x", Duration::from_secs(60), &[]),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    memory
+        .set(&key("old"), expired, Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(memory.get(&key("old")).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn max_ttl_caps_every_entry() {
+    let memory = MemoryTier::builder()
+        .max_ttl(Duration::from_millis(50))
+        .build();
+    memory
+        .set(
+            &key("a"),
+            value(b"1", Duration::from_secs(3600), &[]),
+            Duration::from_secs(3600),
+        )
+        .await
+        .unwrap();
+    assert!(memory.get(&key("a")).await.unwrap().is_some());
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    assert!(memory.get(&key("a")).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn invalidation_by_key_prefix_and_tag() {
+    let memory = MemoryTier::default();
+    let ttl = Duration::from_secs(60);
+    for (k, tags) in [
+        ("GET:h/users/1", &["users"][..]),
+        ("GET:h/users/2", &["users", "vip"][..]),
+        ("GET:h/orders/1", &["orders"][..]),
+        ("GET:h/orders/2", &["orders", "vip"][..]),
+    ] {
+        memory
+            .set(&key(k), value(b"v", ttl, tags), ttl)
+            .await
+            .unwrap();
+    }
+    assert!(memory.delete(&key("GET:h/orders/1")).await.unwrap());
+    assert!(!memory.delete(&key("GET:h/orders/1")).await.unwrap());
+    memory.invalidate_prefix("GET:h/users/").await.unwrap();
+    assert!(memory.get(&key("GET:h/users/1")).await.unwrap().is_none());
+    assert!(memory.get(&key("GET:h/users/2")).await.unwrap().is_none());
+    assert!(memory.get(&key("GET:h/orders/2")).await.unwrap().is_some());
+    memory.invalidate_tag("vip").await.unwrap();
+    assert!(memory.get(&key("GET:h/orders/2")).await.unwrap().is_none());
+    memory
+        .set(&key("later"), value(b"v", ttl, &["vip"]), ttl)
+        .await
+        .unwrap();
+    assert!(
+        memory.get(&key("later")).await.unwrap().is_some(),
+        "an invalidation does not affect later writes"
+    );
+    memory.clear().await.unwrap();
+    assert!(memory.get(&key("later")).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn capacity_is_bounded_in_bytes() {
+    let memory = MemoryTier::with_max_bytes(64 * 1024);
+    let ttl = Duration::from_secs(60);
+    let body = Bytes::from(vec![7u8; 4096]);
+    for i in 0..100 {
+        let entry = Arc::new(Entry::value(
+            body.clone(),
+            EntryMeta::new(SystemTime::now(), ttl),
+        ));
+        memory
+            .set(&key(&format!("k{i}")), entry, ttl)
+            .await
+            .unwrap();
+    }
+    memory.run_pending_tasks().await;
+    assert!(
+        memory.weighted_bytes() <= 64 * 1024,
+        "holds {} bytes",
+        memory.weighted_bytes()
+    );
+    assert!(
+        memory.entry_count() >= 8,
+        "still holds entries: {}",
+        memory.entry_count()
+    );
+}
