@@ -45,6 +45,12 @@ impl CacheKey {
         Ok(Self(Arc::from(key)))
     }
 
+    /// A key made only of a hash (`~` and 16 hex digits): always valid, for
+    /// builders that must stay total when their input cannot form a key.
+    pub fn from_hash(hash: u64) -> Self {
+        Self(Arc::from(format!("~{hash:016x}")))
+    }
+
     /// The key as a string slice.
     pub fn as_str(&self) -> &str {
         &self.0

@@ -1,0 +1,276 @@
+//! Cache keys for HTTP responses.
+//!
+//! A primary key names a resource: `{prefix}{class}:{host}{path}?{sorted query}`,
+//! e.g. `GET:example.com/users/1?page=2`. It stays readable so that purge by
+//! URL prefix works. When the stored response has `Vary`, the response itself
+//! lives under a second-level key, `{primary}#vary:{name}={value}&...`, built
+//! from the request headers the response varies on (as Django's cache
+//! middleware does). Only overlong parts are hashed.
+
+use std::fmt::Write as _;
+
+use cachette_core::CacheKey;
+use http::{HeaderMap, HeaderName, Method, Uri, header};
+
+/// Path and query longer than this are shortened to a readable head plus a hash.
+const MAX_URL_PART: usize = 512;
+/// Vary values longer than this (all together) are replaced by their hash.
+const MAX_VARY_PART: usize = 256;
+
+/// How request URLs become cache keys.
+#[derive(Debug, Clone)]
+pub struct KeyOptions {
+    pub(crate) prefix: String,
+    pub(crate) include_host: bool,
+    pub(crate) sort_query: bool,
+    pub(crate) ignored_query: Vec<String>,
+}
+
+impl Default for KeyOptions {
+    fn default() -> Self {
+        Self {
+            prefix: String::new(),
+            include_host: true,
+            sort_query: true,
+            ignored_query: Vec::new(),
+        }
+    }
+}
+
+/// 64-bit FNV-1a: stable across processes, versions and machines, which a
+/// key shared through Redis needs (std's hasher promises no such thing).
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in bytes {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
+fn push_shortened(out: &mut String, part: &str, max: usize) {
+    if part.len() <= max {
+        out.push_str(part);
+        return;
+    }
+    let mut head = max / 2;
+    while !part.is_char_boundary(head) {
+        head -= 1;
+    }
+    out.push_str(&part[..head]);
+    let _ = write!(out, "~{:016x}", fnv1a(part.as_bytes()));
+}
+
+fn is_key_safe(s: &str) -> bool {
+    s.bytes().all(|b| b.is_ascii_graphic())
+}
+
+impl KeyOptions {
+    fn query_param_ignored(&self, name: &str) -> bool {
+        self.ignored_query
+            .iter()
+            .any(|pattern| match pattern.strip_suffix('*') {
+                Some(prefix) => name.starts_with(prefix),
+                None => name == pattern,
+            })
+    }
+
+    fn normalized_query(&self, query: &str) -> String {
+        if !self.sort_query && self.ignored_query.is_empty() {
+            return query.to_owned();
+        }
+        let mut pairs: Vec<&str> = query
+            .split('&')
+            .filter(|pair| !pair.is_empty())
+            .filter(|pair| {
+                let name = pair.split('=').next().unwrap_or_default();
+                !self.query_param_ignored(name)
+            })
+            .collect();
+        if self.sort_query {
+            pairs.sort_unstable();
+        }
+        pairs.join("&")
+    }
+
+    fn host<'a>(&self, uri: &'a Uri, headers: &'a HeaderMap) -> Option<String> {
+        if !self.include_host {
+            return None;
+        }
+        let host = uri
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()))?;
+        let host = host.to_ascii_lowercase();
+        Some(if is_key_safe(&host) && host.len() <= 255 {
+            host
+        } else {
+            format!("~{:016x}", fnv1a(host.as_bytes()))
+        })
+    }
+
+    /// The method class: GET and HEAD share stored responses.
+    fn method_class(method: &Method) -> &str {
+        if method == Method::HEAD {
+            "GET"
+        } else {
+            method.as_str()
+        }
+    }
+
+    /// The primary key of a request: prefix, method class, host, path and
+    /// normalized query.
+    pub fn primary(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> CacheKey {
+        let mut key = String::with_capacity(self.prefix.len() + 64);
+        key.push_str(&self.prefix);
+        key.push_str(Self::method_class(method));
+        key.push(':');
+        if let Some(host) = self.host(uri, headers) {
+            key.push_str(&host);
+        }
+        let mut url = String::from(uri.path());
+        if let Some(query) = uri.query() {
+            let query = self.normalized_query(query);
+            if !query.is_empty() {
+                url.push('?');
+                url.push_str(&query);
+            }
+        }
+        push_shortened(&mut key, &url, MAX_URL_PART);
+        CacheKey::new(&key).unwrap_or_else(|_| {
+            // Unreachable for URIs the http crate accepts; stay total anyway.
+            let fallback = format!(
+                "{}{}:~{:016x}",
+                self.prefix,
+                Self::method_class(method),
+                fnv1a(key.as_bytes())
+            );
+            CacheKey::new(fallback).unwrap_or_else(|_| hashed_only(&key))
+        })
+    }
+
+    /// The key prefix under which every stored variant of `primary` lives.
+    pub fn variants_prefix(primary: &CacheKey) -> String {
+        format!("{primary}#vary:")
+    }
+
+    /// The second-level key of the variant of `primary` selected by the request
+    /// headers named in the stored response's `Vary`.
+    pub fn variant(primary: &CacheKey, vary: &[HeaderName], headers: &HeaderMap) -> CacheKey {
+        let mut part = String::new();
+        for (i, name) in vary.iter().enumerate() {
+            if i > 0 {
+                part.push('&');
+            }
+            part.push_str(name.as_str());
+            part.push('=');
+            let mut first = true;
+            for value in headers.get_all(name) {
+                if !first {
+                    part.push(',');
+                }
+                first = false;
+                match value.to_str() {
+                    Ok(v) => part.push_str(v.trim()),
+                    Err(_) => {
+                        let _ = write!(part, "~{:016x}", fnv1a(value.as_bytes()));
+                    }
+                }
+            }
+        }
+        let mut key = Self::variants_prefix(primary);
+        if part.len() <= MAX_VARY_PART && is_key_safe(&part) {
+            key.push_str(&part);
+        } else {
+            let _ = write!(key, "~{:016x}", fnv1a(part.as_bytes()));
+        }
+        CacheKey::new(&key).unwrap_or_else(|_| hashed_only(&key))
+    }
+}
+
+fn hashed_only(raw: &str) -> CacheKey {
+    CacheKey::from_hash(fnv1a(raw.as_bytes()))
+}
+
+/// Parses the `Vary` header lines of a response into header names.
+/// Returns `None` for `Vary: *` in any spelling (`*`, `*, accept`, split lines).
+pub(crate) fn vary_names(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
+    let mut names: Vec<HeaderName> = Vec::new();
+    for value in headers.get_all(header::VARY) {
+        let Ok(value) = value.to_str() else {
+            return None;
+        };
+        for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            if item == "*" {
+                return None;
+            }
+            let name = HeaderName::from_bytes(item.to_ascii_lowercase().as_bytes()).ok()?;
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
+    names.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+    Some(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(opts: &KeyOptions, uri: &str) -> String {
+        let uri: Uri = uri.parse().unwrap();
+        opts.primary(&Method::GET, &uri, &HeaderMap::new())
+            .to_string()
+    }
+
+    #[test]
+    fn query_is_sorted_and_ignored_params_dropped() {
+        let opts = KeyOptions {
+            ignored_query: vec!["utm_*".into(), "fbclid".into()],
+            ..KeyOptions::default()
+        };
+        assert_eq!(
+            key(&opts, "http://Example.com/a?b=2&utm_source=x&a=1&fbclid=9"),
+            "GET:example.com/a?a=1&b=2"
+        );
+        assert_eq!(
+            key(&opts, "http://example.com/a?utm_campaign=1"),
+            "GET:example.com/a"
+        );
+    }
+
+    #[test]
+    fn head_shares_the_get_class_and_host_can_be_ignored() {
+        let opts = KeyOptions {
+            include_host: false,
+            ..KeyOptions::default()
+        };
+        let uri: Uri = "http://a.example/x".parse().unwrap();
+        assert_eq!(
+            opts.primary(&Method::HEAD, &uri, &HeaderMap::new())
+                .as_str(),
+            "GET:/x"
+        );
+    }
+
+    #[test]
+    fn overlong_urls_keep_a_readable_head() {
+        let long = format!("http://h/{}", "p".repeat(4000));
+        let k = key(&KeyOptions::default(), &long);
+        assert!(k.starts_with("GET:h/pppp"));
+        assert!(k.len() < 600);
+    }
+
+    #[test]
+    fn vary_star_in_any_spelling() {
+        let mut h = HeaderMap::new();
+        h.append(header::VARY, "accept".parse().unwrap());
+        h.append(header::VARY, " * ".parse().unwrap());
+        assert!(vary_names(&h).is_none());
+        let mut h = HeaderMap::new();
+        h.append(header::VARY, "Accept-Language, accept".parse().unwrap());
+        let names = vary_names(&h).unwrap();
+        assert_eq!(names, vec![header::ACCEPT, header::ACCEPT_LANGUAGE]);
+    }
+}

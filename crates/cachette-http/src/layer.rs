@@ -1,0 +1,307 @@
+//! [`CacheLayer`]: the builder and the tower `Layer`.
+
+use std::{
+    collections::HashSet,
+    fmt,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use cachette_core::{CacheKey, SingleFlight, Tiered};
+use http::{HeaderName, request};
+use http_cache_semantics::CacheOptions;
+use tower_layer::Layer;
+
+use crate::{CacheService, KeyOptions, service::Filled};
+
+/// A predicate over the request head: `true` means "do not use the cache".
+pub type Unless = Arc<dyn Fn(&request::Parts) -> bool + Send + Sync>;
+
+/// The configuration of a [`CacheLayer`]. Built with the layer's methods.
+#[derive(Clone)]
+pub(crate) struct Config {
+    pub(crate) status_name: String,
+    pub(crate) keys: KeyOptions,
+    pub(crate) rfc_options: CacheOptions,
+    pub(crate) default_ttl: Option<Duration>,
+    pub(crate) ttl_override: Option<Duration>,
+    pub(crate) targeted_fields: Vec<HeaderName>,
+    pub(crate) strip_fields: Vec<HeaderName>,
+    pub(crate) strip_set_cookie: bool,
+    pub(crate) max_body_bytes: usize,
+    pub(crate) stale_while_revalidate: Duration,
+    pub(crate) stale_if_error: Duration,
+    pub(crate) revalidation_window: Duration,
+    pub(crate) tags: Vec<String>,
+    pub(crate) tags_header: Option<HeaderName>,
+    pub(crate) unless: Option<Unless>,
+    pub(crate) origin_timeout: Option<Duration>,
+    pub(crate) coalesce: bool,
+}
+
+/// The default `max_body_bytes`: 8 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+
+/// cachette's own targeted cache-control field (RFC 9213): directives in it
+/// apply to cachette only and it is never forwarded to clients.
+pub const CACHETTE_CONTROL: HeaderName = HeaderName::from_static("cachette-control");
+/// The RFC 9213 field for CDNs; cachette obeys it after `Cachette-Control`.
+pub const CDN_CACHE_CONTROL: HeaderName = HeaderName::from_static("cdn-cache-control");
+/// The default response field carrying invalidation tags (comma or space separated).
+pub const CACHE_TAG: HeaderName = HeaderName::from_static("cache-tag");
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            status_name: "cachette".into(),
+            keys: KeyOptions::default(),
+            rfc_options: CacheOptions {
+                shared: true,
+                cache_heuristic: 0.0,
+                immutable_min_time_to_live: Duration::from_secs(24 * 3600),
+                ignore_cargo_cult: false,
+            },
+            default_ttl: None,
+            ttl_override: None,
+            targeted_fields: vec![CACHETTE_CONTROL, CDN_CACHE_CONTROL],
+            strip_fields: vec![CACHETTE_CONTROL, CACHE_TAG],
+            strip_set_cookie: false,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            revalidation_window: Duration::from_secs(600),
+            tags: Vec::new(),
+            tags_header: Some(CACHE_TAG),
+            unless: None,
+            origin_timeout: None,
+            coalesce: true,
+        }
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("keys", &self.keys)
+            .field("default_ttl", &self.default_ttl)
+            .field("ttl_override", &self.ttl_override)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("stale_while_revalidate", &self.stale_while_revalidate)
+            .field("stale_if_error", &self.stale_if_error)
+            .field("unless", &self.unless.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// State shared by every service a layer makes: in-flight origin calls and
+/// background refreshes, so that coalescing works across clones and routes.
+#[derive(Debug, Default)]
+pub(crate) struct Flights {
+    pub(crate) fills: SingleFlight<Option<Filled>>,
+    pub(crate) refreshing: Mutex<HashSet<CacheKey>>,
+}
+
+/// A tower layer that caches HTTP responses in a [`Tiered`] cache, as a
+/// shared cache by RFC 9111.
+///
+/// ```
+/// use std::time::Duration;
+/// use axum::{Router, routing::get};
+/// use cachette_core::Tiered;
+/// use cachette_http::CacheLayer;
+/// use cachette_moka::MemoryTier;
+///
+/// let cache = Tiered::builder("pages").tier("memory", MemoryTier::default()).build();
+/// let app: Router = Router::new()
+///     .route("/", get(|| async { ([("cache-control", "max-age=60")], "hello") }))
+///     .layer(
+///         CacheLayer::new(cache)
+///             .stale_while_revalidate(Duration::from_secs(30))
+///             .ignore_query_params(["utm_*"]),
+///     );
+/// ```
+#[derive(Clone)]
+pub struct CacheLayer {
+    pub(crate) cache: Tiered,
+    pub(crate) config: Arc<Config>,
+    pub(crate) flights: Arc<Flights>,
+}
+
+impl fmt::Debug for CacheLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheLayer")
+            .field("cache", &self.cache.name())
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl CacheLayer {
+    /// A layer caching in `cache` with the defaults: RFC 9111 shared-cache
+    /// rules, no heuristic freshness, responses without freshness and without
+    /// a validator not stored, 8 MiB body limit, coalescing on.
+    pub fn new(cache: Tiered) -> Self {
+        Self {
+            cache,
+            config: Arc::new(Config::default()),
+            flights: Arc::new(Flights::default()),
+        }
+    }
+
+    fn with(mut self, f: impl FnOnce(&mut Config)) -> Self {
+        f(Arc::make_mut(&mut self.config));
+        self
+    }
+
+    /// The cache this layer stores into (for invalidation and stats).
+    pub fn cache(&self) -> &Tiered {
+        &self.cache
+    }
+
+    /// Stores responses that carry no freshness information (no `max-age`,
+    /// `s-maxage` or `Expires`) for `ttl`. Without this, such responses are
+    /// stored only if they have a validator (and are then revalidated).
+    pub fn default_ttl(self, ttl: Duration) -> Self {
+        self.with(|c| c.default_ttl = Some(ttl))
+    }
+
+    /// Stores every storable response for exactly `ttl`, whatever its
+    /// `max-age`/`s-maxage`/`Expires` say (like Django's `cache_page`
+    /// timeout). `no-store` and `private` are still obeyed.
+    pub fn ttl(self, ttl: Duration) -> Self {
+        self.with(|c| c.ttl_override = Some(ttl))
+    }
+
+    /// Enables heuristic freshness (RFC 9111 §4.2.2): a response with
+    /// `Last-Modified` and no explicit lifetime is fresh for `fraction` of its
+    /// age (0.1 is usual). Off by default.
+    pub fn heuristic_freshness(self, fraction: f32) -> Self {
+        self.with(|c| c.rfc_options.cache_heuristic = fraction.max(0.0))
+    }
+
+    /// Targeted cache-control fields obeyed before `Cache-Control`, first
+    /// present wins (RFC 9213). Default: `Cachette-Control`, `CDN-Cache-Control`.
+    pub fn targeted_fields(self, fields: impl IntoIterator<Item = HeaderName>) -> Self {
+        self.with(|c| c.targeted_fields = fields.into_iter().collect())
+    }
+
+    /// Response fields removed before storing and from every response served
+    /// from the cache. Default: `Cachette-Control`, `Cache-Tag`.
+    pub fn strip_fields(self, fields: impl IntoIterator<Item = HeaderName>) -> Self {
+        self.with(|c| c.strip_fields = fields.into_iter().collect())
+    }
+
+    /// Stores responses with `Set-Cookie` after removing it from the stored
+    /// copy (the client that triggered the store still gets its cookie).
+    /// Off by default: such responses are not stored.
+    pub fn strip_set_cookie(self, strip: bool) -> Self {
+        self.with(|c| c.strip_set_cookie = strip)
+    }
+
+    /// Responses larger than this stream through to the client uncached,
+    /// without being held in memory. Default [`DEFAULT_MAX_BODY_BYTES`].
+    pub fn max_body_bytes(self, max: usize) -> Self {
+        self.with(|c| c.max_body_bytes = max)
+    }
+
+    /// The `stale-while-revalidate` window for responses that do not set one.
+    pub fn stale_while_revalidate(self, window: Duration) -> Self {
+        self.with(|c| c.stale_while_revalidate = window)
+    }
+
+    /// The `stale-if-error` window for responses that do not set one.
+    pub fn stale_if_error(self, window: Duration) -> Self {
+        self.with(|c| c.stale_if_error = window)
+    }
+
+    /// How long a stale response with a validator is kept for conditional
+    /// revalidation (default 10 minutes).
+    pub fn revalidation_window(self, window: Duration) -> Self {
+        self.with(|c| c.revalidation_window = window)
+    }
+
+    /// Tags added to every response this layer stores.
+    pub fn tags<I, S>(self, tags: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.with(|c| c.tags = tags.into_iter().map(Into::into).collect())
+    }
+
+    /// The response field read for per-response tags (default `Cache-Tag`);
+    /// `None` disables it.
+    pub fn tags_header(self, name: Option<HeaderName>) -> Self {
+        self.with(|c| c.tags_header = name)
+    }
+
+    /// A predicate over the request head: when it returns `true`, the request
+    /// bypasses the cache entirely.
+    pub fn unless<F>(self, predicate: F) -> Self
+    where
+        F: Fn(&request::Parts) -> bool + Send + Sync + 'static,
+    {
+        self.with(|c| c.unless = Some(Arc::new(predicate)))
+    }
+
+    /// An origin call slower than this counts as an error: a stale entry is
+    /// served inside its `stale-if-error` window, else `504 Gateway Timeout`.
+    pub fn origin_timeout(self, timeout: Duration) -> Self {
+        self.with(|c| c.origin_timeout = Some(timeout))
+    }
+
+    /// Whether concurrent misses for one key make one origin call (default on).
+    pub fn coalesce(self, coalesce: bool) -> Self {
+        self.with(|c| c.coalesce = coalesce)
+    }
+
+    /// A prefix for every key (e.g. `shop:1:`).
+    pub fn key_prefix(self, prefix: impl Into<String>) -> Self {
+        self.with(|c| c.keys.prefix = prefix.into())
+    }
+
+    /// Whether the host is part of the key (default `true`, as RFC 9111 keys on
+    /// the whole target URI). Turn off for one site served under many names.
+    pub fn include_host(self, include: bool) -> Self {
+        self.with(|c| c.keys.include_host = include)
+    }
+
+    /// Whether query parameters are sorted in the key (default `true`).
+    pub fn sort_query(self, sort: bool) -> Self {
+        self.with(|c| c.keys.sort_query = sort)
+    }
+
+    /// Query parameters left out of the key; a trailing `*` matches a prefix
+    /// (`utm_*`).
+    pub fn ignore_query_params<I, S>(self, params: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.with(|c| c.keys.ignored_query = params.into_iter().map(Into::into).collect())
+    }
+
+    /// The cache's name in `Cache-Status` (default `cachette`).
+    pub fn status_name(self, name: impl Into<String>) -> Self {
+        self.with(|c| c.status_name = name.into())
+    }
+
+    /// The primary key this layer uses for a GET to `uri` (with `Host` from
+    /// `headers` when `uri` has no authority), for purging by URL or prefix.
+    pub fn key_for(&self, uri: &http::Uri, headers: &http::HeaderMap) -> CacheKey {
+        self.config.keys.primary(&http::Method::GET, uri, headers)
+    }
+
+    /// Removes the stored responses (every `Vary` variant) for a GET to `uri`.
+    pub async fn invalidate_url(&self, uri: &http::Uri, headers: &http::HeaderMap) {
+        crate::service::invalidate_primary(&self.cache, &self.key_for(uri, headers)).await;
+    }
+}
+
+impl<S> Layer<S> for CacheLayer {
+    type Service = CacheService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CacheService::new(inner, self.clone())
+    }
+}

@@ -1,0 +1,254 @@
+//! Storability and freshness of origin responses (RFC 9111, shared cache),
+//! computed with http-cache-semantics, plus the targeted-field (RFC 9213),
+//! layer-TTL and stale-window rules cachette adds on top.
+
+use std::time::{Duration, SystemTime};
+
+use cachette_core::{EntryMeta, StoredResponse};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header, request, response};
+use http_cache_semantics::CachePolicy;
+
+use crate::{Config, directives::Directives, key::vary_names};
+
+/// Why a response was not stored (logged at debug level).
+pub(crate) type NotStorable = &'static str;
+
+/// A response ready to be stored: its headers as stored and its metadata.
+pub(crate) struct Storable {
+    pub(crate) response: StoredResponse,
+    pub(crate) meta: EntryMeta,
+    pub(crate) vary: Vec<HeaderName>,
+}
+
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
+];
+
+/// Removes hop-by-hop fields and those named in `Connection` (RFC 9110 §7.6.1).
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().to_ascii_lowercase().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// The directives cachette obeys for a response: the first configured
+/// targeted field present (RFC 9213), else `Cache-Control`.
+fn effective_directives(config: &Config, headers: &HeaderMap) -> (Directives, bool) {
+    for name in &config.targeted_fields {
+        if headers.contains_key(name) {
+            return (Directives::parse(headers.get_all(name)), true);
+        }
+    }
+    (
+        Directives::parse(headers.get_all(header::CACHE_CONTROL)),
+        false,
+    )
+}
+
+/// Whether a stored response may answer a request carrying `Authorization`
+/// (RFC 9111 §3.5: `public`, `s-maxage` or `must-revalidate`).
+pub(crate) fn allows_authorized(config: &Config, stored: &StoredResponse) -> bool {
+    let (cc, _) = effective_directives(config, &stored.headers);
+    cc.has("public") || cc.has("s-maxage") || cc.has("must-revalidate")
+}
+
+fn response_parts(status: StatusCode, headers: HeaderMap) -> response::Parts {
+    let (mut parts, ()) = http::Response::new(()).into_parts();
+    parts.status = status;
+    parts.headers = headers;
+    parts
+}
+
+/// Decides whether an origin response is stored, and for how long.
+pub(crate) fn evaluate(
+    config: &Config,
+    request: &request::Parts,
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: bytes::Bytes,
+    now: SystemTime,
+) -> Result<Storable, NotStorable> {
+    if status == StatusCode::PARTIAL_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return Err("partial or not-modified response");
+    }
+    let vary = vary_names(headers).ok_or("Vary: *")?;
+    let has_cookie = headers.contains_key(header::SET_COOKIE);
+    if has_cookie && !config.strip_set_cookie {
+        return Err("Set-Cookie");
+    }
+
+    let (mut cc, targeted) = effective_directives(config, headers);
+    let origin_s_maxage = cc.has("s-maxage");
+    let explicit_swr = cc.seconds("stale-while-revalidate");
+    let explicit_sie = cc.seconds("stale-if-error");
+    let mut policy_headers = headers.clone();
+    policy_headers.remove(header::SET_COOKIE);
+    if targeted {
+        // A targeted field replaces Cache-Control and Expires for this cache.
+        policy_headers.remove(header::EXPIRES);
+        policy_headers.remove(header::PRAGMA);
+    }
+    let mut ttl_injected = false;
+    if let Some(ttl) = config.ttl_override {
+        cc.remove(&["max-age", "s-maxage", "no-cache"]);
+        cc.push("s-maxage", Some(ttl.as_secs().to_string()));
+        policy_headers.remove(header::EXPIRES);
+        policy_headers.remove(header::PRAGMA);
+        ttl_injected = true;
+    } else if let Some(ttl) = config.default_ttl {
+        let explicit = cc.has("max-age")
+            || cc.has("s-maxage")
+            || cc.has("no-cache")
+            || policy_headers.contains_key(header::EXPIRES);
+        if !explicit {
+            cc.push("s-maxage", Some(ttl.as_secs().to_string()));
+            ttl_injected = true;
+        }
+    }
+    match cc.to_header().filter(|_| !cc.is_empty()) {
+        Some(value) => {
+            policy_headers.insert(header::CACHE_CONTROL, value);
+        }
+        None => {
+            policy_headers.remove(header::CACHE_CONTROL);
+        }
+    }
+
+    let policy = CachePolicy::new_options(
+        request,
+        &response_parts(status, policy_headers),
+        now,
+        config.rfc_options,
+    );
+    if !policy.is_storable() {
+        return Err(
+            "not storable by RFC 9111 (no-store, private, Authorization, status or method)",
+        );
+    }
+    let ttl = policy.time_to_live(now);
+    let age = policy.age(now);
+    let has_validator =
+        headers.contains_key(header::ETAG) || headers.contains_key(header::LAST_MODIFIED);
+    if ttl.is_zero() && !has_validator {
+        return Err("no freshness lifetime and no validator");
+    }
+
+    // s-maxage implies proxy-revalidate for a shared cache (RFC 9111 §5.2.2.10),
+    // unless the origin explicitly allowed stale serving.
+    let must_revalidate = cc.has("must-revalidate")
+        || cc.has("proxy-revalidate")
+        || cc.has("no-cache")
+        || (origin_s_maxage && !ttl_injected && explicit_swr.is_none() && explicit_sie.is_none());
+    let swr = explicit_swr.map_or(config.stale_while_revalidate, Duration::from_secs);
+    let sie = explicit_sie.map_or(config.stale_if_error, Duration::from_secs);
+    let mut meta = EntryMeta::new(now, ttl)
+        .with_initial_age(age)
+        .with_must_revalidate(must_revalidate)
+        .with_stale_windows(swr, sie);
+    if has_validator {
+        let revalidatable = meta
+            .fresh_until
+            .checked_add(config.revalidation_window)
+            .unwrap_or(meta.fresh_until);
+        meta = meta.keep_at_least_until(revalidatable);
+    }
+
+    let mut tags = config.tags.clone();
+    if let Some(name) = &config.tags_header {
+        for value in headers.get_all(name).iter().filter_map(|v| v.to_str().ok()) {
+            tags.extend(
+                value
+                    .split([',', ' '])
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_owned),
+            );
+        }
+    }
+    meta = meta.with_tags(tags);
+
+    let mut stored = headers.clone();
+    strip_hop_by_hop(&mut stored);
+    stored.remove(header::SET_COOKIE);
+    stored.remove(header::AGE);
+    for name in &config.strip_fields {
+        stored.remove(name);
+    }
+    stored.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    if !stored.contains_key(header::DATE) {
+        if let Ok(date) = HeaderValue::from_str(&httpdate::fmt_http_date(now)) {
+            stored.insert(header::DATE, date);
+        }
+    }
+    Ok(Storable {
+        response: StoredResponse {
+            status,
+            headers: stored,
+            body,
+        },
+        meta,
+        vary,
+    })
+}
+
+/// Applies a `304 Not Modified` from the origin to a stale stored response
+/// (RFC 9111 §4.3.4): returns the updated response and its new metadata, or
+/// `None` when the 304 does not match the stored validators.
+pub(crate) fn revalidated(
+    config: &Config,
+    request: &request::Parts,
+    stored: &StoredResponse,
+    old_meta: &EntryMeta,
+    not_modified: &HeaderMap,
+    now: SystemTime,
+) -> Option<Storable> {
+    let old_policy = CachePolicy::new_options(
+        request,
+        &response_parts(stored.status, stored.headers.clone()),
+        old_meta.stored_at,
+        config.rfc_options,
+    );
+    let http_cache_semantics::AfterResponse::NotModified(_, parts) = old_policy.after_response(
+        request,
+        &response_parts(StatusCode::NOT_MODIFIED, not_modified.clone()),
+        now,
+    ) else {
+        return None;
+    };
+    let mut merged = parts.headers;
+    // The library's cached view adds a computed Age and may drop fields; keep
+    // the stored fields it did not replace.
+    merged.remove(header::AGE);
+    for (name, value) in &stored.headers {
+        if !merged.contains_key(name) {
+            merged.insert(name.clone(), value.clone());
+        }
+    }
+    evaluate(
+        config,
+        request,
+        stored.status,
+        &merged,
+        stored.body.clone(),
+        now,
+    )
+    .ok()
+}

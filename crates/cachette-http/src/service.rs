@@ -1,0 +1,823 @@
+//! [`CacheService`]: the request path through the cache.
+
+use std::{
+    fmt,
+    future::poll_fn,
+    sync::{Arc, PoisonError, atomic::Ordering},
+    task::{Context, Poll},
+    time::{Duration, SystemTime},
+};
+
+use bytes::Bytes;
+use cachette_core::{CacheKey, Entry, EntryMeta, Freshness, Payload, Role, StoredResponse, Tiered};
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, header, request,
+};
+use http_body::Body;
+use tower_service::Service;
+
+use crate::{
+    CacheBody, CacheLayer, KeyOptions,
+    body::{Collected, collect_limited},
+    conditional::{CONDITIONAL_REQUEST_HEADERS, NOT_MODIFIED_HEADERS, is_not_modified},
+    future::ResponseFuture,
+    policy::{self, Storable},
+    status::{CACHE_STATUS, CacheStatus, Forward},
+};
+
+/// A stored origin result that coalesced requests can be answered from.
+#[derive(Debug, Clone)]
+pub(crate) struct Filled {
+    entry: Arc<Entry>,
+    /// The `Vary` names and the second-level key the entry was stored under.
+    variant: Option<(Vec<HeaderName>, CacheKey)>,
+    /// Served stale because the origin failed (stale-if-error).
+    stale: bool,
+    fwd_status: Option<u16>,
+}
+
+/// The service made by [`CacheLayer`]: answers GET and HEAD from the cache,
+/// fills it from the inner service, and invalidates on unsafe methods.
+pub struct CacheService<S> {
+    inner: S,
+    state: Arc<CacheLayer>,
+}
+
+impl<S: Clone> Clone for CacheService<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            state: self.state.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for CacheService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheService")
+            .field("inner", &self.inner)
+            .field("layer", &self.state)
+            .finish()
+    }
+}
+
+impl<S> CacheService<S> {
+    pub(crate) fn new(inner: S, layer: CacheLayer) -> Self {
+        Self {
+            inner,
+            state: Arc::new(layer),
+        }
+    }
+
+    /// The cache this service stores into.
+    pub fn cache(&self) -> &Tiered {
+        &self.state.cache
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for CacheService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: fmt::Display + Send + 'static,
+    ReqBody: Default + Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: fmt::Display + Send,
+{
+    type Response = Response<CacheBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<ResBody, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        // The ready service handles this request; the clone waits for the next.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture::new(handle(inner, self.state.clone(), request))
+    }
+}
+
+fn count(counter: &std::sync::atomic::AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Calls a service that may not have been polled ready.
+async fn call_ready<S, Req>(service: &mut S, request: Req) -> Result<S::Response, S::Error>
+where
+    S: Service<Req>,
+{
+    poll_fn(|cx| service.poll_ready(cx)).await?;
+    service.call(request).await
+}
+
+fn with_status<B>(
+    mut response: Response<B>,
+    layer: &CacheLayer,
+    status: &CacheStatus,
+) -> Response<B> {
+    response
+        .headers_mut()
+        .append(CACHE_STATUS, status.to_header(&layer.config.status_name));
+    response
+}
+
+fn plain_response<B>(status: StatusCode, text: &'static str) -> Response<CacheBody<B>> {
+    let mut response = Response::new(CacheBody::full(Bytes::from_static(text.as_bytes())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+fn origin_response<B>(
+    response: Response<B>,
+    layer: &CacheLayer,
+    status: &CacheStatus,
+) -> Response<CacheBody<B>> {
+    let (mut parts, body) = response.into_parts();
+    for name in &layer.config.strip_fields {
+        parts.headers.remove(name);
+    }
+    with_status(
+        Response::from_parts(parts, CacheBody::streaming(body)),
+        layer,
+        status,
+    )
+}
+
+/// Builds the response for a stored entry: a `304` when the client's
+/// preconditions match, else the stored response (body shared, not copied).
+fn serve_entry<B>(
+    layer: &CacheLayer,
+    entry: &Entry,
+    stored: &StoredResponse,
+    client: &HeaderMap,
+    head: bool,
+    now: SystemTime,
+    status: &CacheStatus,
+) -> Response<CacheBody<B>> {
+    let age = HeaderValue::from(entry.age(now).as_secs());
+    let mut response = if stored.status.is_success() && is_not_modified(client, stored) {
+        let mut response = Response::new(CacheBody::empty());
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+        let headers = response.headers_mut();
+        for name in NOT_MODIFIED_HEADERS {
+            for value in stored.headers.get_all(&name) {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        response
+    } else {
+        let body = if head {
+            CacheBody::empty()
+        } else {
+            CacheBody::full(stored.body.clone())
+        };
+        let mut response = Response::new(body);
+        *response.status_mut() = stored.status;
+        *response.headers_mut() = stored.headers.clone();
+        response
+    };
+    response.headers_mut().insert(header::AGE, age);
+    with_status(response, layer, status)
+}
+
+fn ttl_seconds(freshness: Freshness) -> i64 {
+    match freshness {
+        Freshness::Fresh { ttl } => i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX),
+        Freshness::Stale { stale_for, .. } => {
+            -i64::try_from(stale_for.as_secs()).unwrap_or(i64::MAX)
+        }
+    }
+}
+
+enum Lookup {
+    Found {
+        entry: Arc<Entry>,
+        tier: String,
+        key: CacheKey,
+    },
+    VaryMiss {
+        key: CacheKey,
+    },
+    Miss,
+}
+
+async fn lookup(cache: &Tiered, primary: &CacheKey, headers: &HeaderMap) -> Lookup {
+    let Some(hit) = cache.get(primary).await else {
+        return Lookup::Miss;
+    };
+    match hit.entry.payload() {
+        Payload::Response(_) => Lookup::Found {
+            tier: hit.tier_name().to_owned(),
+            entry: hit.entry,
+            key: primary.clone(),
+        },
+        Payload::Variants(names) => {
+            let key = KeyOptions::variant(primary, names, headers);
+            match cache.get(&key).await {
+                Some(variant) if variant.entry.as_response().is_some() => Lookup::Found {
+                    tier: variant.tier_name().to_owned(),
+                    entry: variant.entry,
+                    key,
+                },
+                _ => Lookup::VaryMiss { key },
+            }
+        }
+        // A non-HTTP value under an HTTP key: not ours to serve.
+        _ => Lookup::Miss,
+    }
+}
+
+/// Removes the stored responses for a primary key, every `Vary` variant included.
+pub(crate) async fn invalidate_primary(cache: &Tiered, primary: &CacheKey) {
+    let had_variants = matches!(
+        cache.get(primary).await,
+        Some(hit) if matches!(hit.entry.payload(), Payload::Variants(_))
+    );
+    let _ = cache.delete(primary).await;
+    if had_variants {
+        let _ = cache
+            .invalidate_prefix(&KeyOptions::variants_prefix(primary))
+            .await;
+    }
+}
+
+/// Whether the request forbids storing (`Cache-Control: no-store`).
+fn request_forbids_store(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|d| d.trim().eq_ignore_ascii_case("no-store"))
+}
+
+async fn handle<S, ReqBody, ResBody>(
+    mut inner: S,
+    state: Arc<CacheLayer>,
+    request: Request<ReqBody>,
+) -> Result<Response<CacheBody<ResBody>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: fmt::Display + Send + 'static,
+    ReqBody: Default + Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: fmt::Display + Send,
+{
+    let layer = &*state;
+    let counters = layer.cache.counters();
+    let method = request.method().clone();
+    if method != Method::GET && method != Method::HEAD {
+        return pass_and_invalidate(inner, layer, request).await;
+    }
+    let (parts, body) = request.into_parts();
+    let bypass = layer
+        .config
+        .unless
+        .as_ref()
+        .is_some_and(|unless| unless(&parts));
+    if bypass || request_forbids_store(&parts.headers) {
+        count(&counters.bypassed);
+        let fwd = if bypass {
+            Forward::Bypass
+        } else {
+            Forward::Request
+        };
+        let response = call_ready(&mut inner, Request::from_parts(parts, body)).await?;
+        return Ok(origin_response(response, layer, &CacheStatus::forward(fwd)));
+    }
+
+    let now = SystemTime::now();
+    let head = method == Method::HEAD;
+    let primary = layer
+        .config
+        .keys
+        .primary(&method, &parts.uri, &parts.headers);
+    let authorized = parts.headers.contains_key(header::AUTHORIZATION);
+    let (fwd, fill_key, stale) = match lookup(&layer.cache, &primary, &parts.headers).await {
+        Lookup::Found { entry, tier, key } => {
+            let Some(stored) = entry.as_response() else {
+                return Ok(plain_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "unreachable",
+                ));
+            };
+            if authorized && !policy::allows_authorized(&layer.config, stored) {
+                // Stored for anonymous use; this authenticated request goes to the origin.
+                count(&counters.bypassed);
+                let response = call_ready(&mut inner, Request::from_parts(parts, body)).await?;
+                return Ok(origin_response(
+                    response,
+                    layer,
+                    &CacheStatus::forward(Forward::Request),
+                ));
+            }
+            let freshness = entry.freshness(now);
+            match freshness {
+                Freshness::Fresh { .. } => {
+                    count(&counters.hits);
+                    let status = CacheStatus::hit(ttl_seconds(freshness), &tier);
+                    return Ok(serve_entry(
+                        layer,
+                        &entry,
+                        stored,
+                        &parts.headers,
+                        head,
+                        now,
+                        &status,
+                    ));
+                }
+                Freshness::Stale {
+                    within_stale_while_revalidate: true,
+                    ..
+                } => {
+                    count(&counters.stale_served);
+                    let mut status = CacheStatus::hit(ttl_seconds(freshness), &tier);
+                    status.detail = Some("stale-while-revalidate");
+                    let response =
+                        serve_entry(layer, &entry, stored, &parts.headers, head, now, &status);
+                    spawn_refresh(inner, state.clone(), parts, primary, key, entry);
+                    return Ok(response);
+                }
+                Freshness::Stale { .. } => (Forward::Stale, key, Some(entry)),
+            }
+        }
+        Lookup::VaryMiss { key } => (Forward::VaryMiss, key, None),
+        Lookup::Miss => (Forward::Miss, primary.clone(), None),
+    };
+
+    if head {
+        // A HEAD response has no body to store: forward it as is.
+        count(&counters.misses);
+        let response = call_ready(&mut inner, Request::from_parts(parts, body)).await?;
+        return Ok(origin_response(response, layer, &CacheStatus::forward(fwd)));
+    }
+    count(&counters.misses);
+    let client_headers = parts.headers.clone();
+    if !layer.config.coalesce || authorized {
+        let (response, _) = fetch(inner, layer, parts, body, &primary, stale, fwd).await;
+        return response;
+    }
+
+    // Coalesce: one origin call per key; the others wait for its result.
+    let mut leader_request = Some((inner, parts, body));
+    let mut own_response = None;
+    let (filled, role) = layer
+        .flights
+        .fills
+        .run(&fill_key, || async {
+            let Some((inner, parts, body)) = leader_request.take() else {
+                return None;
+            };
+            let (response, filled) =
+                fetch(inner, layer, parts, body, &primary, stale.clone(), fwd).await;
+            own_response = Some(response);
+            filled
+        })
+        .await;
+    if role == Role::Leader {
+        if let Some(response) = own_response {
+            return response;
+        }
+    }
+    count(&counters.coalesced);
+    let now = SystemTime::now();
+    if let Some(filled) = filled {
+        let matches = match &filled.variant {
+            None => true,
+            Some((names, key)) => KeyOptions::variant(&primary, names, &client_headers) == *key,
+        };
+        if let (true, Some(stored)) = (matches, filled.entry.as_response()) {
+            let mut status = if filled.stale {
+                let mut status = CacheStatus::forward(Forward::Stale);
+                status.fwd_status = filled.fwd_status;
+                status.detail = Some("stale-if-error");
+                status
+            } else {
+                CacheStatus::hit(ttl_seconds(filled.entry.freshness(now)), "origin")
+            };
+            status.collapsed = true;
+            status.tier = None;
+            return Ok(serve_entry(
+                layer,
+                &filled.entry,
+                stored,
+                &client_headers,
+                false,
+                now,
+                &status,
+            ));
+        }
+    }
+    // The shared result does not fit this request (not storable, other
+    // variant, origin error): make our own origin call.
+    let Some((inner, parts, body)) = leader_request.take() else {
+        return Ok(plain_response(
+            StatusCode::BAD_GATEWAY,
+            "origin call was lost\n",
+        ));
+    };
+    let (response, _) = fetch(inner, layer, parts, body, &primary, stale, fwd).await;
+    response
+}
+
+/// Serves `stale` if its stale-if-error window allows it.
+fn stale_if_error<B>(
+    layer: &CacheLayer,
+    stale: Option<&Arc<Entry>>,
+    client: &HeaderMap,
+    fwd_status: Option<u16>,
+) -> Option<(Response<CacheBody<B>>, Filled)> {
+    let entry = stale?;
+    let stored = entry.as_response()?;
+    let now = SystemTime::now();
+    let Freshness::Stale {
+        within_stale_if_error: true,
+        ..
+    } = entry.freshness(now)
+    else {
+        return None;
+    };
+    count(&layer.cache.counters().stale_served);
+    let mut status = CacheStatus::forward(Forward::Stale);
+    status.fwd_status = fwd_status;
+    status.detail = Some("stale-if-error");
+    let response = serve_entry(layer, entry, stored, client, false, now, &status);
+    let filled = Filled {
+        entry: entry.clone(),
+        variant: None,
+        stale: true,
+        fwd_status,
+    };
+    Some((response, filled))
+}
+
+type Fetched<B, E> = (Result<Response<CacheBody<B>>, E>, Option<Filled>);
+
+/// One origin call for a cacheable GET: revalidates `stale` when it has
+/// validators, stores what may be stored, and falls back to stale on errors.
+async fn fetch<S, ReqBody, ResBody>(
+    mut inner: S,
+    layer: &CacheLayer,
+    mut parts: request::Parts,
+    body: ReqBody,
+    primary: &CacheKey,
+    stale: Option<Arc<Entry>>,
+    fwd: Forward,
+) -> Fetched<ResBody, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S::Error: fmt::Display,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: fmt::Display,
+{
+    let config = &*layer.config;
+    let counters = layer.cache.counters();
+    let client = std::mem::take(&mut parts.headers);
+    let mut origin_headers = client.clone();
+    for name in CONDITIONAL_REQUEST_HEADERS {
+        origin_headers.remove(name);
+    }
+    let stale_stored = stale.as_ref().and_then(|e| e.as_response());
+    if let Some(stored) = stale_stored {
+        if let Some(etag) = stored.etag() {
+            origin_headers.insert(header::IF_NONE_MATCH, etag.clone());
+        }
+        if let Some(modified) = stored.last_modified() {
+            origin_headers.insert(header::IF_MODIFIED_SINCE, modified.clone());
+        }
+    }
+    parts.headers = origin_headers;
+    let head = parts.clone();
+    let call = call_ready(&mut inner, Request::from_parts(parts, body));
+    let outcome = match config.origin_timeout {
+        Some(limit) => tokio::time::timeout(limit, call).await.map_err(|_| limit),
+        None => Ok(call.await),
+    };
+    let response = match outcome {
+        Ok(Ok(response)) => response,
+        Ok(Err(error)) => {
+            count(&counters.origin_errors);
+            tracing::warn!(key = %primary, %error, "origin failed");
+            if let Some((response, filled)) = stale_if_error(layer, stale.as_ref(), &client, None) {
+                return (Ok(response), Some(filled));
+            }
+            return (Err(error), None);
+        }
+        Err(limit) => {
+            count(&counters.origin_errors);
+            tracing::warn!(key = %primary, timeout = ?limit, "origin timed out");
+            if let Some((response, filled)) =
+                stale_if_error(layer, stale.as_ref(), &client, Some(504))
+            {
+                return (Ok(response), Some(filled));
+            }
+            let mut status = CacheStatus::forward(fwd);
+            status.fwd_status = Some(504);
+            let response = with_status(
+                plain_response(StatusCode::GATEWAY_TIMEOUT, "origin timed out\n"),
+                layer,
+                &status,
+            );
+            return (Ok(response), None);
+        }
+    };
+    let now = SystemTime::now();
+    let origin_status = response.status();
+    let mut status = CacheStatus::forward(fwd);
+    status.fwd_status = Some(origin_status.as_u16());
+
+    if origin_status.is_server_error() {
+        count(&counters.origin_errors);
+        if let Some((response, filled)) =
+            stale_if_error(layer, stale.as_ref(), &client, Some(origin_status.as_u16()))
+        {
+            return (Ok(response), Some(filled));
+        }
+        return (Ok(origin_response(response, layer, &status)), None);
+    }
+
+    if origin_status == StatusCode::NOT_MODIFIED {
+        if let (Some(entry), Some(stored)) = (stale.as_ref(), stale_stored) {
+            if let Some(updated) =
+                policy::revalidated(config, &head, stored, entry.meta(), response.headers(), now)
+            {
+                count(&counters.revalidated);
+                status.stored = true;
+                let (entry, filled) =
+                    store(layer, primary, updated, &head.headers, Vec::new()).await;
+                let filled = Filled {
+                    fwd_status: Some(304),
+                    ..filled
+                };
+                let Some(stored) = entry.as_response() else {
+                    return (Ok(origin_response(response, layer, &status)), None);
+                };
+                return (
+                    Ok(serve_entry(
+                        layer, &entry, stored, &client, false, now, &status,
+                    )),
+                    Some(filled),
+                );
+            }
+        }
+        return (Ok(origin_response(response, layer, &status)), None);
+    }
+
+    let (res_parts, res_body) = response.into_parts();
+    match collect_limited(res_body, config.max_body_bytes).await {
+        Collected::Failed(error) => {
+            count(&counters.origin_errors);
+            tracing::warn!(key = %primary, %error, "origin body failed");
+            if let Some((response, filled)) =
+                stale_if_error(layer, stale.as_ref(), &client, Some(502))
+            {
+                return (Ok(response), Some(filled));
+            }
+            status.fwd_status = Some(502);
+            let response = with_status(
+                plain_response(StatusCode::BAD_GATEWAY, "origin response failed\n"),
+                layer,
+                &status,
+            );
+            (Ok(response), None)
+        }
+        Collected::TooLarge { buffered, rest } => {
+            count(&counters.not_stored);
+            status.detail = Some("too-large");
+            let mut response = Response::from_parts(res_parts, CacheBody::prefixed(buffered, rest));
+            for name in &config.strip_fields {
+                response.headers_mut().remove(name);
+            }
+            (Ok(with_status(response, layer, &status)), None)
+        }
+        Collected::Complete(bytes) => {
+            match policy::evaluate(
+                config,
+                &head,
+                res_parts.status,
+                &res_parts.headers,
+                bytes.clone(),
+                now,
+            ) {
+                Ok(storable) => {
+                    count(&counters.stored);
+                    status.stored = true;
+                    let cookies: Vec<HeaderValue> = res_parts
+                        .headers
+                        .get_all(header::SET_COOKIE)
+                        .iter()
+                        .cloned()
+                        .collect();
+                    let (entry, filled) =
+                        store(layer, primary, storable, &head.headers, cookies.clone()).await;
+                    let Some(stored) = entry.as_response() else {
+                        return (
+                            Ok(plain_response(
+                                StatusCode::INTERNAL_SERVER_ERROR,
+                                "unreachable\n",
+                            )),
+                            None,
+                        );
+                    };
+                    let mut response =
+                        serve_entry(layer, &entry, stored, &client, false, now, &status);
+                    for cookie in cookies {
+                        // The client that caused the store still gets its cookie.
+                        response.headers_mut().append(header::SET_COOKIE, cookie);
+                    }
+                    (Ok(response), Some(filled))
+                }
+                Err(reason) => {
+                    count(&counters.not_stored);
+                    tracing::debug!(key = %primary, reason, "response not stored");
+                    let mut response = Response::from_parts(res_parts, CacheBody::full(bytes));
+                    for name in &config.strip_fields {
+                        response.headers_mut().remove(name);
+                    }
+                    (Ok(with_status(response, layer, &status)), None)
+                }
+            }
+        }
+    }
+}
+
+/// Writes a storable response: under the primary key, or, when it varies,
+/// a `Variants` marker under the primary key and the response under the
+/// second-level key selected by the request's headers.
+async fn store(
+    layer: &CacheLayer,
+    primary: &CacheKey,
+    storable: Storable,
+    request_headers: &HeaderMap,
+    _stripped_cookies: Vec<HeaderValue>,
+) -> (Arc<Entry>, Filled) {
+    let Storable {
+        response,
+        meta,
+        vary,
+    } = storable;
+    let entry = Arc::new(Entry::response(response, meta));
+    if vary.is_empty() {
+        let _ = layer.cache.set(primary, entry.clone()).await;
+        let filled = Filled {
+            entry: entry.clone(),
+            variant: None,
+            stale: false,
+            fwd_status: None,
+        };
+        return (entry, filled);
+    }
+    let key = KeyOptions::variant(primary, &vary, request_headers);
+    // The marker outlives every variant stored before it, so that an
+    // invalidation of the URL finds it and removes them all.
+    let now = SystemTime::now();
+    let marker_until = entry
+        .meta()
+        .keep_until
+        .max(now + Duration::from_secs(24 * 3600));
+    let marker_meta = EntryMeta::new(now, Duration::ZERO).keep_at_least_until(marker_until);
+    let marker = Arc::new(Entry::variants(vary.clone(), marker_meta));
+    let _ = layer.cache.set(primary, marker).await;
+    let _ = layer.cache.set(&key, entry.clone()).await;
+    let filled = Filled {
+        entry: entry.clone(),
+        variant: Some((vary, key)),
+        stale: false,
+        fwd_status: None,
+    };
+    (entry, filled)
+}
+
+/// Starts one background refresh of a stale entry (stale-while-revalidate);
+/// a refresh already running for the key makes this a no-op.
+fn spawn_refresh<S, ReqBody, ResBody>(
+    inner: S,
+    state: Arc<CacheLayer>,
+    parts: request::Parts,
+    primary: CacheKey,
+    key: CacheKey,
+    stale: Arc<Entry>,
+) where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: fmt::Display + Send + 'static,
+    ReqBody: Default + Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: fmt::Display + Send,
+{
+    {
+        let mut refreshing = state
+            .flights
+            .refreshing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !refreshing.insert(key.clone()) {
+            return;
+        }
+    }
+    tokio::spawn(async move {
+        let layer = &*state;
+        let _ = layer
+            .flights
+            .fills
+            .run(&key, || async {
+                let (_, filled) = fetch(
+                    inner,
+                    layer,
+                    parts,
+                    ReqBody::default(),
+                    &primary,
+                    Some(stale),
+                    Forward::Stale,
+                )
+                .await;
+                filled
+            })
+            .await;
+        layer
+            .flights
+            .refreshing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&key);
+    });
+}
+
+/// The URI a `Location`/`Content-Location` value names, if it is on the same
+/// origin as the request (RFC 9111 §4.4: only same-origin URIs are invalidated).
+fn same_origin_uri(request: &Uri, request_headers: &HeaderMap, value: &HeaderValue) -> Option<Uri> {
+    let value = value.to_str().ok()?;
+    let target: Uri = value.parse().ok()?;
+    let request_authority = request
+        .authority()
+        .map(|a| a.as_str().to_ascii_lowercase())
+        .or_else(|| {
+            request_headers
+                .get(header::HOST)?
+                .to_str()
+                .ok()
+                .map(str::to_ascii_lowercase)
+        });
+    match target.authority() {
+        Some(authority) => {
+            (Some(authority.as_str().to_ascii_lowercase()) == request_authority).then_some(target)
+        }
+        None if value.starts_with('/') => match request.authority() {
+            Some(authority) => {
+                let scheme = request.scheme_str().unwrap_or("http");
+                format!("{scheme}://{authority}{value}").parse().ok()
+            }
+            None => Some(target),
+        },
+        None => None,
+    }
+}
+
+/// Forwards a request the cache does not answer; after a successful unsafe
+/// method, invalidates the stored responses for its URL and for same-origin
+/// `Location`/`Content-Location` URLs (RFC 9111 §4.4).
+async fn pass_and_invalidate<S, ReqBody, ResBody>(
+    mut inner: S,
+    layer: &CacheLayer,
+    request: Request<ReqBody>,
+) -> Result<Response<CacheBody<ResBody>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    let safe = matches!(*request.method(), Method::OPTIONS | Method::TRACE);
+    let uri = request.uri().clone();
+    let headers = if safe {
+        HeaderMap::new()
+    } else {
+        request.headers().clone()
+    };
+    let response = call_ready(&mut inner, request).await?;
+    let status = response.status();
+    if !safe && (status.is_success() || status.is_redirection()) {
+        let keys = &layer.config.keys;
+        invalidate_primary(&layer.cache, &keys.primary(&Method::GET, &uri, &headers)).await;
+        for name in [header::LOCATION, header::CONTENT_LOCATION] {
+            if let Some(target) = response
+                .headers()
+                .get(&name)
+                .and_then(|v| same_origin_uri(&uri, &headers, v))
+            {
+                invalidate_primary(&layer.cache, &keys.primary(&Method::GET, &target, &headers))
+                    .await;
+            }
+        }
+    }
+    Ok(origin_response(
+        response,
+        layer,
+        &CacheStatus::forward(Forward::Method),
+    ))
+}
