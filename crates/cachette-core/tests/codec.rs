@@ -1,4 +1,5 @@
 //! The binary entry format: round trips, and corrupt input is an error, never a panic.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -143,8 +143,22 @@ pub(crate) fn evaluate(
             "not storable by RFC 9111 (no-store, private, Authorization, status or method)",
         );
     }
-    let ttl = policy.time_to_live(now);
-    let age = policy.age(now);
+    // RFC 9111 §4.2.3: the initial age is the larger of the Age header and the
+    // apparent age (response time minus Date). http-cache-semantics counts only
+    // the former, so correct the remaining lifetime here.
+    let header_age = policy.age(now);
+    let lifetime = policy.time_to_live(now) + header_age;
+    let apparent_age = headers
+        .get(header::DATE)
+        .and_then(|d| httpdate::parse_http_date(d.to_str().ok()?).ok())
+        .and_then(|date| now.duration_since(date).ok())
+        .unwrap_or_default();
+    let age = header_age.max(apparent_age);
+    let ttl = if lifetime > header_age {
+        lifetime.saturating_sub(age)
+    } else {
+        Duration::ZERO
+    };
     let has_validator =
         headers.contains_key(header::ETAG) || headers.contains_key(header::LAST_MODIFIED);
     if ttl.is_zero() && !has_validator {

@@ -373,9 +373,7 @@ where
         .flights
         .fills
         .run(&fill_key, || async {
-            let Some((inner, parts, body)) = leader_request.take() else {
-                return None;
-            };
+            let (inner, parts, body) = leader_request.take()?;
             let (response, filled) =
                 fetch(inner, layer, parts, body, &primary, stale.clone(), fwd).await;
             own_response = Some(response);

@@ -214,7 +214,7 @@ impl Backend for MemoryTier {
 
     async fn invalidate_tag(&self, tag: &str) -> Result<(), CacheError> {
         let tag = tag.to_owned();
-        self.invalidate_if(move |_, stored| stored.entry.meta().tags.iter().any(|t| *t == tag))
+        self.invalidate_if(move |_, stored| stored.entry.meta().tags.contains(&tag))
     }
 
     async fn clear(&self) -> Result<(), CacheError> {

@@ -1,4 +1,5 @@
 //! Behaviour of the memory tier through the `Backend` trait and `Tiered`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
     sync::Arc,

@@ -1,1 +1,54 @@
-//! wip
+//! # cachette
+//!
+//! A fast, highly available, multi-tier response and data cache for
+//! axum/tower web apps: in-process memory (moka) → the node-local Redis
+//! replica → the Redis master, with RFC 9111 HTTP semantics on top.
+//!
+//! This is the facade crate: it re-exports the pieces behind feature flags.
+//!
+//! | feature | default | gives |
+//! |---|---|---|
+//! | `moka` | yes | [`MemoryTier`], the in-process tier |
+//! | `http` | yes | [`CacheLayer`], the tower/axum response cache |
+//! | `full` | no | everything |
+//!
+//! ```
+//! use std::time::Duration;
+//! use axum::{Router, routing::get};
+//! use cachette::{CacheLayer, MemoryTier, Tiered};
+//!
+//! let cache = Tiered::builder("default")
+//!     .tier("memory", MemoryTier::with_max_bytes(64 * 1024 * 1024))
+//!     .build();
+//! let app: Router = Router::new()
+//!     .route("/time", get(|| async { ([("cache-control", "max-age=10")], "now") }))
+//!     .layer(CacheLayer::new(cache).stale_while_revalidate(Duration::from_secs(30)));
+//! ```
+
+pub use cachette_core as core;
+pub use cachette_core::{
+    Backend, BreakerConfig, BreakerState, CacheError, CacheKey, DecodeError, Entry, EntryMeta,
+    Freshness, Hit, Payload, SingleFlight, StatsSnapshot, StoredResponse, TierOptions, Tiered,
+    TieredBuilder, WriteReport, async_trait,
+};
+
+#[cfg(feature = "moka")]
+pub use cachette_moka::{MemoryTier, MemoryTierBuilder};
+
+/// The HTTP response cache: [`CacheLayer`] and its parts.
+#[cfg(feature = "http")]
+pub mod http {
+    pub use cachette_http::*;
+}
+
+#[cfg(feature = "http")]
+pub use cachette_http::CacheLayer;
+
+/// The names most applications need.
+pub mod prelude {
+    #[cfg(feature = "http")]
+    pub use crate::CacheLayer;
+    #[cfg(feature = "moka")]
+    pub use crate::MemoryTier;
+    pub use crate::{Backend, CacheKey, Entry, EntryMeta, Tiered};
+}
