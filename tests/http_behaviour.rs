@@ -9,7 +9,7 @@ use std::{
     collections::HashMap,
     convert::Infallible,
     sync::{Arc, Mutex},
-    time::{Duration, SystemTime},
+    time::Duration,
 };
 
 use axum::{
@@ -598,25 +598,16 @@ async fn a_corrupt_stored_entry_is_a_miss() {
         )
         .build();
     let counter = Counter::default();
-    let calls = counter.clone();
     let app = Router::new()
         .route(
             "/c",
-            get(move || {
-                let calls = calls.clone();
-                async move {
-                    (
-                        [("cache-control", "max-age=60")],
-                        format!("body {}", calls.hit()),
-                    )
-                }
-            }),
+            counting_get(&counter, &[("cache-control", "max-age=60")]),
         )
         .layer(CacheLayer::new(cache.clone()));
     fetch(&app, "/c").await;
     let hit = fetch(&app, "/c").await;
     assert!(hit.is_hit());
-    assert_eq!(hit.text(), "body 1");
+    assert_eq!(hit.text(), "1");
     // Flip one byte in the middle of every stored entry.
     for bytes in tier.0.lock().unwrap().values_mut() {
         let mut raw = bytes.to_vec();
@@ -628,7 +619,7 @@ async fn a_corrupt_stored_entry_is_a_miss() {
     assert_eq!(after.status, 200);
     assert_eq!(
         after.text(),
-        "body 2",
+        "2",
         "the corrupt entry was a miss, not a panic or a 5xx"
     );
     assert!(fetch(&app, "/c").await.is_hit(), "and was replaced");
@@ -636,25 +627,15 @@ async fn a_corrupt_stored_entry_is_a_miss() {
         cache.snapshot().tiers[0].counters.errors >= 1,
         "the decode error is counted"
     );
-    let _ = SystemTime::now();
 }
 
 #[tokio::test]
 async fn unless_predicate_bypasses_the_cache() {
     let counter = Counter::default();
-    let calls = counter.clone();
     let app = Router::new()
         .route(
             "/admin",
-            get(move || {
-                let calls = calls.clone();
-                async move {
-                    (
-                        [("cache-control", "max-age=60")],
-                        format!("{}", calls.hit()),
-                    )
-                }
-            }),
+            counting_get(&counter, &[("cache-control", "max-age=60")]),
         )
         .layer(layer().unless(|parts| parts.uri.path().starts_with("/admin")));
     let a = fetch(&app, "/admin").await;
@@ -662,4 +643,25 @@ async fn unless_predicate_bypasses_the_cache() {
     assert_eq!(a.cache_status(), "cachette; fwd=bypass");
     assert_ne!(a.text(), b.text());
     assert_eq!(counter.get(), 2);
+}
+
+#[tokio::test]
+async fn the_layer_works_on_a_single_route() {
+    let counter = Counter::default();
+    let other = Counter::default();
+    let app = Router::new()
+        .route(
+            "/cached",
+            counting_get(&counter, &[("cache-control", "max-age=60")]).layer(layer()),
+        )
+        .route(
+            "/plain",
+            counting_get(&other, &[("cache-control", "max-age=60")]),
+        );
+    fetch(&app, "/cached").await;
+    assert!(fetch(&app, "/cached").await.is_hit());
+    let plain = fetch(&app, "/plain").await;
+    assert!(plain.headers.get("cache-status").is_none());
+    fetch(&app, "/plain").await;
+    assert_eq!((counter.get(), other.get()), (1, 2));
 }

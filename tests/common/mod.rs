@@ -89,3 +89,22 @@ pub fn get_with(uri: &str, headers: &[(&str, &str)]) -> Request<Body> {
 pub async fn fetch(app: &Router, uri: &str) -> Reply {
     send(app, get(uri)).await
 }
+
+/// A GET handler that counts its calls and answers `"<n>"` (the call number)
+/// with the given response headers.
+pub fn counting_get(
+    counter: &Counter,
+    headers: &'static [(&'static str, &'static str)],
+) -> axum::routing::MethodRouter {
+    let calls = counter.clone();
+    axum::routing::get(move || {
+        let calls = calls.clone();
+        async move {
+            let mut map = HeaderMap::new();
+            for (name, value) in headers {
+                map.insert(*name, http::HeaderValue::from_static(value));
+            }
+            (map, calls.hit().to_string())
+        }
+    })
+}

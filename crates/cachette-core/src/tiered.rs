@@ -170,6 +170,11 @@ impl Hit {
     pub fn tier_name(&self) -> &str {
         &self.tier_name
     }
+
+    /// The name of the tier that answered, shared.
+    pub fn tier_name_arc(&self) -> Arc<str> {
+        self.tier_name.clone()
+    }
 }
 
 /// A tier that did not take a write or an invalidation.
@@ -303,8 +308,14 @@ impl Tiered {
         for (index, tier) in self.inner.tiers.iter().enumerate() {
             match Self::call(tier, false, tier.backend.get(key)).await {
                 Ok(Some(entry)) => {
-                    let now = SystemTime::now();
-                    let ttl = entry.remaining_ttl(now);
+                    // The first tier's own expiry is trusted (the hit path stays
+                    // free of clock reads); a lower hit needs its remaining
+                    // lifetime anyway, to promote it.
+                    let ttl = if index == 0 {
+                        Duration::MAX
+                    } else {
+                        entry.remaining_ttl(SystemTime::now())
+                    };
                     if ttl.is_zero() {
                         tier.stats.counters.misses.fetch_add(1, relaxed());
                         continue;

@@ -199,7 +199,7 @@ fn ttl_seconds(freshness: Freshness) -> i64 {
 enum Lookup {
     Found {
         entry: Arc<Entry>,
-        tier: String,
+        tier: Arc<str>,
         key: CacheKey,
     },
     VaryMiss {
@@ -214,7 +214,7 @@ async fn lookup(cache: &Tiered, primary: &CacheKey, headers: &HeaderMap) -> Look
     };
     match hit.entry.payload() {
         Payload::Response(_) => Lookup::Found {
-            tier: hit.tier_name().to_owned(),
+            tier: hit.tier_name_arc(),
             entry: hit.entry,
             key: primary.clone(),
         },
@@ -222,7 +222,7 @@ async fn lookup(cache: &Tiered, primary: &CacheKey, headers: &HeaderMap) -> Look
             let key = KeyOptions::variant(primary, names, headers);
             match cache.get(&key).await {
                 Some(variant) if variant.entry.as_response().is_some() => Lookup::Found {
-                    tier: variant.tier_name().to_owned(),
+                    tier: variant.tier_name_arc(),
                     entry: variant.entry,
                     key,
                 },
@@ -323,7 +323,7 @@ where
             match freshness {
                 Freshness::Fresh { .. } => {
                     count(&counters.hits);
-                    let status = CacheStatus::hit(ttl_seconds(freshness), &tier);
+                    let status = CacheStatus::hit(ttl_seconds(freshness), Some(tier.clone()));
                     return Ok(serve_entry(
                         layer,
                         &entry,
@@ -339,7 +339,7 @@ where
                     ..
                 } => {
                     count(&counters.stale_served);
-                    let mut status = CacheStatus::hit(ttl_seconds(freshness), &tier);
+                    let mut status = CacheStatus::hit(ttl_seconds(freshness), Some(tier.clone()));
                     status.detail = Some("stale-while-revalidate");
                     let response =
                         serve_entry(layer, &entry, stored, &parts.headers, head, now, &status);
@@ -399,10 +399,9 @@ where
                 status.detail = Some("stale-if-error");
                 status
             } else {
-                CacheStatus::hit(ttl_seconds(filled.entry.freshness(now)), "origin")
+                CacheStatus::hit(ttl_seconds(filled.entry.freshness(now)), None)
             };
             status.collapsed = true;
-            status.tier = None;
             return Ok(serve_entry(
                 layer,
                 &filled.entry,

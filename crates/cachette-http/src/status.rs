@@ -1,6 +1,6 @@
 //! The `Cache-Status` response header (RFC 9211).
 
-use std::fmt::Write as _;
+use std::{fmt::Write as _, sync::Arc};
 
 use http::HeaderValue;
 
@@ -47,15 +47,15 @@ pub(crate) struct CacheStatus {
     pub(crate) stored: bool,
     pub(crate) collapsed: bool,
     pub(crate) detail: Option<&'static str>,
-    pub(crate) tier: Option<String>,
+    pub(crate) tier: Option<Arc<str>>,
 }
 
 impl CacheStatus {
-    pub(crate) fn hit(ttl: i64, tier: &str) -> Self {
+    pub(crate) fn hit(ttl: i64, tier: Option<Arc<str>>) -> Self {
         Self {
             hit: true,
             ttl: Some(ttl),
-            tier: Some(tier.to_owned()),
+            tier,
             ..Self::default()
         }
     }
@@ -111,7 +111,7 @@ mod tests {
     #[test]
     fn formats_members() {
         assert_eq!(
-            CacheStatus::hit(57, "memory").to_header("cachette"),
+            CacheStatus::hit(57, Some(Arc::from("memory"))).to_header("cachette"),
             "cachette; hit; ttl=57; detail=memory"
         );
         let mut s = CacheStatus::forward(Forward::Stale);
