@@ -10,6 +10,7 @@ mod breaker;
 pub mod codec;
 mod entry;
 mod error;
+mod journal;
 mod key;
 mod single_flight;
 mod stats;
@@ -19,6 +20,7 @@ pub use backend::Backend;
 pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker};
 pub use entry::{Entry, EntryMeta, Freshness, Payload, StoredResponse};
 pub use error::{BoxError, CacheError, DecodeError};
+pub use journal::{Journal, JournalOp, unix_millis};
 pub use key::{CacheKey, MAX_KEY_LEN};
 pub use single_flight::{Role, SingleFlight};
 pub use stats::{

@@ -10,26 +10,42 @@ use std::{
 
 use crate::{
     Backend, BreakerConfig, BreakerState, CacheCounters, CacheError, CacheKey, CircuitBreaker,
-    Entry, StatsSnapshot, TierSnapshot, TierStats,
+    Entry, Journal, JournalOp, StatsSnapshot, TierSnapshot, TierStats,
 };
 
 /// How [`Tiered`] wraps the calls to one tier.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct TierOptions {
     /// Every call to the tier is abandoned after this long (`None`: no timeout,
     /// for tiers that cannot block, like the in-process memory tier).
     pub timeout: Option<Duration>,
     /// When the tier is skipped after failures.
     pub breaker: BreakerConfig,
+    /// Where writes and invalidations this tier could not take are recorded
+    /// for replay (the Redis master's durable journal).
+    pub journal: Option<Arc<dyn Journal>>,
 }
 
 impl TierOptions {
-    /// Options with the given timeout and the default breaker.
+    /// Options with the given timeout, the default breaker and no journal.
     pub fn with_timeout(timeout: Option<Duration>) -> Self {
         Self {
             timeout,
             breaker: BreakerConfig::default(),
+            journal: None,
         }
+    }
+
+    /// Sets the breaker configuration.
+    pub fn breaker(mut self, breaker: BreakerConfig) -> Self {
+        self.breaker = breaker;
+        self
+    }
+
+    /// Records what this tier could not take in `journal`.
+    pub fn journal(mut self, journal: Arc<dyn Journal>) -> Self {
+        self.journal = Some(journal);
+        self
     }
 }
 
@@ -192,12 +208,15 @@ pub struct TierFailure {
 pub struct WriteReport {
     /// Tiers that took it.
     pub succeeded: Vec<Arc<str>>,
-    /// Tiers that did not.
+    /// Tiers that did not take it directly but recorded it in their journal
+    /// for replay.
+    pub journaled: Vec<Arc<str>>,
+    /// Tiers that did not take it (and have no journal, or the journal failed).
     pub failed: Vec<TierFailure>,
 }
 
 impl WriteReport {
-    /// Whether every tier took it.
+    /// Whether every tier took it or journaled it: nothing is lost.
     pub fn is_complete(&self) -> bool {
         self.failed.is_empty()
     }
@@ -370,6 +389,13 @@ impl Tiered {
             return report;
         }
         for tier in &self.inner.tiers {
+            let op = || JournalOp::Set {
+                key: key.clone(),
+                entry: entry.clone(),
+            };
+            if Self::journal_first(tier, op, &mut report).await {
+                continue;
+            }
             match Self::call(tier, false, tier.backend.set(key, entry.clone(), ttl)).await {
                 Ok(()) => {
                     tier.stats.counters.writes.fetch_add(1, relaxed());
@@ -377,20 +403,68 @@ impl Tiered {
                 }
                 Err(error) => {
                     tracing::debug!(%key, tier = %tier.name, %error, "tier write failed");
-                    report.failed.push(TierFailure {
-                        tier: tier.name.clone(),
-                        error,
-                    });
+                    Self::journal_or_fail(tier, op(), error, &mut report).await;
                 }
             }
         }
         report
     }
 
+    /// While a tier's journal holds ops, new ops for that tier queue behind
+    /// them (so they reach it in order). Returns whether `op` was journaled.
+    async fn journal_first(
+        tier: &Tier,
+        op: impl FnOnce() -> JournalOp,
+        report: &mut WriteReport,
+    ) -> bool {
+        let Some(journal) = &tier.options.journal else {
+            return false;
+        };
+        if journal.depth() == 0 {
+            return false;
+        }
+        match journal.record(op()).await {
+            Ok(()) => {
+                report.journaled.push(tier.name.clone());
+                true
+            }
+            // The journal cannot take it: try the tier directly after all.
+            Err(error) => {
+                tracing::error!(tier = %tier.name, %error, "journal write failed");
+                false
+            }
+        }
+    }
+
+    /// Records a failed op in the tier's journal, or reports the failure.
+    async fn journal_or_fail(
+        tier: &Tier,
+        op: JournalOp,
+        error: CacheError,
+        report: &mut WriteReport,
+    ) {
+        if let Some(journal) = &tier.options.journal {
+            match journal.record(op).await {
+                Ok(()) => {
+                    report.journaled.push(tier.name.clone());
+                    return;
+                }
+                Err(journal_error) => {
+                    tracing::error!(tier = %tier.name, error = %journal_error, "journal write failed; the op is lost for this tier");
+                }
+            }
+        }
+        report.failed.push(TierFailure {
+            tier: tier.name.clone(),
+            error,
+        });
+    }
+
     /// Runs an invalidation on every tier. Invalidations are attempted even on a
     /// tier whose breaker is open (bounded by its timeout): a lost invalidation
-    /// serves wrong data, which is worse than a slow one.
-    async fn invalidate_all<'a, F>(&'a self, what: &str, op: F) -> WriteReport
+    /// serves wrong data, which is worse than a slow one. A tier with a journal
+    /// records what it could not take.
+    async fn invalidate_all<'a, F>(&'a self, journal_op: JournalOp, op: F) -> WriteReport
     where
         F: Fn(
             &'a Arc<dyn Backend>,
@@ -400,14 +474,23 @@ impl Tiered {
         self.inner.counters.invalidations.fetch_add(1, relaxed());
         let mut report = WriteReport::default();
         for tier in &self.inner.tiers {
-            match Self::call(tier, true, op(&tier.backend)).await {
+            if Self::journal_first(tier, || journal_op.clone(), &mut report).await {
+                continue;
+            }
+            let open = tier.breaker.state() == BreakerState::Open;
+            let result = if open && tier.options.journal.is_some() {
+                // A journaled tier that is known down: record without waiting.
+                Err(CacheError::CircuitOpen {
+                    tier: tier.name.to_string(),
+                })
+            } else {
+                Self::call(tier, true, op(&tier.backend)).await
+            };
+            match result {
                 Ok(()) => report.succeeded.push(tier.name.clone()),
                 Err(error) => {
-                    tracing::warn!(cache = %self.inner.name, tier = %tier.name, %error, what, "invalidation failed on a tier");
-                    report.failed.push(TierFailure {
-                        tier: tier.name.clone(),
-                        error,
-                    });
+                    tracing::warn!(cache = %self.inner.name, tier = %tier.name, %error, op = ?journal_op, "invalidation failed on a tier");
+                    Self::journal_or_fail(tier, journal_op.clone(), error, &mut report).await;
                 }
             }
         }
@@ -416,7 +499,11 @@ impl Tiered {
 
     /// Deletes `key` from every tier.
     pub async fn delete(&self, key: &CacheKey) -> WriteReport {
-        self.invalidate_all("delete", |b| {
+        let op = JournalOp::Delete {
+            key: key.clone(),
+            at: SystemTime::now(),
+        };
+        self.invalidate_all(op, |b| {
             Box::pin(async move { b.delete(key).await.map(|_| ()) })
         })
         .await
@@ -424,18 +511,30 @@ impl Tiered {
 
     /// Deletes every key starting with `prefix` from every tier.
     pub async fn invalidate_prefix(&self, prefix: &str) -> WriteReport {
-        self.invalidate_all("prefix", |b| b.invalidate_prefix(prefix))
+        let op = JournalOp::InvalidatePrefix {
+            prefix: prefix.to_owned(),
+        };
+        self.invalidate_all(op, |b| b.invalidate_prefix(prefix))
             .await
     }
 
     /// Deletes every entry tagged `tag` from every tier.
     pub async fn invalidate_tag(&self, tag: &str) -> WriteReport {
-        self.invalidate_all("tag", |b| b.invalidate_tag(tag)).await
+        let op = JournalOp::InvalidateTag {
+            tag: tag.to_owned(),
+        };
+        self.invalidate_all(op, |b| b.invalidate_tag(tag)).await
     }
 
     /// Clears this cache's namespace in every tier.
     pub async fn clear(&self) -> WriteReport {
-        self.invalidate_all("clear", |b| b.clear()).await
+        self.invalidate_all(JournalOp::Clear, |b| b.clear()).await
+    }
+
+    /// The tier at `index` (read order), for components that act on one tier
+    /// directly (the invalidation bus, admin commands).
+    pub fn tier_backend(&self, index: usize) -> Option<&Arc<dyn Backend>> {
+        self.inner.tiers.get(index).map(|t| &t.backend)
     }
 
     /// Checks every tier; one result per tier, in read order.

@@ -151,13 +151,11 @@ async fn writes_go_to_every_tier_in_order() {
 async fn a_hanging_tier_times_out_then_is_skipped_by_its_breaker() {
     let memory = MemoryTier::default();
     let remote = Switchable::default();
-    let options = TierOptions {
-        timeout: Some(Duration::from_millis(50)),
-        breaker: BreakerConfig {
+    let options =
+        TierOptions::with_timeout(Some(Duration::from_millis(50))).breaker(BreakerConfig {
             failure_threshold: 3,
             open_for: Duration::from_millis(300),
-        },
-    };
+        });
     let cache = Tiered::builder("t")
         .tier("memory", memory.clone())
         .tier_arc("remote", Arc::new(remote.clone()), options)
@@ -210,13 +208,11 @@ async fn a_hanging_tier_times_out_then_is_skipped_by_its_breaker() {
 #[tokio::test]
 async fn invalidations_are_attempted_even_when_the_breaker_is_open() {
     let remote = Switchable::default();
-    let options = TierOptions {
-        timeout: Some(Duration::from_millis(50)),
-        breaker: BreakerConfig {
+    let options =
+        TierOptions::with_timeout(Some(Duration::from_millis(50))).breaker(BreakerConfig {
             failure_threshold: 1,
             open_for: Duration::from_secs(60),
-        },
-    };
+        });
     let cache = Tiered::builder("t")
         .tier_arc("remote", Arc::new(remote.clone()), options)
         .build();

@@ -1,0 +1,81 @@
+//! The [`Journal`] trait: where writes that a tier could not take wait to be
+//! replayed.
+
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use async_trait::async_trait;
+
+use crate::{CacheError, CacheKey, Entry};
+
+/// A write or invalidation that did not reach a tier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum JournalOp {
+    /// Store `entry` under `key` (its absolute `keep_until` bounds the replay:
+    /// an entry whose time has passed is never written back).
+    Set {
+        /// The key.
+        key: CacheKey,
+        /// The entry.
+        entry: Arc<Entry>,
+    },
+    /// Remove `key`, as of `at` (a replay does not remove a value stored later).
+    Delete {
+        /// The key.
+        key: CacheKey,
+        /// When the delete was issued.
+        at: SystemTime,
+    },
+    /// Remove every key starting with `prefix`.
+    InvalidatePrefix {
+        /// The prefix.
+        prefix: String,
+    },
+    /// Remove every entry tagged `tag`.
+    InvalidateTag {
+        /// The tag.
+        tag: String,
+    },
+    /// Remove every key of the namespace.
+    Clear,
+}
+
+impl JournalOp {
+    /// The key an op is about, for ops that supersede older ops on that key.
+    pub fn key(&self) -> Option<&CacheKey> {
+        match self {
+            Self::Set { key, .. } | Self::Delete { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+
+    /// Whether the op removes data (invalidations are never dropped).
+    pub fn is_invalidation(&self) -> bool {
+        !matches!(self, Self::Set { .. })
+    }
+}
+
+/// Milliseconds since the Unix epoch, saturating (for journal timestamps).
+pub fn unix_millis(t: SystemTime) -> u64 {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Durable storage for operations a tier could not take, replayed in order
+/// when the tier is back.
+///
+/// [`Tiered`](crate::Tiered) records an op here when a write or invalidation
+/// to a tier with a journal fails (error, timeout, open breaker), and, while
+/// the journal is not empty, records new ops for that tier here instead of
+/// writing them directly, so that they reach the tier in order.
+#[async_trait]
+pub trait Journal: Send + Sync + std::fmt::Debug + 'static {
+    /// Records `op` durably; returns once it would survive a crash.
+    async fn record(&self, op: JournalOp) -> Result<(), CacheError>;
+
+    /// Operations waiting to be replayed (cheap: no I/O).
+    fn depth(&self) -> u64;
+}
