@@ -1,0 +1,137 @@
+//! The invalidation bus: every node applies the other nodes' deletes, prefix
+//! purges, tag purges and clears to its own memory tier (and to the local-only
+//! writes on its replica).
+//!
+//! Pub/sub is lossy: a node whose subscription dropped may have missed
+//! messages, so on every (re)subscription it clears its memory tier. The
+//! memory tier's TTL cap bounds staleness even if that fails.
+
+use std::{
+    pin::pin,
+    sync::{Arc, Weak, atomic::Ordering},
+    time::Duration,
+};
+
+use cachette_core::{Backend, CacheKey};
+use futures_core::Stream;
+
+use crate::{RedisTier, shared::Shared};
+
+/// What the subscriber applies an invalidation to.
+pub(crate) struct Targets {
+    pub(crate) memory: Arc<dyn Backend>,
+    pub(crate) local: Option<RedisTier>,
+}
+
+async fn apply(targets: &Targets, kind: &str, argument: &str) {
+    let mut backends: Vec<&dyn Backend> = vec![targets.memory.as_ref()];
+    if let Some(local) = &targets.local {
+        backends.push(local);
+    }
+    for backend in backends {
+        let result = match kind {
+            "d" => match CacheKey::new(argument) {
+                Ok(key) => backend.delete(&key).await.map(|_| ()),
+                Err(_) => Ok(()),
+            },
+            "p" => backend.invalidate_prefix(argument).await,
+            "t" => backend.invalidate_tag(argument).await,
+            "c" => backend.clear().await,
+            _ => Ok(()),
+        };
+        if let Err(error) = result {
+            tracing::warn!(kind, argument, %error, "could not apply a bus invalidation");
+        }
+    }
+}
+
+/// Subscribes to the namespace's channel on the current master, follows master
+/// switches, and applies what other nodes publish.
+pub(crate) async fn run_subscriber(shared: Weak<Shared>, targets: Targets) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let Some(strong) = shared.upgrade() else {
+            return;
+        };
+        let Some(node) = strong.master() else {
+            drop(strong);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        let mut generation = strong.master_generation.subscribe();
+        generation.mark_unchanged();
+        let channel = strong.keys.bus_channel();
+        let node_id = strong.config.node_id.clone();
+        let timeout = strong
+            .config
+            .connect_timeout
+            .max(Duration::from_millis(500));
+        drop(strong);
+
+        let subscribed = tokio::time::timeout(timeout, async {
+            let mut pubsub = node.client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        })
+        .await;
+        let pubsub = match subscribed {
+            Ok(Ok(pubsub)) => pubsub,
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "bus subscription failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+            Err(_) => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(50);
+        // Whatever was published while we were not subscribed is lost: drop
+        // what this node's memory holds rather than serve it stale.
+        if let Err(error) = targets.memory.clear().await {
+            tracing::warn!(%error, "could not clear the memory tier after (re)subscribing to the bus");
+        }
+        if let Some(strong) = shared.upgrade() {
+            strong
+                .counters
+                .bus_resubscribes
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        tracing::info!(master = %node.addr, %channel, "subscribed to the invalidation bus; memory tier cleared");
+
+        let mut stream = pin!(pubsub.into_on_message());
+        loop {
+            let next = std::future::poll_fn(|cx| stream.as_mut().poll_next(cx));
+            tokio::select! {
+                message = next => {
+                    let Some(message) = message else {
+                        tracing::warn!("invalidation bus connection dropped; resubscribing");
+                        break;
+                    };
+                    let payload: String = message.get_payload().unwrap_or_default();
+                    let mut parts = payload.splitn(3, '\n');
+                    let (Some(sender), Some(kind), Some(argument)) = (parts.next(), parts.next(), parts.next()) else {
+                        continue;
+                    };
+                    if sender == node_id {
+                        continue;
+                    }
+                    if let Some(strong) = shared.upgrade() {
+                        strong.counters.bus_received.fetch_add(1, Ordering::Relaxed);
+                    }
+                    apply(&targets, kind, argument).await;
+                }
+                changed = generation.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    tracing::info!("master switched; moving the bus subscription");
+                    break;
+                }
+            }
+        }
+    }
+}

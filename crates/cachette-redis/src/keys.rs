@@ -1,0 +1,74 @@
+//! How cachette lays out its data in Redis.
+//!
+//! Everything of one cache lives under its namespace (e.g. `cachette:default:`):
+//! entries under `{ns}k:{key}`, tag index sets under `{ns}t:{tag}`. Clearing a
+//! cache removes `{ns}*` and nothing else.
+
+/// Escapes the glob characters of `SCAN MATCH` (`*`, `?`, `[`, `]`, `\`), so a
+/// user-supplied prefix matches only itself.
+pub fn escape_glob(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len() + 4);
+    for c in raw.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The Redis key names of one namespace.
+#[derive(Debug, Clone)]
+pub(crate) struct Keys {
+    namespace: String,
+}
+
+impl Keys {
+    pub(crate) fn new(namespace: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+        }
+    }
+
+    pub(crate) fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    pub(crate) fn entry(&self, key: &str) -> String {
+        format!("{}k:{key}", self.namespace)
+    }
+
+    pub(crate) fn tag(&self, tag: &str) -> String {
+        format!("{}t:{tag}", self.namespace)
+    }
+
+    /// `SCAN MATCH` pattern for entries whose key starts with `prefix`.
+    pub(crate) fn entry_pattern(&self, prefix: &str) -> String {
+        format!("{}k:{}*", escape_glob(&self.namespace), escape_glob(prefix))
+    }
+
+    /// `SCAN MATCH` pattern for everything of the namespace.
+    pub(crate) fn all_pattern(&self) -> String {
+        format!("{}*", escape_glob(&self.namespace))
+    }
+
+    /// The bus channel of the namespace.
+    pub(crate) fn bus_channel(&self) -> String {
+        format!("{}bus", self.namespace)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_are_escaped() {
+        let keys = Keys::new("app:");
+        assert_eq!(
+            keys.entry_pattern("GET:h/a*[b]?"),
+            "app:k:GET:h/a\\*\\[b\\]\\?*"
+        );
+        assert_eq!(escape_glob("a\\b"), "a\\\\b");
+    }
+}

@@ -1,0 +1,260 @@
+//! The Redis tiers of [cachette](https://docs.rs/cachette): this node's
+//! replica (**local**) and the **master**, found through static addresses or
+//! Redis Sentinel, with a durable journal of master writes that failed and an
+//! invalidation bus to every node's memory tier.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), cachette_core::CacheError> {
+//! use cachette_redis::{JournalConfig, RedisConfig, RedisTiers, Topology};
+//!
+//! let topology = Topology::sentinel(
+//!     ["redis://10.0.0.5:26379", "redis://10.0.0.6:26379"],
+//!     "mymaster",
+//!     Some("10.0.0.7:6379".into()), // this node's replica
+//! );
+//! let config = RedisConfig::new(topology, "shop:")
+//!     .journal(JournalConfig::new("/var/lib/cachette/shop.journal"));
+//! let redis = RedisTiers::connect(config).await?;
+//! let memory = std::sync::Arc::new(cachette_moka::MemoryTier::default());
+//! // memory → local replica → master, with the journal and the bus wired in.
+//! let cache = redis.tiered("shop", Some(memory));
+//! # Ok(()) }
+//! ```
+//!
+//! docs/operations.md in the repository explains the topologies, the failure
+//! modes, the journal and the stats to watch.
+
+mod bus;
+mod config;
+mod journal;
+pub mod keys;
+mod node;
+mod replay;
+mod scripts;
+mod sentinel;
+mod shared;
+mod tier;
+
+use std::sync::{Arc, atomic::Ordering};
+
+use cachette_core::{Backend, CacheError, TierOptions, Tiered};
+
+pub use config::{JournalConfig, RedisConfig, Topology};
+pub use journal::{DiskJournal, JournalStats, RecordedOp};
+pub use tier::{RedisTier, Role};
+
+use crate::{node::Node, shared::Shared};
+
+/// The Redis side of one cache: connections to the master and this node's
+/// replica, the journal, and the background tasks (Sentinel resolver and
+/// event listeners, journal replayer, bus subscriber). Cheap to clone; the
+/// background tasks stop when the last clone and the last tier are dropped.
+#[derive(Debug, Clone)]
+pub struct RedisTiers {
+    shared: Arc<Shared>,
+}
+
+/// Redis-side counters at one moment.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct RedisStats {
+    /// The master's address now.
+    pub master: Option<String>,
+    /// This node's replica's address.
+    pub local: Option<String>,
+    /// Local writes skipped because the replica is read-only.
+    pub readonly_skips: u64,
+    /// Master switches followed.
+    pub failovers: u64,
+    /// Invalidations received from other nodes.
+    pub bus_received: u64,
+    /// Bus (re)subscriptions (each one cleared the memory tier).
+    pub bus_subscriptions: u64,
+    /// Failed attempts to resolve the master through Sentinel.
+    pub resolve_errors: u64,
+    /// The journal's counters, if journaling is on.
+    pub journal: Option<JournalStats>,
+}
+
+impl RedisTiers {
+    /// Prepares connections (without blocking on a server that is down: the
+    /// first calls fail and are journaled instead), opens the journal, and
+    /// starts the background tasks.
+    pub async fn connect(config: RedisConfig) -> Result<Self, CacheError> {
+        let node =
+            |url: &str, timeout| Node::new(url, timeout, config.connect_timeout, config.pool_size);
+        let (master, local) = match &config.topology {
+            Topology::Single { url } => (Some(node(url, config.master_timeout)?), None),
+            Topology::Static { master, local } => (
+                Some(node(master, config.master_timeout)?),
+                local
+                    .as_deref()
+                    .map(|l| node(l, config.local_timeout))
+                    .transpose()?,
+            ),
+            Topology::Sentinel {
+                local,
+                username,
+                password,
+                db,
+                ..
+            } => {
+                let local = match local {
+                    Some(addr) => {
+                        let (host, port) = addr
+                            .rsplit_once(':')
+                            .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+                            .ok_or_else(|| {
+                                CacheError::backend(
+                                    node::BACKEND,
+                                    format!("local replica address {addr:?} is not host:port"),
+                                )
+                            })?;
+                        let url = config::node_url(
+                            host,
+                            port,
+                            username.as_deref(),
+                            password.as_deref(),
+                            *db,
+                        );
+                        Some(node(&url, config.local_timeout)?)
+                    }
+                    None => None,
+                };
+                (None, local)
+            }
+        };
+        let journal = config.journal.clone().map(DiskJournal::open).transpose()?;
+        let shared = Arc::new(Shared::new(config, master, local, journal));
+        let redis = Self { shared };
+        redis.start_tasks().await;
+        Ok(redis)
+    }
+
+    async fn start_tasks(&self) {
+        let shared = &self.shared;
+        let weak = Arc::downgrade(shared);
+        if let Topology::Sentinel { sentinels, .. } = &shared.config.topology {
+            // Resolve once before returning, so the first requests have a master.
+            if let Err(error) = sentinel::refresh_master(shared).await {
+                tracing::warn!(%error, "Redis master not resolved at startup; will keep trying");
+            }
+            shared.add_task(tokio::spawn(sentinel::run_resolver(weak.clone())).abort_handle());
+            for url in sentinels {
+                shared.add_task(
+                    tokio::spawn(sentinel::run_event_listener(weak.clone(), url.clone()))
+                        .abort_handle(),
+                );
+            }
+            shared.add_task(tokio::spawn(sentinel::verify_local(shared.clone())).abort_handle());
+        }
+        if shared.journal.is_some() {
+            shared.add_task(tokio::spawn(replay::run_replayer(weak)).abort_handle());
+        }
+    }
+
+    /// The master tier.
+    pub fn master_tier(&self) -> RedisTier {
+        RedisTier {
+            shared: self.shared.clone(),
+            role: Role::Master,
+        }
+    }
+
+    /// This node's replica tier, if the topology has one.
+    pub fn local_tier(&self) -> Option<RedisTier> {
+        self.shared.local().map(|_| RedisTier {
+            shared: self.shared.clone(),
+            role: Role::Local,
+        })
+    }
+
+    /// The journal, if journaling is on.
+    pub fn journal(&self) -> Option<&DiskJournal> {
+        self.shared.journal.as_ref()
+    }
+
+    /// Tier options for the master: its timeout and the journal.
+    pub fn master_options(&self) -> TierOptions {
+        let options = TierOptions::with_timeout(Some(self.shared.config.master_timeout));
+        match &self.shared.journal {
+            Some(journal) => options.journal(Arc::new(journal.clone())),
+            None => options,
+        }
+    }
+
+    /// Tier options for the local replica: its (short) timeout.
+    pub fn local_options(&self) -> TierOptions {
+        TierOptions::with_timeout(Some(self.shared.config.local_timeout))
+    }
+
+    /// Builds the cache `memory → local → master` (the tiers that exist), and
+    /// starts the bus subscriber that applies other nodes' invalidations to
+    /// `memory` and to this node's replica.
+    pub fn tiered(&self, name: impl Into<String>, memory: Option<Arc<dyn Backend>>) -> Tiered {
+        let mut builder = Tiered::builder(name);
+        if let Some(memory) = &memory {
+            builder = builder.tier_arc("memory", memory.clone(), TierOptions::with_timeout(None));
+        }
+        if let Some(local) = self.local_tier() {
+            builder = builder.tier_arc("local", Arc::new(local), self.local_options());
+        }
+        builder = builder.tier_arc(
+            "master",
+            Arc::new(self.master_tier()),
+            self.master_options(),
+        );
+        if let Some(memory) = memory {
+            self.start_bus(memory);
+        }
+        builder.build()
+    }
+
+    /// Starts the bus subscriber for `memory` (and this node's replica). Does
+    /// nothing if the bus is off.
+    pub fn start_bus(&self, memory: Arc<dyn Backend>) {
+        if !self.shared.config.bus {
+            return;
+        }
+        let targets = bus::Targets {
+            memory,
+            local: self.local_tier(),
+        };
+        let task = tokio::spawn(bus::run_subscriber(Arc::downgrade(&self.shared), targets));
+        self.shared.add_task(task.abort_handle());
+    }
+
+    /// The master's address now.
+    pub fn master_addr(&self) -> Option<String> {
+        self.shared.master_addr()
+    }
+
+    /// Asks Sentinel for the master now (normally automatic).
+    pub async fn refresh_master(&self) -> Result<(), CacheError> {
+        sentinel::refresh_master(&self.shared).await
+    }
+
+    /// This node's id on the bus.
+    pub fn node_id(&self) -> &str {
+        &self.shared.config.node_id
+    }
+
+    /// Reads the counters.
+    pub async fn stats(&self) -> RedisStats {
+        let c = &self.shared.counters;
+        let journal = match &self.shared.journal {
+            Some(journal) => Some(journal.stats().await),
+            None => None,
+        };
+        RedisStats {
+            master: self.shared.master_addr(),
+            local: self.shared.local().map(|n| n.addr.clone()),
+            readonly_skips: c.readonly_skips.load(Ordering::Relaxed),
+            failovers: c.failovers.load(Ordering::Relaxed),
+            bus_received: c.bus_received.load(Ordering::Relaxed),
+            bus_subscriptions: c.bus_resubscribes.load(Ordering::Relaxed),
+            resolve_errors: c.resolve_errors.load(Ordering::Relaxed),
+            journal,
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! Sentinel discovery: which server is the master now, and following it when
+//! it changes.
+//!
+//! redis-rs and deadpool-redis resolve the master only when they connect, and
+//! a connection to a demoted master keeps answering `READONLY`. So cachette
+//! resolves the master itself: at start, on every `+switch-master` event from
+//! any sentinel, whenever the master tier sees `READONLY`, a refused
+//! connection or a timeout, and every `sentinel_poll`. A new master is checked
+//! with `ROLE` and swapped in without holding a lock across I/O.
+
+use std::{
+    pin::pin,
+    sync::{Arc, Weak, atomic::Ordering},
+    time::Duration,
+};
+
+use cachette_core::CacheError;
+
+use crate::{
+    Topology,
+    config::node_url,
+    node::{BACKEND, Node, redis_error},
+    shared::Shared,
+};
+
+/// Asks each sentinel in turn for the master of `service`.
+pub(crate) async fn query_master(
+    sentinels: &[String],
+    service: &str,
+    timeout: Duration,
+) -> Result<(String, u16), CacheError> {
+    let mut last = CacheError::backend(BACKEND, "no sentinel configured");
+    for url in sentinels {
+        let attempt = async {
+            let client = redis::Client::open(url.as_str()).map_err(redis_error)?;
+            let mut conn = client
+                .get_multiplexed_async_connection()
+                .await
+                .map_err(redis_error)?;
+            let reply: Option<(String, String)> = redis::cmd("SENTINEL")
+                .arg("get-master-addr-by-name")
+                .arg(service)
+                .query_async(&mut conn)
+                .await
+                .map_err(redis_error)?;
+            let (host, port) = reply.ok_or_else(|| {
+                CacheError::backend(
+                    BACKEND,
+                    format!("sentinel {url} does not know service `{service}`"),
+                )
+            })?;
+            let port: u16 = port.parse().map_err(|_| {
+                CacheError::backend(BACKEND, format!("sentinel {url} gave a bad port {port:?}"))
+            })?;
+            Ok::<_, CacheError>((host, port))
+        };
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(Ok(found)) => return Ok(found),
+            Ok(Err(error)) => last = error,
+            Err(_) => {
+                last = CacheError::Timeout {
+                    tier: format!("sentinel {url}"),
+                    timeout,
+                }
+            }
+        }
+    }
+    Err(last)
+}
+
+/// Resolves the master through Sentinel and swaps it in if it changed.
+pub(crate) async fn refresh_master(shared: &Shared) -> Result<(), CacheError> {
+    let Topology::Sentinel {
+        sentinels,
+        service,
+        username,
+        password,
+        db,
+        ..
+    } = &shared.config.topology
+    else {
+        return Ok(());
+    };
+    let timeout = shared
+        .config
+        .connect_timeout
+        .max(Duration::from_millis(500));
+    let (host, port) = query_master(sentinels, service, timeout).await?;
+    let addr = format!("{host}:{port}");
+    if shared.master_addr().as_deref() == Some(addr.as_str()) {
+        return Ok(());
+    }
+    let url = node_url(&host, port, username.as_deref(), password.as_deref(), *db);
+    let node = Node::new(
+        &url,
+        shared.config.master_timeout,
+        shared.config.connect_timeout,
+        shared.config.pool_size,
+    )?;
+    let role = node.role(timeout).await?;
+    if role != "master" {
+        // Mid-failover: the sentinels named a server that is not master yet.
+        return Err(CacheError::backend(
+            BACKEND,
+            format!("sentinels name {addr} as master but its ROLE is {role}"),
+        ));
+    }
+    shared.swap_master(node);
+    Ok(())
+}
+
+/// Keeps the master current: on demand (`resolve`), and every `sentinel_poll`.
+pub(crate) async fn run_resolver(shared: Weak<Shared>) {
+    loop {
+        let Some(strong) = shared.upgrade() else {
+            return;
+        };
+        if let Err(error) = refresh_master(&strong).await {
+            strong
+                .counters
+                .resolve_errors
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%error, "could not resolve the Redis master through Sentinel");
+        }
+        let poll = strong.config.sentinel_poll;
+        {
+            let notified = pin!(strong.resolve.notified());
+            let _ = tokio::time::timeout(poll, notified).await;
+        }
+        drop(strong);
+        // A burst of failures asks many times; resolve at most every 100 ms.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Listens for `+switch-master` on one sentinel and wakes the resolver.
+pub(crate) async fn run_event_listener(shared: Weak<Shared>, sentinel_url: String) {
+    loop {
+        let listen = async {
+            let client = redis::Client::open(sentinel_url.as_str()).map_err(redis_error)?;
+            let mut pubsub = client.get_async_pubsub().await.map_err(redis_error)?;
+            pubsub
+                .subscribe("+switch-master")
+                .await
+                .map_err(redis_error)?;
+            let stream = pubsub.into_on_message();
+            let mut stream = pin!(stream);
+            while let Some(message) =
+                std::future::poll_fn(|cx| futures_core::Stream::poll_next(stream.as_mut(), cx))
+                    .await
+            {
+                let Some(strong) = shared.upgrade() else {
+                    return Ok(());
+                };
+                let payload: String = message.get_payload().unwrap_or_default();
+                tracing::info!(sentinel = %sentinel_url, event = %payload, "sentinel reported +switch-master");
+                strong.resolve.notify_one();
+            }
+            Ok::<(), CacheError>(())
+        };
+        if let Err(error) = listen.await {
+            tracing::debug!(sentinel = %sentinel_url, %error, "sentinel event subscription failed; retrying");
+        }
+        if shared.strong_count() == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Checks that the configured local replica is one of the service's replicas
+/// (by address) and replies `ROLE slave`; warns otherwise.
+pub(crate) async fn verify_local(shared: Arc<Shared>) {
+    let Some(local) = shared.local() else { return };
+    let timeout = shared
+        .config
+        .connect_timeout
+        .max(Duration::from_millis(500));
+    if let Topology::Sentinel {
+        sentinels, service, ..
+    } = &shared.config.topology
+    {
+        let mut known = None;
+        for url in sentinels {
+            let query = async {
+                let client = redis::Client::open(url.as_str()).ok()?;
+                let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+                let replicas: Vec<std::collections::HashMap<String, String>> =
+                    redis::cmd("SENTINEL")
+                        .arg("replicas")
+                        .arg(service)
+                        .query_async(&mut conn)
+                        .await
+                        .ok()?;
+                Some(replicas.iter().any(|r| {
+                    r.get("ip")
+                        .zip(r.get("port"))
+                        .map(|(ip, port)| format!("{ip}:{port}"))
+                        == Some(local.addr.clone())
+                }))
+            };
+            if let Ok(Some(found)) = tokio::time::timeout(timeout, query).await {
+                known = Some(found);
+                break;
+            }
+        }
+        if known == Some(false) {
+            tracing::warn!(local = %local.addr, %service, "the configured local replica is not among the replicas Sentinel knows");
+        }
+    }
+    match local.role(timeout).await {
+        Ok(role) if role == "slave" => {}
+        Ok(role) => {
+            tracing::warn!(local = %local.addr, %role, "the configured local replica is not a replica")
+        }
+        Err(error) => {
+            tracing::warn!(local = %local.addr, %error, "could not check the local replica's ROLE")
+        }
+    }
+}

@@ -1,0 +1,254 @@
+//! [`RedisTier`]: the local-replica and master tiers.
+
+use std::{
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use cachette_core::{Backend, CacheError, CacheKey, Entry, async_trait};
+
+use crate::{
+    node::{BACKEND, Node, is_readonly, redis_error, suggests_failover},
+    shared::Shared,
+};
+
+/// Which server a [`RedisTier`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// This node's replica: reads, and this node's own writes (with a TTL,
+    /// overwritten later by the master's replication stream).
+    Local,
+    /// The master: writes for every node, reads when the local replica misses
+    /// or is down, and the invalidation bus.
+    Master,
+}
+
+/// A Redis tier. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct RedisTier {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) role: Role,
+}
+
+/// What the bus carries: `{node id}\n{kind}\n{argument}`.
+pub(crate) fn bus_message(node_id: &str, kind: char, argument: &str) -> String {
+    format!("{node_id}\n{kind}\n{argument}")
+}
+
+impl RedisTier {
+    /// The tier's role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The address of the server this tier talks to now.
+    pub fn addr(&self) -> Option<String> {
+        self.node().ok().map(|n| n.addr.clone())
+    }
+
+    fn node(&self) -> Result<Arc<Node>, CacheError> {
+        let node = match self.role {
+            Role::Local => self.shared.local(),
+            Role::Master => self.shared.master(),
+        };
+        node.ok_or_else(|| {
+            if self.role == Role::Master {
+                self.shared.resolve.notify_one();
+            }
+            CacheError::backend(BACKEND, "no server known for this tier yet")
+        })
+    }
+
+    /// Maps a client error, asking Sentinel again when the master looks gone.
+    fn fail(&self, error: redis::RedisError) -> CacheError {
+        if self.role == Role::Master && suggests_failover(&error) {
+            self.shared.resolve.notify_one();
+        }
+        redis_error(error)
+    }
+
+    async fn publish(
+        &self,
+        conn: &mut (impl redis::aio::ConnectionLike + Send),
+        kind: char,
+        argument: &str,
+    ) {
+        if self.role != Role::Master || !self.shared.config.bus {
+            return;
+        }
+        let message = bus_message(&self.shared.config.node_id, kind, argument);
+        let published: Result<i64, _> = redis::cmd("PUBLISH")
+            .arg(self.shared.keys.bus_channel())
+            .arg(message)
+            .query_async(conn)
+            .await;
+        if let Err(error) = published {
+            tracing::warn!(%error, "invalidation applied on the master but not published on the bus");
+        }
+    }
+
+    /// Removes every key matching `pattern` with `SCAN` + `UNLINK`; returns how
+    /// many were removed.
+    pub(crate) async fn sweep(node: &Node, pattern: &str) -> Result<u64, CacheError> {
+        let mut conn = node.exclusive().await?;
+        let mut cursor: u64 = 0;
+        let mut removed = 0;
+        loop {
+            let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .map_err(redis_error)?;
+            if !keys.is_empty() {
+                let n: u64 = redis::cmd("UNLINK")
+                    .arg(&keys)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(redis_error)?;
+                removed += n;
+            }
+            if next == 0 {
+                return Ok(removed);
+            }
+            cursor = next;
+        }
+    }
+
+    /// Removes the entries indexed under `tag`, and the index.
+    pub(crate) async fn purge_tag(&self, node: &Node, tag: &str) -> Result<u64, CacheError> {
+        let mut conn = node.exclusive().await?;
+        let index = self.shared.keys.tag(tag);
+        let members: Vec<Vec<u8>> = redis::cmd("SMEMBERS")
+            .arg(&index)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.fail(e))?;
+        let mut removed = 0;
+        for chunk in members.chunks(500) {
+            let n: u64 = redis::cmd("UNLINK")
+                .arg(chunk)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.fail(e))?;
+            removed += n;
+        }
+        let _: u64 = redis::cmd("UNLINK")
+            .arg(&index)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.fail(e))?;
+        Ok(removed)
+    }
+}
+
+#[async_trait]
+impl Backend for RedisTier {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn get(&self, key: &CacheKey) -> Result<Option<Arc<Entry>>, CacheError> {
+        let node = self.node()?;
+        let mut conn = node.shared.clone();
+        let raw: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(self.shared.keys.entry(key.as_str()))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.fail(e))?;
+        match raw {
+            None => Ok(None),
+            Some(raw) => Ok(Some(Arc::new(Entry::decode(Bytes::from(raw))?))),
+        }
+    }
+
+    async fn set(
+        &self,
+        key: &CacheKey,
+        entry: Arc<Entry>,
+        ttl: Duration,
+    ) -> Result<(), CacheError> {
+        if ttl.is_zero() {
+            return Ok(());
+        }
+        let node = self.node()?;
+        let mut conn = node.shared.clone();
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let encoded = entry.encode();
+        let mut invocation = self
+            .shared
+            .scripts
+            .set
+            .key(self.shared.keys.entry(key.as_str()));
+        for tag in &entry.meta().tags {
+            invocation.key(self.shared.keys.tag(tag));
+        }
+        invocation.arg(encoded.as_ref()).arg(ttl_ms);
+        match invocation.invoke_async::<i64>(&mut conn).await {
+            Ok(_) => Ok(()),
+            Err(error) if self.role == Role::Local && is_readonly(&error) => {
+                // A read-only replica cannot hold this node's own writes; the
+                // master write still happens. Say so once, count every time.
+                self.shared
+                    .counters
+                    .readonly_skips
+                    .fetch_add(1, Ordering::Relaxed);
+                if !self.shared.readonly_logged.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(replica = %node.addr, "local replica is read-only (replica-read-only yes): local writes are skipped; set replica-read-only no");
+                }
+                Ok(())
+            }
+            Err(error) => Err(self.fail(error)),
+        }
+    }
+
+    async fn delete(&self, key: &CacheKey) -> Result<bool, CacheError> {
+        let node = self.node()?;
+        let mut conn = node.shared.clone();
+        let removed: i64 = redis::cmd("UNLINK")
+            .arg(self.shared.keys.entry(key.as_str()))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.fail(e))?;
+        self.publish(&mut conn, 'd', key.as_str()).await;
+        Ok(removed > 0)
+    }
+
+    async fn invalidate_prefix(&self, prefix: &str) -> Result<(), CacheError> {
+        let node = self.node()?;
+        Self::sweep(&node, &self.shared.keys.entry_pattern(prefix)).await?;
+        let mut conn = node.shared.clone();
+        self.publish(&mut conn, 'p', prefix).await;
+        Ok(())
+    }
+
+    async fn invalidate_tag(&self, tag: &str) -> Result<(), CacheError> {
+        let node = self.node()?;
+        self.purge_tag(&node, tag).await?;
+        let mut conn = node.shared.clone();
+        self.publish(&mut conn, 't', tag).await;
+        Ok(())
+    }
+
+    async fn clear(&self) -> Result<(), CacheError> {
+        let node = self.node()?;
+        Self::sweep(&node, &self.shared.keys.all_pattern()).await?;
+        let mut conn = node.shared.clone();
+        self.publish(&mut conn, 'c', "").await;
+        Ok(())
+    }
+
+    async fn health(&self) -> Result<(), CacheError> {
+        let node = self.node()?;
+        let mut conn = node.shared.clone();
+        let _: String = redis::cmd("PING")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.fail(e))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,331 @@
+//! Real Redis for tests: `redis-server` (masters and replicas) and
+//! `redis-sentinel` processes on free loopback ports, each in its own temporary
+//! directory, killed (SIGKILL) when dropped.
+//!
+//! The binaries must be on `PATH` (`apt-get install redis-server
+//! redis-sentinel`); the project's test command installs them.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{TcpListener, TcpStream},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// Sends one inline command and returns the raw reply (for readiness checks
+/// without a client library).
+pub fn raw_command(port: u16, command: &str) -> Option<String> {
+    let mut stream = TcpStream::connect_timeout(
+        &format!("127.0.0.1:{port}").parse().ok()?,
+        Duration::from_millis(200),
+    )
+    .ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .ok()?;
+    stream.write_all(format!("{command}\r\n").as_bytes()).ok()?;
+    let mut reader = BufReader::new(stream);
+    let mut first = String::new();
+    reader.read_line(&mut first).ok()?;
+    if let Some(len) = first.strip_prefix('$') {
+        let len: i64 = len.trim().parse().ok()?;
+        if len < 0 {
+            return Some(String::new());
+        }
+        let mut body = vec![0u8; usize::try_from(len).ok()? + 2];
+        reader.read_exact(&mut body).ok()?;
+        body.truncate(body.len() - 2);
+        return String::from_utf8(body).ok();
+    }
+    Some(first.trim_end().to_owned())
+}
+
+fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if ready() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{what} was not ready within {timeout:?}");
+}
+
+/// One `redis-server` process.
+#[derive(Debug)]
+pub struct RedisServer {
+    port: u16,
+    dir: tempfile::TempDir,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// A standalone master.
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// A standalone server with extra `--name value` arguments.
+    pub fn start_with(extra: &[&str]) -> Self {
+        let port = free_port();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut args: Vec<String> = [
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "no",
+            "--dir",
+            dir.path().to_str().expect("utf-8 temp dir"),
+            "--logfile",
+            "redis.log",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut server = Self {
+            port,
+            dir,
+            args,
+            child: None,
+        };
+        server.spawn();
+        server
+    }
+
+    /// A replica of `master` that accepts writes (`replica-read-only no`), as
+    /// cachette's node-local replica must. Waits until it is in sync.
+    pub fn replica_of(master: &RedisServer) -> Self {
+        Self::replica_with(master, false)
+    }
+
+    /// A replica of `master` with `replica-read-only` as given.
+    pub fn replica_with(master: &RedisServer, read_only: bool) -> Self {
+        let master_port = master.port.to_string();
+        let read_only = if read_only { "yes" } else { "no" };
+        let replica = Self::start_with(&[
+            "--replicaof",
+            "127.0.0.1",
+            &master_port,
+            "--replica-read-only",
+            read_only,
+        ]);
+        replica.wait_in_sync();
+        replica
+    }
+
+    /// Waits until this replica's link to its master is up.
+    pub fn wait_in_sync(&self) {
+        let port = self.port;
+        wait_until("replica sync", Duration::from_secs(10), || {
+            raw_command(port, "INFO replication")
+                .is_some_and(|info| info.contains("master_link_status:up"))
+        });
+    }
+
+    fn spawn(&mut self) {
+        let log = self.dir.path().join("stdout.log");
+        let child = Command::new("redis-server")
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(
+                std::fs::File::create(&log)
+                    .map(Stdio::from)
+                    .unwrap_or_else(|_| Stdio::null()),
+            )
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH (apt-get install redis-server)");
+        self.child = Some(child);
+        let port = self.port;
+        wait_until("redis-server", Duration::from_secs(10), || {
+            raw_command(port, "PING").is_some_and(|r| r == "+PONG")
+        });
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `127.0.0.1:port`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// `redis://127.0.0.1:port/0`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Kills the process with SIGKILL (no shutdown, no save).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the process again on the same port and directory.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Whether the process is running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Runs an inline command and returns the raw reply.
+    pub fn command(&self, command: &str) -> Option<String> {
+        raw_command(self.port, command)
+    }
+
+    /// The server's directory.
+    pub fn dir(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A group of `redis-sentinel` processes monitoring one master.
+#[derive(Debug)]
+pub struct Sentinels {
+    nodes: Vec<RedisSentinel>,
+}
+
+#[derive(Debug)]
+struct RedisSentinel {
+    port: u16,
+    _dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl Sentinels {
+    /// Starts `count` sentinels monitoring `master` as `service`, with a quorum
+    /// of a majority, `down-after-milliseconds 1000` and `failover-timeout 3000`
+    /// so failovers take a few seconds in tests.
+    pub fn start(count: usize, master: &RedisServer, service: &str) -> Self {
+        let quorum = count / 2 + 1;
+        let mut nodes = Vec::with_capacity(count);
+        for _ in 0..count {
+            let port = free_port();
+            let dir = tempfile::tempdir().expect("temp dir");
+            let conf = dir.path().join("sentinel.conf");
+            let text = format!(
+                "port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {dir}\nlogfile sentinel.log\n\
+                 sentinel monitor {service} 127.0.0.1 {master} {quorum}\n\
+                 sentinel down-after-milliseconds {service} 1000\n\
+                 sentinel failover-timeout {service} 3000\n\
+                 sentinel parallel-syncs {service} 1\n",
+                dir = dir.path().display(),
+                master = master.port(),
+            );
+            std::fs::write(&conf, text).expect("write sentinel.conf");
+            let child = Command::new("redis-sentinel")
+                .arg(&conf)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-sentinel on PATH (apt-get install redis-sentinel)");
+            wait_until("redis-sentinel", Duration::from_secs(10), || {
+                raw_command(port, "PING").is_some_and(|r| r == "+PONG")
+            });
+            nodes.push(RedisSentinel {
+                port,
+                _dir: dir,
+                child,
+            });
+        }
+        let sentinels = Self { nodes };
+        sentinels.wait_for_master(service, master.port());
+        sentinels
+    }
+
+    /// Waits until every sentinel names the master on `port` for `service`.
+    pub fn wait_for_master(&self, service: &str, port: u16) {
+        for node in &self.nodes {
+            let node_port = node.port;
+            wait_until(
+                "sentinel to know the master",
+                Duration::from_secs(10),
+                || {
+                    raw_command(
+                        node_port,
+                        &format!("SENTINEL get-master-addr-by-name {service}"),
+                    )
+                    .is_some_and(|r| r.starts_with('*'))
+                        && sentinel_master_port(node_port, service) == Some(port)
+                },
+            );
+        }
+    }
+
+    /// `redis://127.0.0.1:port` of each sentinel.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| format!("redis://127.0.0.1:{}", n.port))
+            .collect()
+    }
+
+    /// The master port the first sentinel reports for `service`.
+    pub fn master_port(&self, service: &str) -> Option<u16> {
+        sentinel_master_port(self.nodes.first()?.port, service)
+    }
+}
+
+/// Reads the master port from `SENTINEL get-master-addr-by-name` (a RESP array
+/// of two bulk strings) over a raw socket.
+fn sentinel_master_port(port: u16, service: &str) -> Option<u16> {
+    let mut stream = TcpStream::connect(format!("127.0.0.1:{port}")).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .ok()?;
+    stream
+        .write_all(format!("SENTINEL get-master-addr-by-name {service}\r\n").as_bytes())
+        .ok()?;
+    let mut reader = BufReader::new(stream);
+    let mut lines = Vec::new();
+    for _ in 0..5 {
+        let mut line = String::new();
+        reader.read_line(&mut line).ok()?;
+        lines.push(line.trim_end().to_owned());
+    }
+    // *2, $len, ip, $len, port
+    lines.get(4)?.parse().ok()
+}
+
+impl Drop for Sentinels {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            let _ = node.child.kill();
+            let _ = node.child.wait();
+        }
+    }
+}
