@@ -234,6 +234,27 @@ impl RedisTiers {
         sentinel::refresh_master(&self.shared).await
     }
 
+    /// Replays the journal to the master now (the background replayer does
+    /// this on its own when the master answers again). Returns the ops left.
+    pub async fn replay_journal(&self) -> Result<u64, CacheError> {
+        let Some(journal) = &self.shared.journal else {
+            return Ok(0);
+        };
+        // Right after the master comes back, a connection may still report
+        // the outage once while it reconnects: retry briefly.
+        let mut attempt = 0;
+        loop {
+            match replay::replay(&self.master_tier(), journal).await {
+                Ok(()) => return Ok(cachette_core::Journal::depth(journal)),
+                Err(error) if attempt >= 4 => return Err(error),
+                Err(_) => {
+                    attempt += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await;
+                }
+            }
+        }
+    }
+
     /// This node's id on the bus.
     pub fn node_id(&self) -> &str {
         &self.shared.config.node_id

@@ -83,7 +83,7 @@ async fn apply_pipelined(tier: &RedisTier, run: &[&RecordedOp]) -> Result<u64, C
 
 /// Replays everything the journal holds, or fails at the first error (what
 /// was applied before it is acknowledged).
-async fn replay(tier: &RedisTier, journal: &DiskJournal) -> Result<(), CacheError> {
+pub(crate) async fn replay(tier: &RedisTier, journal: &DiskJournal) -> Result<(), CacheError> {
     let config = journal.config().clone();
     loop {
         let batch = journal.pending(config.batch.max(1)).await?;

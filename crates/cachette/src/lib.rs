@@ -10,6 +10,7 @@
 //! |---|---|---|
 //! | `moka` | yes | [`MemoryTier`], the in-process tier |
 //! | `http` | yes | [`CacheLayer`], the tower/axum response cache |
+//! | `redis` | no | [`redis`]: the local-replica and master tiers, Sentinel, the journal, the bus |
 //! | `full` | no | everything |
 //!
 //! ```
@@ -43,6 +44,12 @@ pub mod http {
 
 #[cfg(feature = "http")]
 pub use cachette_http::CacheLayer;
+
+/// The Redis tiers: [`redis::RedisTiers`] and its parts.
+#[cfg(feature = "redis")]
+pub mod redis {
+    pub use cachette_redis::*;
+}
 
 /// The names most applications need.
 pub mod prelude {
