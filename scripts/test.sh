@@ -35,6 +35,10 @@ if command -v rustup >/dev/null 2>&1; then
 fi
 need_pkg cc build-essential
 need_pkg curl curl
+# Real Redis for the Redis tier tests (started on free loopback ports by the
+# tests themselves, never as a system service).
+need_pkg redis-server redis-server
+need_pkg redis-sentinel redis-sentinel
 
 echo "==> cargo fmt --check"
 cargo fmt --all --check

@@ -10,19 +10,23 @@ use bytes::Bytes;
 use cachette_core::{CacheKey, Entry, EntryMeta};
 use cachette_redis::{RedisConfig, RedisTiers, Topology};
 
+/// A key from a literal.
 pub fn key(s: &str) -> CacheKey {
     CacheKey::new(s).unwrap()
 }
 
+/// A value entry stored now.
 pub fn entry(body: &str, ttl: Duration) -> Arc<Entry> {
     entry_at(body, SystemTime::now(), ttl, &[])
 }
 
+/// A value entry with an explicit store time and tags.
 pub fn entry_at(body: &str, stored_at: SystemTime, ttl: Duration, tags: &[&str]) -> Arc<Entry> {
     let meta = EntryMeta::new(stored_at, ttl).with_tags(tags.iter().copied());
     Arc::new(Entry::value(Bytes::from(body.to_owned()), meta))
 }
 
+/// The text of a value entry.
 pub fn body(entry: &Entry) -> String {
     match entry.payload() {
         cachette_core::Payload::Value(v) => String::from_utf8(v.to_vec()).unwrap(),
@@ -40,6 +44,7 @@ pub fn config(topology: Topology, namespace: &str) -> RedisConfig {
     config
 }
 
+/// Connects, panicking on a configuration error.
 pub async fn connect(config: RedisConfig) -> RedisTiers {
     RedisTiers::connect(config).await.unwrap()
 }
@@ -71,6 +76,7 @@ pub async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
         .unwrap()
 }
 
+/// The remaining TTL of a raw key in ms.
 pub async fn pttl(url: &str, key: &str) -> i64 {
     let mut conn = raw(url).await;
     redis::cmd("PTTL")
@@ -80,6 +86,7 @@ pub async fn pttl(url: &str, key: &str) -> i64 {
         .unwrap()
 }
 
+/// Whether a raw key exists.
 pub async fn exists(url: &str, key: &str) -> bool {
     let mut conn = raw(url).await;
     let n: i64 = redis::cmd("EXISTS")
