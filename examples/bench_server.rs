@@ -6,7 +6,10 @@
 //! wrk -t2 -c64 -d10s http://127.0.0.1:3001/plain
 //! wrk -t2 -c64 -d10s http://127.0.0.1:3001/cached
 //! ```
-//! Arguments: port (default 3001), body size in bytes (default 1024).
+//! Arguments: port (default 3001), body size in bytes (default 1024), and
+//! optionally a Redis URL: then `/redis` serves the same route from a cache
+//! whose only tier is that Redis (the memory tier disabled), to measure a
+//! Redis hit.
 
 use axum::{Router, routing::get};
 use bytes::Bytes;
@@ -26,9 +29,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cache = Tiered::builder("bench")
         .tier("memory", MemoryTier::with_max_bytes(64 * 1024 * 1024))
         .build();
-    let app = Router::new()
+    let mut app = Router::new()
         .route("/plain", get(handler.clone()))
-        .route("/cached", get(handler).layer(CacheLayer::new(cache)));
+        .route("/cached", get(handler.clone()).layer(CacheLayer::new(cache)));
+    if let Some(url) = args.next() {
+        let redis = cachette::redis::RedisTiers::connect(cachette::redis::RedisConfig::new(
+            cachette::redis::Topology::single(url),
+            "bench:",
+        ))
+        .await?;
+        let redis_only = redis.tiered("bench-redis", None);
+        app = app.route("/redis", get(handler).layer(CacheLayer::new(redis_only)));
+    }
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     println!("bench server on http://127.0.0.1:{port} (/plain, /cached), body {size} bytes");
     axum::serve(listener, app).await?;

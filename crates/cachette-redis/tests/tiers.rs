@@ -254,3 +254,23 @@ async fn prefix_and_tag_purges_remove_exactly_their_keys() {
     assert!(!exists(&master.url(), "t6:k:x").await);
     assert!(exists(&master.url(), "other:data").await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_and_acl_user_come_from_the_url() {
+    let master = RedisServer::start_with(&["--requirepass", "s3cret"]);
+    let acl = master.command("ACL SETUSER app on >app-pass ~* &* +@all").unwrap_or_default();
+    assert!(acl.contains("OK"), "{acl}");
+    for url in [
+        format!("redis://:s3cret@127.0.0.1:{}/0", master.port()),
+        format!("redis://app:app-pass@127.0.0.1:{}/0", master.port()),
+    ] {
+        let redis = connect(config(Topology::single(url.clone()), "auth:")).await;
+        let cache = redis.tiered("auth", None);
+        assert!(cache.set(&key("k"), entry("v", Duration::from_secs(60))).await.is_complete(), "{url}");
+        assert_eq!(cache.get(&key("k")).await.unwrap().tier_name(), "master");
+    }
+    let wrong = connect(config(Topology::single(format!("redis://:nope@127.0.0.1:{}/0", master.port())), "auth:")).await;
+    let cache = wrong.tiered("auth", None);
+    assert!(cache.get(&key("k")).await.is_none(), "a wrong password is a miss, not a panic");
+    assert!(!cache.set(&key("k"), entry("v", Duration::from_secs(60))).await.is_complete());
+}

@@ -24,6 +24,11 @@ pub fn free_port() -> u16 {
 /// Sends one inline command and returns the raw reply (for readiness checks
 /// without a client library).
 pub fn raw_command(port: u16, command: &str) -> Option<String> {
+    raw_command_auth(port, None, command)
+}
+
+/// Like [`raw_command`], after `AUTH password` when one is given.
+pub fn raw_command_auth(port: u16, password: Option<&str>, command: &str) -> Option<String> {
     let mut stream = TcpStream::connect_timeout(
         &format!("127.0.0.1:{port}").parse().ok()?,
         Duration::from_millis(200),
@@ -32,8 +37,13 @@ pub fn raw_command(port: u16, command: &str) -> Option<String> {
     stream
         .set_read_timeout(Some(Duration::from_millis(500)))
         .ok()?;
-    stream.write_all(format!("{command}\r\n").as_bytes()).ok()?;
+    let auth = password.map(|p| format!("AUTH {p}\r\n")).unwrap_or_default();
+    stream.write_all(format!("{auth}{command}\r\n").as_bytes()).ok()?;
     let mut reader = BufReader::new(stream);
+    if password.is_some() {
+        let mut ok = String::new();
+        reader.read_line(&mut ok).ok()?;
+    }
     let mut first = String::new();
     reader.read_line(&mut first).ok()?;
     if let Some(len) = first.strip_prefix('$') {
@@ -66,6 +76,7 @@ pub struct RedisServer {
     port: u16,
     dir: tempfile::TempDir,
     args: Vec<String>,
+    password: Option<String>,
     child: Option<Child>,
 }
 
@@ -99,10 +110,16 @@ impl RedisServer {
         .map(|s| s.to_string())
         .collect();
         args.extend(extra.iter().map(|s| s.to_string()));
+        let password = extra
+            .iter()
+            .position(|a| *a == "--requirepass")
+            .and_then(|i| extra.get(i + 1))
+            .map(|p| p.to_string());
         let mut server = Self {
             port,
             dir,
             args,
+            password,
             child: None,
         };
         server.spawn();
@@ -154,8 +171,9 @@ impl RedisServer {
             .expect("redis-server on PATH (apt-get install redis-server)");
         self.child = Some(child);
         let port = self.port;
+        let password = self.password.clone();
         wait_until("redis-server", Duration::from_secs(10), || {
-            raw_command(port, "PING").is_some_and(|r| r == "+PONG")
+            raw_command_auth(port, password.as_deref(), "PING").is_some_and(|r| r == "+PONG")
         });
     }
 
@@ -197,7 +215,7 @@ impl RedisServer {
 
     /// Runs an inline command and returns the raw reply.
     pub fn command(&self, command: &str) -> Option<String> {
-        raw_command(self.port, command)
+        raw_command_auth(self.port, self.password.as_deref(), command)
     }
 
     /// The server's directory.
