@@ -29,9 +29,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cache = Tiered::builder("bench")
         .tier("memory", MemoryTier::with_max_bytes(64 * 1024 * 1024))
         .build();
-    let mut app = Router::new()
-        .route("/plain", get(handler.clone()))
-        .route("/cached", get(handler.clone()).layer(CacheLayer::new(cache)));
+    let mut app = Router::new().route("/plain", get(handler.clone())).route(
+        "/cached",
+        get(handler.clone()).layer(CacheLayer::new(cache)),
+    );
     if let Some(url) = args.next() {
         let redis = cachette::redis::RedisTiers::connect(cachette::redis::RedisConfig::new(
             cachette::redis::Topology::single(url),

@@ -258,7 +258,9 @@ async fn prefix_and_tag_purges_remove_exactly_their_keys() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn password_and_acl_user_come_from_the_url() {
     let master = RedisServer::start_with(&["--requirepass", "s3cret"]);
-    let acl = master.command("ACL SETUSER app on >app-pass ~* &* +@all").unwrap_or_default();
+    let acl = master
+        .command("ACL SETUSER app on >app-pass ~* &* +@all")
+        .unwrap_or_default();
     assert!(acl.contains("OK"), "{acl}");
     for url in [
         format!("redis://:s3cret@127.0.0.1:{}/0", master.port()),
@@ -266,11 +268,45 @@ async fn password_and_acl_user_come_from_the_url() {
     ] {
         let redis = connect(config(Topology::single(url.clone()), "auth:")).await;
         let cache = redis.tiered("auth", None);
-        assert!(cache.set(&key("k"), entry("v", Duration::from_secs(60))).await.is_complete(), "{url}");
+        assert!(
+            cache
+                .set(&key("k"), entry("v", Duration::from_secs(60)))
+                .await
+                .is_complete(),
+            "{url}"
+        );
         assert_eq!(cache.get(&key("k")).await.unwrap().tier_name(), "master");
     }
-    let wrong = connect(config(Topology::single(format!("redis://:nope@127.0.0.1:{}/0", master.port())), "auth:")).await;
+    let wrong = connect(config(
+        Topology::single(format!("redis://:nope@127.0.0.1:{}/0", master.port())),
+        "auth:",
+    ))
+    .await;
     let cache = wrong.tiered("auth", None);
-    assert!(cache.get(&key("k")).await.is_none(), "a wrong password is a miss, not a panic");
-    assert!(!cache.set(&key("k"), entry("v", Duration::from_secs(60))).await.is_complete());
+    assert!(
+        cache.get(&key("k")).await.is_none(),
+        "a wrong password is a miss, not a panic"
+    );
+    assert!(
+        !cache
+            .set(&key("k"), entry("v", Duration::from_secs(60)))
+            .await
+            .is_complete()
+    );
+}
+
+#[cfg(feature = "tls-insecure")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_urls_connect_over_tls() {
+    let server = RedisServer::start_tls();
+    let url = format!("rediss://127.0.0.1:{}/0#insecure", server.port());
+    let redis = connect(config(Topology::single(url), "tls:")).await;
+    let cache = redis.tiered("tls", None);
+    assert!(
+        cache
+            .set(&key("k"), entry("over tls", Duration::from_secs(60)))
+            .await
+            .is_complete()
+    );
+    assert_eq!(body(&cache.get(&key("k")).await.unwrap().entry), "over tls");
 }

@@ -37,8 +37,12 @@ pub fn raw_command_auth(port: u16, password: Option<&str>, command: &str) -> Opt
     stream
         .set_read_timeout(Some(Duration::from_millis(500)))
         .ok()?;
-    let auth = password.map(|p| format!("AUTH {p}\r\n")).unwrap_or_default();
-    stream.write_all(format!("{auth}{command}\r\n").as_bytes()).ok()?;
+    let auth = password
+        .map(|p| format!("AUTH {p}\r\n"))
+        .unwrap_or_default();
+    stream
+        .write_all(format!("{auth}{command}\r\n").as_bytes())
+        .ok()?;
     let mut reader = BufReader::new(stream);
     if password.is_some() {
         let mut ok = String::new();
@@ -124,6 +128,80 @@ impl RedisServer {
         };
         server.spawn();
         server
+    }
+
+    /// A standalone server that accepts only TLS connections, with a fresh
+    /// self-signed certificate (made with the `openssl` command). Connect
+    /// with `rediss://127.0.0.1:{port}/0#insecure`.
+    pub fn start_tls() -> Self {
+        let port = free_port();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cert = dir.path().join("cert.pem");
+        let key = dir.path().join("key.pem");
+        let made = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=localhost",
+            ])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("openssl on PATH");
+        assert!(made.success(), "openssl made a certificate");
+        let path = |p: &std::path::Path| p.to_str().expect("utf-8 path").to_owned();
+        let args: Vec<String> = vec![
+            "--port".into(),
+            "0".into(),
+            "--tls-port".into(),
+            port.to_string(),
+            "--tls-cert-file".into(),
+            path(&cert),
+            "--tls-key-file".into(),
+            path(&key),
+            "--tls-ca-cert-file".into(),
+            path(&cert),
+            "--tls-auth-clients".into(),
+            "no".into(),
+            "--bind".into(),
+            "127.0.0.1".into(),
+            "--save".into(),
+            "".into(),
+            "--dir".into(),
+            path(dir.path()),
+            "--logfile".into(),
+            "redis.log".into(),
+        ];
+        let child = Command::new("redis-server")
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH");
+        wait_until("redis-server over TLS", Duration::from_secs(10), || {
+            Command::new("redis-cli")
+                .args(["--tls", "--insecure", "-p", &port.to_string(), "PING"])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "PONG")
+        });
+        Self {
+            port,
+            dir,
+            args,
+            password: None,
+            child: Some(child),
+        }
     }
 
     /// A replica of `master` that accepts writes (`replica-read-only no`), as
