@@ -4,7 +4,7 @@ use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 
-use crate::{CacheError, CacheKey, Entry};
+use crate::{CacheError, CacheKey, Entry, EntryMeta, Payload};
 
 /// One storage tier: the in-process memory cache, a Redis replica, a Redis master...
 ///
@@ -33,6 +33,53 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
 
     /// Removes every entry tagged `tag`.
     async fn invalidate_tag(&self, tag: &str) -> Result<(), CacheError>;
+
+    /// Removes every key matching the Redis-style glob `pattern` (see
+    /// [`glob_match`](crate::glob_match)). The default says it is unsupported.
+    async fn invalidate_pattern(&self, pattern: &str) -> Result<(), CacheError> {
+        let _ = pattern;
+        Err(CacheError::Unsupported {
+            backend: self.kind(),
+            operation: "invalidate_pattern",
+        })
+    }
+
+    /// Stores `entry` only if `key` holds nothing; returns whether it stored.
+    /// Backends that can make this atomic do (moka's entry API, Redis
+    /// `SET NX`); the default reads then writes.
+    async fn add(
+        &self,
+        key: &CacheKey,
+        entry: Arc<Entry>,
+        ttl: Duration,
+    ) -> Result<bool, CacheError> {
+        if self.get(key).await?.is_some() {
+            return Ok(false);
+        }
+        self.set(key, entry, ttl).await?;
+        Ok(true)
+    }
+
+    /// Adds `delta` to the counter under `key` and returns the new value;
+    /// `Ok(None)` when the key holds nothing. Backends that can make this
+    /// atomic do (Redis `INCRBY`); the default reads then writes.
+    async fn incr(&self, key: &CacheKey, delta: i64) -> Result<Option<i64>, CacheError> {
+        let Some(entry) = self.get(key).await? else {
+            return Ok(None);
+        };
+        let Payload::Counter(value) = entry.payload() else {
+            return Err(CacheError::NotACounter(key.to_string()));
+        };
+        let next = value
+            .checked_add(delta)
+            .ok_or_else(|| CacheError::Overflow(key.to_string()))?;
+        let now = std::time::SystemTime::now();
+        let ttl = entry.remaining_ttl(now);
+        let meta: EntryMeta = entry.meta().clone();
+        self.set(key, Arc::new(Entry::counter(next, meta)), ttl)
+            .await?;
+        Ok(Some(next))
+    }
 
     /// Removes every key of this backend's namespace (and nothing else).
     async fn clear(&self) -> Result<(), CacheError>;

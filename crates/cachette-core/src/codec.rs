@@ -9,6 +9,7 @@
 //!                     u32 value len + value), u32 body len + body
 //!          value    = u32 len + bytes
 //!          variants = u16 count, each u16 len + name
+//!          counter  = i64
 //! crc32 u32 over everything before it
 //! ```
 //! All integers are big-endian. Lengths that do not fit their field are an
@@ -30,7 +31,10 @@ pub const FORMAT_VERSION: u8 = 1;
 const KIND_RESPONSE: u8 = 0;
 const KIND_VALUE: u8 = 1;
 const KIND_VARIANTS: u8 = 2;
+const KIND_COUNTER: u8 = 3;
 const FLAG_MUST_REVALIDATE: u8 = 0b0000_0001;
+const FLAG_PERSISTENT: u8 = 0b0000_0010;
+const KNOWN_FLAGS: u8 = FLAG_MUST_REVALIDATE | FLAG_PERSISTENT;
 const HEADER_LEN: usize = 4 + 3 + 3 * 8 + 3 * 4;
 const CRC_LEN: usize = 4;
 
@@ -71,12 +75,16 @@ pub(crate) fn encode(entry: &Entry) -> Bytes {
         Payload::Response(_) => KIND_RESPONSE,
         Payload::Value(_) => KIND_VALUE,
         Payload::Variants(_) => KIND_VARIANTS,
+        Payload::Counter(_) => KIND_COUNTER,
     });
-    buf.put_u8(if meta.must_revalidate {
-        FLAG_MUST_REVALIDATE
-    } else {
-        0
-    });
+    let mut flags = 0;
+    if meta.must_revalidate {
+        flags |= FLAG_MUST_REVALIDATE;
+    }
+    if meta.persistent {
+        flags |= FLAG_PERSISTENT;
+    }
+    buf.put_u8(flags);
     buf.put_u64(millis(meta.stored_at));
     buf.put_u64(millis(meta.fresh_until));
     buf.put_u64(millis(meta.keep_until));
@@ -107,6 +115,7 @@ pub(crate) fn encode(entry: &Entry) -> Bytes {
                 put_u16_len(&mut buf, name.as_str().as_bytes());
             }
         }
+        Payload::Counter(value) => buf.put_i64(*value),
     }
     let crc = crc32fast::hash(&buf);
     buf.put_u32(crc);
@@ -212,7 +221,7 @@ pub(crate) fn decode(bytes: Bytes) -> Result<Entry, DecodeError> {
     };
     let kind = r.u8()?;
     let flags = r.u8()?;
-    if flags & !FLAG_MUST_REVALIDATE != 0 {
+    if flags & !KNOWN_FLAGS != 0 {
         return Err(DecodeError::Invalid { field: "flags" });
     }
     let stored_at = from_millis(r.u64()?)?;
@@ -259,6 +268,7 @@ pub(crate) fn decode(bytes: Bytes) -> Result<Entry, DecodeError> {
             }
             Payload::Variants(names)
         }
+        KIND_COUNTER => Payload::Counter(i64::from_be_bytes(r.array()?)),
         _ => return Err(DecodeError::Invalid { field: "kind" }),
     };
     if r.pos != content_len {
@@ -273,6 +283,7 @@ pub(crate) fn decode(bytes: Bytes) -> Result<Entry, DecodeError> {
         initial_age,
         must_revalidate: flags & FLAG_MUST_REVALIDATE != 0,
         tags,
+        persistent: flags & FLAG_PERSISTENT != 0,
     };
     Ok(Entry::new(payload, meta))
 }

@@ -21,6 +21,9 @@ pub enum Payload {
     /// response itself is stored under a second-level key built from their
     /// values (as Django's cache middleware does).
     Variants(Vec<HeaderName>),
+    /// An integer counter: incremented atomically (`INCRBY` on Redis, where it
+    /// is stored as a plain integer).
+    Counter(i64),
 }
 
 /// A stored HTTP response, ready to serve.
@@ -84,6 +87,9 @@ pub struct EntryMeta {
     pub must_revalidate: bool,
     /// Tags the entry can be invalidated by.
     pub tags: Vec<String>,
+    /// Never expires (Django's `timeout=None`): `fresh_until` and
+    /// `keep_until` are ignored and tiers store it without a TTL.
+    pub persistent: bool,
 }
 
 impl EntryMeta {
@@ -100,6 +106,15 @@ impl EntryMeta {
             initial_age: Duration::ZERO,
             must_revalidate: false,
             tags: Vec::new(),
+            persistent: false,
+        }
+    }
+
+    /// Metadata for an entry that never expires.
+    pub fn persistent(stored_at: SystemTime) -> Self {
+        Self {
+            persistent: true,
+            ..Self::new(stored_at, Duration::ZERO)
         }
     }
 
@@ -205,6 +220,16 @@ impl Entry {
         Self::new(Payload::Value(value), meta)
     }
 
+    /// An integer counter.
+    pub fn counter(value: i64, meta: EntryMeta) -> Self {
+        Self::new(Payload::Counter(value), meta)
+    }
+
+    /// The same payload with new metadata (e.g. a new lifetime after `touch`).
+    pub fn with_meta(&self, meta: EntryMeta) -> Self {
+        Self::new(self.payload.clone(), meta)
+    }
+
     /// An entry recording that responses for a key vary on `headers`.
     pub fn variants(headers: Vec<HeaderName>, meta: EntryMeta) -> Self {
         Self::new(Payload::Variants(headers), meta)
@@ -235,6 +260,9 @@ impl Entry {
 
     /// Whether the entry is fresh at `now`, or how stale it is.
     pub fn freshness(&self, now: SystemTime) -> Freshness {
+        if self.meta.persistent {
+            return Freshness::Fresh { ttl: Duration::MAX };
+        }
         match self.meta.fresh_until.duration_since(now) {
             Ok(ttl) if !ttl.is_zero() => Freshness::Fresh { ttl },
             _ => {
@@ -253,8 +281,12 @@ impl Entry {
     }
 
     /// How long tiers should still keep the entry; zero once `keep_until` has
-    /// passed (saturating: an expired entry never wraps to a huge TTL).
+    /// passed (saturating: an expired entry never wraps to a huge TTL), and
+    /// [`Duration::MAX`] for a persistent entry (tiers store it without a TTL).
     pub fn remaining_ttl(&self, now: SystemTime) -> Duration {
+        if self.meta.persistent {
+            return Duration::MAX;
+        }
         self.meta
             .keep_until
             .duration_since(now)
@@ -283,6 +315,7 @@ impl Entry {
             }
             Payload::Value(v) => v.len(),
             Payload::Variants(names) => names.iter().map(|n| n.as_str().len() + 24).sum(),
+            Payload::Counter(_) => 8,
         };
         OVERHEAD + tags + payload
     }

@@ -33,6 +33,29 @@ pub enum CacheError {
     /// The key cannot be used (empty, too long, control characters).
     #[error("invalid cache key: {0}")]
     InvalidKey(String),
+    /// The key holds no counter to increment (Django raises `ValueError`).
+    #[error("key `{0}` not found")]
+    KeyNotFound(String),
+    /// The value under the key is not an integer counter.
+    #[error("the value of `{0}` is not an integer")]
+    NotACounter(String),
+    /// Incrementing would overflow an `i64`.
+    #[error("incrementing `{0}` would overflow")]
+    Overflow(String),
+    /// A value could not be serialized.
+    #[error("value cannot be serialized: {0}")]
+    Serialize(String),
+    /// The whole operation did not finish within its per-call deadline.
+    #[error("operation did not finish within {0:?}")]
+    Deadline(Duration),
+    /// The tier cannot do this operation.
+    #[error("`{operation}` is not supported by the `{backend}` tier")]
+    Unsupported {
+        /// The backend kind.
+        backend: &'static str,
+        /// The operation.
+        operation: &'static str,
+    },
     /// The backend's client reported an error.
     #[error("backend `{backend}` failed: {source}")]
     Backend {

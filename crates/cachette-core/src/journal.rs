@@ -34,6 +34,11 @@ pub enum JournalOp {
         /// The prefix.
         prefix: String,
     },
+    /// Remove every key matching a Redis-style glob.
+    InvalidatePattern {
+        /// The pattern.
+        pattern: String,
+    },
     /// Remove every entry tagged `tag`.
     InvalidateTag {
         /// The tag.

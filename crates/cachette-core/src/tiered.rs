@@ -518,6 +518,15 @@ impl Tiered {
             .await
     }
 
+    /// Deletes every key matching the Redis-style glob `pattern` from every tier.
+    pub async fn invalidate_pattern(&self, pattern: &str) -> WriteReport {
+        let op = JournalOp::InvalidatePattern {
+            pattern: pattern.to_owned(),
+        };
+        self.invalidate_all(op, |b| b.invalidate_pattern(pattern))
+            .await
+    }
+
     /// Deletes every entry tagged `tag` from every tier.
     pub async fn invalidate_tag(&self, tag: &str) -> WriteReport {
         let op = JournalOp::InvalidateTag {
@@ -529,6 +538,60 @@ impl Tiered {
     /// Clears this cache's namespace in every tier.
     pub async fn clear(&self) -> WriteReport {
         self.invalidate_all(JournalOp::Clear, |b| b.clear()).await
+    }
+
+    /// The authoritative tier for atomic operations: the last one (the master
+    /// when there is one). Its failure is the operation's failure: falling
+    /// back to a tier above would break atomicity across nodes.
+    fn authority(&self) -> Result<(usize, &Tier), CacheError> {
+        let index = self
+            .inner
+            .tiers
+            .len()
+            .checked_sub(1)
+            .ok_or_else(|| CacheError::backend("tiered", "the cache has no tiers"))?;
+        Ok((index, &self.inner.tiers[index]))
+    }
+
+    /// Copies a value the authoritative tier just wrote into the tiers above it.
+    async fn fill_above(&self, index: usize, key: &CacheKey, entry: Arc<Entry>) {
+        let ttl = entry.remaining_ttl(SystemTime::now());
+        for tier in &self.inner.tiers[..index] {
+            let _ = Self::call(tier, false, tier.backend.set(key, entry.clone(), ttl)).await;
+        }
+    }
+
+    /// Stores `entry` only if `key` is absent, atomically on the last tier
+    /// (Redis `SET NX` on the master); on success the tiers above get it too.
+    pub async fn add(&self, key: &CacheKey, entry: Arc<Entry>) -> Result<bool, CacheError> {
+        let ttl = entry.remaining_ttl(SystemTime::now());
+        if ttl.is_zero() {
+            return Ok(false);
+        }
+        let (index, tier) = self.authority()?;
+        let added = Self::call(tier, false, tier.backend.add(key, entry.clone(), ttl)).await?;
+        if added {
+            tier.stats.counters.writes.fetch_add(1, relaxed());
+            self.fill_above(index, key, entry).await;
+        }
+        Ok(added)
+    }
+
+    /// Adds `delta` to the counter under `key`, atomically on the last tier
+    /// (Redis `INCRBY` on the master), and refreshes the tiers above with the
+    /// new value. A missing key is [`CacheError::KeyNotFound`].
+    pub async fn incr(&self, key: &CacheKey, delta: i64) -> Result<i64, CacheError> {
+        let (index, tier) = self.authority()?;
+        let value = Self::call(tier, false, tier.backend.incr(key, delta))
+            .await?
+            .ok_or_else(|| CacheError::KeyNotFound(key.to_string()))?;
+        if index > 0 {
+            // Read back the stored counter (with its TTL) for the tiers above.
+            if let Ok(Some(entry)) = Self::call(tier, false, tier.backend.get(key)).await {
+                self.fill_above(index, key, entry).await;
+            }
+        }
+        Ok(value)
     }
 
     /// The tier at `index` (read order), for components that act on one tier

@@ -21,16 +21,18 @@ fn arb_meta() -> impl Strategy<Value = EntryMeta> {
         0u32..100_000,
         any::<bool>(),
         prop::collection::vec("[a-z0-9:_-]{0,20}", 0..4),
+        any::<bool>(),
     )
-        .prop_map(|(stored, ttl_ms, swr, sie, age, must, tags)| {
-            EntryMeta::new(at_ms(stored), Duration::from_millis(ttl_ms))
-                .with_stale_windows(
-                    Duration::from_secs(swr.into()),
-                    Duration::from_secs(sie.into()),
-                )
-                .with_initial_age(Duration::from_secs(age.into()))
-                .with_must_revalidate(must)
-                .with_tags(tags)
+        .prop_map(|(stored, ttl_ms, swr, sie, age, must, tags, persistent)| {
+            let mut meta = EntryMeta::new(at_ms(stored), Duration::from_millis(ttl_ms));
+            meta.persistent = persistent;
+            meta.with_stale_windows(
+                Duration::from_secs(swr.into()),
+                Duration::from_secs(sie.into()),
+            )
+            .with_initial_age(Duration::from_secs(age.into()))
+            .with_must_revalidate(must)
+            .with_tags(tags)
         })
 }
 
@@ -59,6 +61,7 @@ fn arb_payload() -> impl Strategy<Value = Payload> {
                 body: Bytes::from(body),
             })),
         prop::collection::vec(any::<u8>(), 0..512).prop_map(|v| Payload::Value(Bytes::from(v))),
+        any::<i64>().prop_map(Payload::Counter),
         prop::collection::vec("[a-z][a-z-]{0,12}", 0..4).prop_map(|names| Payload::Variants(
             names
                 .iter()

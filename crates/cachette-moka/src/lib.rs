@@ -30,8 +30,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use cachette_core::{Backend, CacheError, CacheKey, Entry, async_trait};
-use moka::{Expiry, future::Cache};
+use cachette_core::{Backend, CacheError, CacheKey, Entry, Payload, async_trait, glob_match};
+use moka::{
+    Expiry,
+    future::Cache,
+    ops::compute::{CompResult, Op},
+};
 
 /// The default capacity: 64 MiB.
 pub const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
@@ -46,9 +50,14 @@ struct Stored {
 /// already saturated at zero by the writer).
 struct PerEntryTtl;
 
+/// `Duration::MAX` means "no expiry" (a persistent entry, no TTL cap).
+fn expiry(ttl: Duration) -> Option<Duration> {
+    (ttl != Duration::MAX).then_some(ttl)
+}
+
 impl Expiry<CacheKey, Stored> for PerEntryTtl {
     fn expire_after_create(&self, _: &CacheKey, value: &Stored, _: Instant) -> Option<Duration> {
-        Some(value.ttl)
+        expiry(value.ttl)
     }
 
     fn expire_after_update(
@@ -58,7 +67,7 @@ impl Expiry<CacheKey, Stored> for PerEntryTtl {
         _: Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
-        Some(value.ttl)
+        expiry(value.ttl)
     }
 }
 
@@ -163,6 +172,13 @@ impl MemoryTier {
         self.cache.run_pending_tasks().await;
     }
 
+    fn capped(&self, ttl: Duration) -> Duration {
+        match self.max_ttl {
+            Some(cap) => ttl.min(cap),
+            None => ttl,
+        }
+    }
+
     fn invalidate_if(
         &self,
         predicate: impl Fn(&CacheKey, &Stored) -> bool + Send + Sync + 'static,
@@ -215,6 +231,68 @@ impl Backend for MemoryTier {
     async fn invalidate_tag(&self, tag: &str) -> Result<(), CacheError> {
         let tag = tag.to_owned();
         self.invalidate_if(move |_, stored| stored.entry.meta().tags.contains(&tag))
+    }
+
+    async fn invalidate_pattern(&self, pattern: &str) -> Result<(), CacheError> {
+        let pattern = pattern.to_owned();
+        self.invalidate_if(move |key, _| glob_match(&pattern, key.as_str()))
+    }
+
+    async fn add(
+        &self,
+        key: &CacheKey,
+        entry: Arc<Entry>,
+        ttl: Duration,
+    ) -> Result<bool, CacheError> {
+        let ttl = self.capped(ttl);
+        if ttl.is_zero() {
+            return Ok(false);
+        }
+        // moka's entry API runs the insertion once per key, atomically.
+        let stored = self
+            .cache
+            .entry(key.clone())
+            .or_insert_with(async move { Stored { entry, ttl } })
+            .await;
+        Ok(stored.is_fresh())
+    }
+
+    async fn incr(&self, key: &CacheKey, delta: i64) -> Result<Option<i64>, CacheError> {
+        let cap = self.max_ttl;
+        let outcome = self
+            .cache
+            .entry(key.clone())
+            .and_compute_with(|current| async move {
+                let Some(current) = current else {
+                    return Op::Nop;
+                };
+                let stored = current.into_value();
+                let Payload::Counter(value) = stored.entry.payload() else {
+                    return Op::Nop;
+                };
+                let Some(next) = value.checked_add(delta) else {
+                    return Op::Nop;
+                };
+                let now = std::time::SystemTime::now();
+                let mut ttl = stored.entry.remaining_ttl(now);
+                if let Some(cap) = cap {
+                    ttl = ttl.min(cap);
+                }
+                let entry = Arc::new(Entry::counter(next, stored.entry.meta().clone()));
+                Op::Put(Stored { entry, ttl })
+            })
+            .await;
+        match outcome {
+            CompResult::ReplacedWith(stored) => match stored.into_value().entry.payload() {
+                Payload::Counter(value) => Ok(Some(*value)),
+                _ => Err(CacheError::NotACounter(key.to_string())),
+            },
+            CompResult::Unchanged(stored) => match stored.into_value().entry.payload() {
+                Payload::Counter(_) => Err(CacheError::Overflow(key.to_string())),
+                _ => Err(CacheError::NotACounter(key.to_string())),
+            },
+            _ => Ok(None),
+        }
     }
 
     async fn clear(&self) -> Result<(), CacheError> {
