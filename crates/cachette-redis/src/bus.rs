@@ -15,7 +15,7 @@ use std::{
 use cachette_core::{Backend, CacheKey};
 use futures_core::Stream;
 
-use crate::{RedisTier, shared::Shared};
+use crate::{RedisTier, shared::Space};
 
 /// What the subscriber applies an invalidation to.
 pub(crate) struct Targets {
@@ -36,6 +36,7 @@ async fn apply(targets: &Targets, kind: &str, argument: &str) {
             },
             "p" => backend.invalidate_prefix(argument).await,
             "t" => backend.invalidate_tag(argument).await,
+            "g" => backend.invalidate_pattern(argument).await,
             "c" => backend.clear().await,
             _ => Ok(()),
         };
@@ -47,22 +48,23 @@ async fn apply(targets: &Targets, kind: &str, argument: &str) {
 
 /// Subscribes to the namespace's channel on the current master, follows master
 /// switches, and applies what other nodes publish.
-pub(crate) async fn run_subscriber(shared: Weak<Shared>, targets: Targets) {
+pub(crate) async fn run_subscriber(shared: Weak<Space>, targets: Targets) {
     let mut backoff = Duration::from_millis(50);
     loop {
         let Some(strong) = shared.upgrade() else {
             return;
         };
-        let Some(node) = strong.master() else {
+        let Some(node) = strong.conns.master() else {
             drop(strong);
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         };
-        let mut generation = strong.master_generation.subscribe();
+        let mut generation = strong.conns.master_generation.subscribe();
         generation.mark_unchanged();
         let channel = strong.keys.bus_channel();
-        let node_id = strong.config.node_id.clone();
+        let node_id = strong.node_id.clone();
         let timeout = strong
+            .conns
             .config
             .connect_timeout
             .max(Duration::from_millis(500));
@@ -95,10 +97,7 @@ pub(crate) async fn run_subscriber(shared: Weak<Shared>, targets: Targets) {
             tracing::warn!(%error, "could not clear the memory tier after (re)subscribing to the bus");
         }
         if let Some(strong) = shared.upgrade() {
-            strong
-                .counters
-                .bus_resubscribes
-                .fetch_add(1, Ordering::Relaxed);
+            strong.bus_subscriptions.fetch_add(1, Ordering::Relaxed);
         }
         tracing::info!(master = %node.addr, %channel, "subscribed to the invalidation bus; memory tier cleared");
 
@@ -120,7 +119,7 @@ pub(crate) async fn run_subscriber(shared: Weak<Shared>, targets: Targets) {
                         continue;
                     }
                     if let Some(strong) = shared.upgrade() {
-                        strong.counters.bus_received.fetch_add(1, Ordering::Relaxed);
+                        strong.bus_received.fetch_add(1, Ordering::Relaxed);
                     }
                     apply(&targets, kind, argument).await;
                 }

@@ -36,6 +36,7 @@ const DELETE: u8 = 2;
 const PREFIX: u8 = 3;
 const TAG: u8 = 4;
 const CLEAR: u8 = 5;
+const PATTERN: u8 = 6;
 
 fn journal_error(error: impl Into<cachette_core::BoxError>) -> CacheError {
     CacheError::backend("journal", error)
@@ -50,6 +51,7 @@ fn encode(op: &JournalOp, recorded_at: SystemTime) -> Bytes {
         JournalOp::Delete { .. } => DELETE,
         JournalOp::InvalidatePrefix { .. } => PREFIX,
         JournalOp::InvalidateTag { .. } => TAG,
+        JournalOp::InvalidatePattern { .. } => PATTERN,
         _ => CLEAR,
     };
     buf.put_u8(kind);
@@ -67,6 +69,7 @@ fn encode(op: &JournalOp, recorded_at: SystemTime) -> Bytes {
         }
         JournalOp::InvalidatePrefix { prefix } => buf.put_slice(prefix.as_bytes()),
         JournalOp::InvalidateTag { tag } => buf.put_slice(tag.as_bytes()),
+        JournalOp::InvalidatePattern { pattern } => buf.put_slice(pattern.as_bytes()),
         _ => {}
     }
     buf.freeze()
@@ -120,6 +123,7 @@ fn decode(seq: u64, raw: &[u8]) -> RecordedOp {
         }
         PREFIX => text(body).map(|prefix| JournalOp::InvalidatePrefix { prefix }),
         TAG => text(body).map(|tag| JournalOp::InvalidateTag { tag }),
+        PATTERN => text(body).map(|pattern| JournalOp::InvalidatePattern { pattern }),
         CLEAR => Some(JournalOp::Clear),
         _ => None,
     };

@@ -47,6 +47,12 @@ impl Keys {
         format!("{}k:{}*", escape_glob(&self.namespace), escape_glob(prefix))
     }
 
+    /// `SCAN MATCH` pattern for entries whose key matches the glob `pattern`
+    /// (the namespace is escaped; the pattern's own globs are kept).
+    pub(crate) fn entry_glob(&self, pattern: &str) -> String {
+        format!("{}k:{pattern}", escape_glob(&self.namespace))
+    }
+
     /// `SCAN MATCH` pattern for everything of the namespace.
     pub(crate) fn all_pattern(&self) -> String {
         format!("{}*", escape_glob(&self.namespace))

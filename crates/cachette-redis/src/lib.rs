@@ -43,15 +43,19 @@ pub use config::{JournalConfig, RedisConfig, Topology};
 pub use journal::{DiskJournal, JournalStats, RecordedOp};
 pub use tier::{RedisTier, Role};
 
-use crate::{node::Node, shared::Shared};
+use crate::{
+    node::Node,
+    shared::{Connections, Space},
+};
 
 /// The Redis side of one cache: connections to the master and this node's
-/// replica, the journal, and the background tasks (Sentinel resolver and
-/// event listeners, journal replayer, bus subscriber). Cheap to clone; the
-/// background tasks stop when the last clone and the last tier are dropped.
+/// replica (shareable between caches), this cache's namespace, journal and
+/// bus, and the background tasks (Sentinel resolver and event listeners,
+/// journal replayer, bus subscriber). Cheap to clone; the background tasks
+/// stop when the last clone and the last tier are dropped.
 #[derive(Debug, Clone)]
 pub struct RedisTiers {
-    shared: Arc<Shared>,
+    space: Arc<Space>,
 }
 
 /// Redis-side counters at one moment.
@@ -124,60 +128,89 @@ impl RedisTiers {
                 (None, local)
             }
         };
-        let journal = config.journal.clone().map(DiskJournal::open).transpose()?;
-        let shared = Arc::new(Shared::new(config, master, local, journal));
-        let redis = Self { shared };
-        redis.start_tasks().await;
-        Ok(redis)
+        let namespace = config.namespace.clone();
+        let journal = config.journal.clone();
+        let conns = Arc::new(Connections::new(config, master, local));
+        Self::start_connection_tasks(&conns).await;
+        Self::in_space(conns, namespace, journal)
     }
 
-    async fn start_tasks(&self) {
-        let shared = &self.shared;
-        let weak = Arc::downgrade(shared);
-        if let Topology::Sentinel { sentinels, .. } = &shared.config.topology {
+    /// Another cache on the same connections (and Sentinel tasks): its own
+    /// namespace, journal and bus channel. This is how several named caches
+    /// share one Redis topology.
+    pub fn with_namespace(
+        &self,
+        namespace: impl Into<String>,
+        journal: Option<JournalConfig>,
+    ) -> Result<Self, CacheError> {
+        Self::in_space(self.space.conns.clone(), namespace.into(), journal)
+    }
+
+    fn in_space(
+        conns: Arc<Connections>,
+        namespace: String,
+        journal: Option<JournalConfig>,
+    ) -> Result<Self, CacheError> {
+        let journal = journal.map(DiskJournal::open).transpose()?;
+        let has_journal = journal.is_some();
+        let bus = conns.config.bus;
+        let node_id = conns.config.node_id.clone();
+        let space = Arc::new(Space::new(conns, namespace, journal, bus, node_id));
+        if has_journal {
+            space
+                .tasks
+                .add(tokio::spawn(replay::run_replayer(Arc::downgrade(&space))).abort_handle());
+        }
+        Ok(Self { space })
+    }
+
+    async fn start_connection_tasks(conns: &Arc<Connections>) {
+        let weak = Arc::downgrade(conns);
+        if let Topology::Sentinel { sentinels, .. } = &conns.config.topology {
             // Resolve once before returning, so the first requests have a master.
-            if let Err(error) = sentinel::refresh_master(shared).await {
+            if let Err(error) = sentinel::refresh_master(conns).await {
                 tracing::warn!(%error, "Redis master not resolved at startup; will keep trying");
             }
-            shared.add_task(tokio::spawn(sentinel::run_resolver(weak.clone())).abort_handle());
+            conns
+                .tasks
+                .add(tokio::spawn(sentinel::run_resolver(weak.clone())).abort_handle());
             for url in sentinels {
-                shared.add_task(
+                conns.tasks.add(
                     tokio::spawn(sentinel::run_event_listener(weak.clone(), url.clone()))
                         .abort_handle(),
                 );
             }
-            shared.add_task(tokio::spawn(sentinel::verify_local(shared.clone())).abort_handle());
-        }
-        if shared.journal.is_some() {
-            shared.add_task(tokio::spawn(replay::run_replayer(weak)).abort_handle());
+            conns
+                .tasks
+                .add(tokio::spawn(sentinel::verify_local(conns.clone())).abort_handle());
         }
     }
 
     /// The master tier.
     pub fn master_tier(&self) -> RedisTier {
         RedisTier {
-            shared: self.shared.clone(),
+            space: self.space.clone(),
             role: Role::Master,
         }
     }
 
     /// This node's replica tier, if the topology has one.
     pub fn local_tier(&self) -> Option<RedisTier> {
-        self.shared.local().map(|_| RedisTier {
-            shared: self.shared.clone(),
+        self.space.conns.local().map(|_| RedisTier {
+            space: self.space.clone(),
             role: Role::Local,
         })
     }
 
     /// The journal, if journaling is on.
     pub fn journal(&self) -> Option<&DiskJournal> {
-        self.shared.journal.as_ref()
+        self.space.journal.as_ref()
     }
 
     /// Tier options for the master: its timeout and the journal.
     pub fn master_options(&self) -> TierOptions {
-        let options = TierOptions::with_timeout(Some(self.shared.config.master_timeout));
-        match &self.shared.journal {
+        let options = TierOptions::with_timeout(Some(self.space.conns.config.master_timeout));
+        match &self.space.journal {
             Some(journal) => options.journal(Arc::new(journal.clone())),
             None => options,
         }
@@ -185,7 +218,7 @@ impl RedisTiers {
 
     /// Tier options for the local replica: its (short) timeout.
     pub fn local_options(&self) -> TierOptions {
-        TierOptions::with_timeout(Some(self.shared.config.local_timeout))
+        TierOptions::with_timeout(Some(self.space.conns.config.local_timeout))
     }
 
     /// Builds the cache `memory → local → master` (the tiers that exist), and
@@ -213,31 +246,31 @@ impl RedisTiers {
     /// Starts the bus subscriber for `memory` (and this node's replica). Does
     /// nothing if the bus is off.
     pub fn start_bus(&self, memory: Arc<dyn Backend>) {
-        if !self.shared.config.bus {
+        if !self.space.bus {
             return;
         }
         let targets = bus::Targets {
             memory,
             local: self.local_tier(),
         };
-        let task = tokio::spawn(bus::run_subscriber(Arc::downgrade(&self.shared), targets));
-        self.shared.add_task(task.abort_handle());
+        let task = tokio::spawn(bus::run_subscriber(Arc::downgrade(&self.space), targets));
+        self.space.tasks.add(task.abort_handle());
     }
 
     /// The master's address now.
     pub fn master_addr(&self) -> Option<String> {
-        self.shared.master_addr()
+        self.space.conns.master_addr()
     }
 
     /// Asks Sentinel for the master now (normally automatic).
     pub async fn refresh_master(&self) -> Result<(), CacheError> {
-        sentinel::refresh_master(&self.shared).await
+        sentinel::refresh_master(&self.space.conns).await
     }
 
     /// Replays the journal to the master now (the background replayer does
     /// this on its own when the master answers again). Returns the ops left.
     pub async fn replay_journal(&self) -> Result<u64, CacheError> {
-        let Some(journal) = &self.shared.journal else {
+        let Some(journal) = &self.space.journal else {
             return Ok(0);
         };
         // Right after the master comes back, a connection may still report
@@ -255,26 +288,31 @@ impl RedisTiers {
         }
     }
 
+    /// The namespace of this cache's keys.
+    pub fn namespace(&self) -> &str {
+        self.space.keys.namespace()
+    }
+
     /// This node's id on the bus.
     pub fn node_id(&self) -> &str {
-        &self.shared.config.node_id
+        &self.space.node_id
     }
 
     /// Reads the counters.
     pub async fn stats(&self) -> RedisStats {
-        let c = &self.shared.counters;
-        let journal = match &self.shared.journal {
+        let space = &self.space;
+        let journal = match &space.journal {
             Some(journal) => Some(journal.stats().await),
             None => None,
         };
         RedisStats {
-            master: self.shared.master_addr(),
-            local: self.shared.local().map(|n| n.addr.clone()),
-            readonly_skips: c.readonly_skips.load(Ordering::Relaxed),
-            failovers: c.failovers.load(Ordering::Relaxed),
-            bus_received: c.bus_received.load(Ordering::Relaxed),
-            bus_subscriptions: c.bus_resubscribes.load(Ordering::Relaxed),
-            resolve_errors: c.resolve_errors.load(Ordering::Relaxed),
+            master: space.conns.master_addr(),
+            local: space.conns.local().map(|n| n.addr.clone()),
+            readonly_skips: space.readonly_skips.load(Ordering::Relaxed),
+            failovers: space.conns.failovers.load(Ordering::Relaxed),
+            bus_received: space.bus_received.load(Ordering::Relaxed),
+            bus_subscriptions: space.bus_subscriptions.load(Ordering::Relaxed),
+            resolve_errors: space.conns.resolve_errors.load(Ordering::Relaxed),
             journal,
         }
     }

@@ -11,17 +11,15 @@ use cachette_core::{CacheError, JournalOp, unix_millis};
 use crate::{
     DiskJournal, RedisTier, Role,
     journal::RecordedOp,
-    node::{BACKEND, redis_error},
-    shared::Shared,
-    tier::bus_message,
+    node::redis_error,
+    shared::Space,
+    tier::{bus_message, ttl_arg, wire_value},
 };
 
 /// Applies a run of sets and deletes as one pipeline of script calls.
 async fn apply_pipelined(tier: &RedisTier, run: &[&RecordedOp]) -> Result<u64, CacheError> {
-    let shared = &tier.shared;
-    let node = shared
-        .master()
-        .ok_or_else(|| CacheError::backend(BACKEND, "no master"))?;
+    let shared = &tier.space;
+    let node = tier.node()?;
     let mut conn = node.exclusive().await?;
     // Load both scripts once so the pipeline can use EVALSHA.
     for script in [&shared.scripts.set, &shared.scripts.delete_if_older] {
@@ -50,8 +48,9 @@ async fn apply_pipelined(tier: &RedisTier, run: &[&RecordedOp]) -> Result<u64, C
                 for tag in tags {
                     cmd.arg(shared.keys.tag(tag));
                 }
-                cmd.arg(entry.encode().as_ref())
-                    .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1))
+                cmd.arg(wire_value(entry).as_ref())
+                    .arg(ttl_arg(ttl))
+                    .arg("")
                     .ignore();
                 applied += 1;
             }
@@ -62,10 +61,10 @@ async fn apply_pipelined(tier: &RedisTier, run: &[&RecordedOp]) -> Result<u64, C
                     .arg(shared.keys.entry(key.as_str()))
                     .arg(unix_millis(*at).to_be_bytes().as_slice())
                     .ignore();
-                if shared.config.bus {
+                if shared.bus {
                     pipe.cmd("PUBLISH")
                         .arg(shared.keys.bus_channel())
-                        .arg(bus_message(&shared.config.node_id, 'd', key.as_str()))
+                        .arg(bus_message(&shared.node_id, 'd', key.as_str()))
                         .ignore();
                 }
                 applied += 1;
@@ -168,9 +167,9 @@ pub(crate) async fn replay(tier: &RedisTier, journal: &DiskJournal) -> Result<()
 
 /// Watches the journal; whenever it holds ops and the master answers a probe,
 /// replays them.
-pub(crate) async fn run_replayer(shared: Weak<Shared>) {
+pub(crate) async fn run_replayer(space: Weak<Space>) {
     loop {
-        let Some(strong) = shared.upgrade() else {
+        let Some(strong) = space.upgrade() else {
             return;
         };
         let Some(journal) = strong.journal.clone() else {
@@ -179,11 +178,11 @@ pub(crate) async fn run_replayer(shared: Weak<Shared>) {
         let interval = journal.config().probe_interval;
         if cachette_core::Journal::depth(&journal) > 0 {
             let tier = RedisTier {
-                shared: strong.clone(),
+                space: strong.clone(),
                 role: Role::Master,
             };
             let probe = tokio::time::timeout(
-                strong.master_timeout(),
+                strong.conns.master_timeout(),
                 cachette_core::Backend::health(&tier),
             )
             .await;

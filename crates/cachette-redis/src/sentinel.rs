@@ -20,7 +20,7 @@ use crate::{
     Topology,
     config::node_url,
     node::{BACKEND, Node, redis_error},
-    shared::Shared,
+    shared::Connections,
 };
 
 /// Asks each sentinel in turn for the master of `service`.
@@ -69,7 +69,7 @@ pub(crate) async fn query_master(
 }
 
 /// Resolves the master through Sentinel and swaps it in if it changed.
-pub(crate) async fn refresh_master(shared: &Shared) -> Result<(), CacheError> {
+pub(crate) async fn refresh_master(shared: &Connections) -> Result<(), CacheError> {
     let Topology::Sentinel {
         sentinels,
         service,
@@ -110,16 +110,13 @@ pub(crate) async fn refresh_master(shared: &Shared) -> Result<(), CacheError> {
 }
 
 /// Keeps the master current: on demand (`resolve`), and every `sentinel_poll`.
-pub(crate) async fn run_resolver(shared: Weak<Shared>) {
+pub(crate) async fn run_resolver(shared: Weak<Connections>) {
     loop {
         let Some(strong) = shared.upgrade() else {
             return;
         };
         if let Err(error) = refresh_master(&strong).await {
-            strong
-                .counters
-                .resolve_errors
-                .fetch_add(1, Ordering::Relaxed);
+            strong.resolve_errors.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(%error, "could not resolve the Redis master through Sentinel");
         }
         let poll = strong.config.sentinel_poll;
@@ -134,7 +131,7 @@ pub(crate) async fn run_resolver(shared: Weak<Shared>) {
 }
 
 /// Listens for `+switch-master` on one sentinel and wakes the resolver.
-pub(crate) async fn run_event_listener(shared: Weak<Shared>, sentinel_url: String) {
+pub(crate) async fn run_event_listener(shared: Weak<Connections>, sentinel_url: String) {
     loop {
         let listen = async {
             let client = redis::Client::open(sentinel_url.as_str()).map_err(redis_error)?;
@@ -170,7 +167,7 @@ pub(crate) async fn run_event_listener(shared: Weak<Shared>, sentinel_url: Strin
 
 /// Checks that the configured local replica is one of the service's replicas
 /// (by address) and replies `ROLE slave`; warns otherwise.
-pub(crate) async fn verify_local(shared: Arc<Shared>) {
+pub(crate) async fn verify_local(shared: Arc<Connections>) {
     let Some(local) = shared.local() else { return };
     let timeout = shared
         .config

@@ -1,4 +1,6 @@
-//! State shared by the tiers, the background tasks and [`RedisTiers`](crate::RedisTiers).
+//! State shared by the tiers, the background tasks and
+//! [`RedisTiers`](crate::RedisTiers): one [`Connections`] per Redis topology
+//! (shared by every cache that uses it), one [`Space`] per namespace.
 
 use std::{
     sync::{
@@ -15,62 +17,67 @@ use tokio::{
 
 use crate::{DiskJournal, RedisConfig, keys::Keys, node::Node, scripts::Scripts};
 
-/// Counters of the Redis tiers beyond the per-tier ones `Tiered` keeps.
+/// Tasks aborted when their owner is dropped.
 #[derive(Debug, Default)]
-pub(crate) struct Counters {
-    pub(crate) readonly_skips: AtomicU64,
-    pub(crate) failovers: AtomicU64,
-    pub(crate) bus_received: AtomicU64,
-    pub(crate) bus_resubscribes: AtomicU64,
-    pub(crate) resolve_errors: AtomicU64,
+pub(crate) struct Tasks(Mutex<Vec<AbortHandle>>);
+
+impl Tasks {
+    pub(crate) fn add(&self, handle: AbortHandle) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(handle);
+    }
 }
 
-pub(crate) struct Shared {
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for task in self
+            .0
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+        {
+            task.abort();
+        }
+    }
+}
+
+/// Connections to one topology's master and this node's replica.
+pub(crate) struct Connections {
     pub(crate) config: RedisConfig,
-    pub(crate) keys: Keys,
-    pub(crate) scripts: Scripts,
     master: RwLock<Option<Arc<Node>>>,
     local: RwLock<Option<Arc<Node>>>,
     /// Wakes the Sentinel resolver (READONLY, refused connections, events).
     pub(crate) resolve: Notify,
-    /// Bumped on every master switch; the bus resubscribes on a change.
+    /// Bumped on every master switch; bus subscribers move on a change.
     pub(crate) master_generation: watch::Sender<u64>,
-    pub(crate) journal: Option<DiskJournal>,
-    pub(crate) counters: Counters,
-    pub(crate) readonly_logged: AtomicBool,
-    tasks: Mutex<Vec<AbortHandle>>,
+    pub(crate) failovers: AtomicU64,
+    pub(crate) resolve_errors: AtomicU64,
+    pub(crate) tasks: Tasks,
 }
 
-impl std::fmt::Debug for Shared {
+impl std::fmt::Debug for Connections {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared")
-            .field("namespace", &self.keys.namespace())
+        f.debug_struct("Connections")
             .field("master", &self.master_addr())
             .field("local", &self.local().map(|n| n.addr.clone()))
             .finish_non_exhaustive()
     }
 }
 
-impl Shared {
-    pub(crate) fn new(
-        config: RedisConfig,
-        master: Option<Node>,
-        local: Option<Node>,
-        journal: Option<DiskJournal>,
-    ) -> Self {
+impl Connections {
+    pub(crate) fn new(config: RedisConfig, master: Option<Node>, local: Option<Node>) -> Self {
         let (generation, _) = watch::channel(0);
         Self {
-            keys: Keys::new(config.namespace.clone()),
             config,
-            scripts: Scripts::default(),
             master: RwLock::new(master.map(Arc::new)),
             local: RwLock::new(local.map(Arc::new)),
             resolve: Notify::new(),
             master_generation: generation,
-            journal,
-            counters: Counters::default(),
-            readonly_logged: AtomicBool::new(false),
-            tasks: Mutex::new(Vec::new()),
+            failovers: AtomicU64::new(0),
+            resolve_errors: AtomicU64::new(0),
+            tasks: Tasks::default(),
         }
     }
 
@@ -102,7 +109,7 @@ impl Shared {
             master.replace(Arc::new(node))
         };
         if let Some(previous) = previous {
-            self.counters.failovers.fetch_add(1, Ordering::Relaxed);
+            self.failovers.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(from = %previous.addr, to = %addr, "Redis master switched");
         } else {
             tracing::info!(master = %addr, "Redis master found");
@@ -110,27 +117,55 @@ impl Shared {
         self.master_generation.send_modify(|g| *g += 1);
     }
 
-    pub(crate) fn add_task(&self, handle: AbortHandle) {
-        self.tasks
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(handle);
-    }
-
     pub(crate) fn master_timeout(&self) -> Duration {
         self.config.master_timeout
     }
 }
 
-impl Drop for Shared {
-    fn drop(&mut self) {
-        for task in self
-            .tasks
-            .get_mut()
-            .unwrap_or_else(PoisonError::into_inner)
-            .drain(..)
-        {
-            task.abort();
+/// One namespace (one cache) on a topology: its keys, journal and bus.
+pub(crate) struct Space {
+    pub(crate) conns: Arc<Connections>,
+    pub(crate) keys: Keys,
+    pub(crate) scripts: Scripts,
+    pub(crate) journal: Option<DiskJournal>,
+    pub(crate) bus: bool,
+    pub(crate) node_id: String,
+    pub(crate) readonly_skips: AtomicU64,
+    pub(crate) readonly_logged: AtomicBool,
+    pub(crate) bus_received: AtomicU64,
+    pub(crate) bus_subscriptions: AtomicU64,
+    pub(crate) tasks: Tasks,
+}
+
+impl std::fmt::Debug for Space {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Space")
+            .field("namespace", &self.keys.namespace())
+            .field("connections", &self.conns)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Space {
+    pub(crate) fn new(
+        conns: Arc<Connections>,
+        namespace: String,
+        journal: Option<DiskJournal>,
+        bus: bool,
+        node_id: String,
+    ) -> Self {
+        Self {
+            conns,
+            keys: Keys::new(namespace),
+            scripts: Scripts::default(),
+            journal,
+            bus,
+            node_id,
+            readonly_skips: AtomicU64::new(0),
+            readonly_logged: AtomicBool::new(false),
+            bus_received: AtomicU64::new(0),
+            bus_subscriptions: AtomicU64::new(0),
+            tasks: Tasks::default(),
         }
     }
 }

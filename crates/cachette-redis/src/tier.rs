@@ -2,15 +2,15 @@
 
 use std::{
     sync::{Arc, atomic::Ordering},
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use bytes::Bytes;
-use cachette_core::{Backend, CacheError, CacheKey, Entry, async_trait};
+use cachette_core::{Backend, CacheError, CacheKey, Entry, EntryMeta, Payload, async_trait};
 
 use crate::{
     node::{BACKEND, Node, is_readonly, redis_error, suggests_failover},
-    shared::Shared,
+    shared::Space,
 };
 
 /// Which server a [`RedisTier`] talks to.
@@ -27,13 +27,38 @@ pub enum Role {
 /// A Redis tier. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct RedisTier {
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) space: Arc<Space>,
     pub(crate) role: Role,
 }
 
 /// What the bus carries: `{node id}\n{kind}\n{argument}`.
 pub(crate) fn bus_message(node_id: &str, kind: char, argument: &str) -> String {
     format!("{node_id}\n{kind}\n{argument}")
+}
+
+/// The bytes stored for an entry: a plain integer for counters (so `INCRBY`
+/// works on them), the binary encoding otherwise.
+pub(crate) fn wire_value(entry: &Entry) -> Bytes {
+    match entry.payload() {
+        Payload::Counter(value) => Bytes::from(value.to_string()),
+        _ => entry.encode(),
+    }
+}
+
+/// The TTL argument of the scripts: milliseconds, `0` for no expiry.
+pub(crate) fn ttl_arg(ttl: Duration) -> u64 {
+    if ttl == Duration::MAX {
+        0
+    } else {
+        u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+    }
+}
+
+fn parse_counter(raw: &[u8]) -> Option<i64> {
+    if raw.starts_with(&cachette_core::codec::MAGIC) {
+        return None;
+    }
+    std::str::from_utf8(raw).ok()?.parse().ok()
 }
 
 impl RedisTier {
@@ -47,39 +72,45 @@ impl RedisTier {
         self.node().ok().map(|n| n.addr.clone())
     }
 
-    fn node(&self) -> Result<Arc<Node>, CacheError> {
+    /// The namespace every key of this tier lives under.
+    pub fn namespace(&self) -> &str {
+        self.space.keys.namespace()
+    }
+
+    pub(crate) fn node(&self) -> Result<Arc<Node>, CacheError> {
+        let conns = &self.space.conns;
         let node = match self.role {
-            Role::Local => self.shared.local(),
-            Role::Master => self.shared.master(),
+            Role::Local => conns.local(),
+            Role::Master => conns.master(),
         };
         node.ok_or_else(|| {
             if self.role == Role::Master {
-                self.shared.resolve.notify_one();
+                conns.resolve.notify_one();
             }
             CacheError::backend(BACKEND, "no server known for this tier yet")
         })
     }
 
     /// Maps a client error, asking Sentinel again when the master looks gone.
-    fn fail(&self, error: redis::RedisError) -> CacheError {
+    pub(crate) fn fail(&self, error: redis::RedisError) -> CacheError {
         if self.role == Role::Master && suggests_failover(&error) {
-            self.shared.resolve.notify_one();
+            self.space.conns.resolve.notify_one();
         }
         redis_error(error)
     }
 
-    async fn publish(
+    pub(crate) async fn publish(
         &self,
         conn: &mut (impl redis::aio::ConnectionLike + Send),
         kind: char,
         argument: &str,
     ) {
-        if self.role != Role::Master || !self.shared.config.bus {
+        if self.role != Role::Master || !self.space.bus {
             return;
         }
-        let message = bus_message(&self.shared.config.node_id, kind, argument);
+        let message = bus_message(&self.space.node_id, kind, argument);
         let published: Result<i64, _> = redis::cmd("PUBLISH")
-            .arg(self.shared.keys.bus_channel())
+            .arg(self.space.keys.bus_channel())
             .arg(message)
             .query_async(conn)
             .await;
@@ -122,7 +153,7 @@ impl RedisTier {
     /// Removes the entries indexed under `tag`, and the index.
     pub(crate) async fn purge_tag(&self, node: &Node, tag: &str) -> Result<u64, CacheError> {
         let mut conn = node.exclusive().await?;
-        let index = self.shared.keys.tag(tag);
+        let index = self.space.keys.tag(tag);
         let members: Vec<Vec<u8>> = redis::cmd("SMEMBERS")
             .arg(&index)
             .query_async(&mut conn)
@@ -144,6 +175,42 @@ impl RedisTier {
             .map_err(|e| self.fail(e))?;
         Ok(removed)
     }
+
+    async fn write(
+        &self,
+        key: &CacheKey,
+        entry: &Entry,
+        ttl: Duration,
+        mode: &str,
+    ) -> Result<bool, CacheError> {
+        let node = self.node()?;
+        let mut conn = node.shared.clone();
+        let mut invocation = self
+            .space
+            .scripts
+            .set
+            .key(self.space.keys.entry(key.as_str()));
+        for tag in &entry.meta().tags {
+            invocation.key(self.space.keys.tag(tag));
+        }
+        invocation
+            .arg(wire_value(entry).as_ref())
+            .arg(ttl_arg(ttl))
+            .arg(mode);
+        match invocation.invoke_async::<i64>(&mut conn).await {
+            Ok(stored) => Ok(stored == 1),
+            Err(error) if self.role == Role::Local && is_readonly(&error) => {
+                // A read-only replica cannot hold this node's own writes; the
+                // master write still happens. Say so once, count every time.
+                self.space.readonly_skips.fetch_add(1, Ordering::Relaxed);
+                if !self.space.readonly_logged.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(replica = %node.addr, "local replica is read-only (replica-read-only yes): local writes are skipped; set replica-read-only no");
+                }
+                Ok(false)
+            }
+            Err(error) => Err(self.fail(error)),
+        }
+    }
 }
 
 #[async_trait]
@@ -155,15 +222,29 @@ impl Backend for RedisTier {
     async fn get(&self, key: &CacheKey) -> Result<Option<Arc<Entry>>, CacheError> {
         let node = self.node()?;
         let mut conn = node.shared.clone();
+        let redis_key = self.space.keys.entry(key.as_str());
         let raw: Option<Vec<u8>> = redis::cmd("GET")
-            .arg(self.shared.keys.entry(key.as_str()))
+            .arg(&redis_key)
             .query_async(&mut conn)
             .await
             .map_err(|e| self.fail(e))?;
-        match raw {
-            None => Ok(None),
-            Some(raw) => Ok(Some(Arc::new(Entry::decode(Bytes::from(raw))?))),
+        let Some(raw) = raw else { return Ok(None) };
+        if let Some(value) = parse_counter(&raw) {
+            // A counter carries no metadata: its lifetime is the key's TTL.
+            let pttl: i64 = redis::cmd("PTTL")
+                .arg(&redis_key)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.fail(e))?;
+            let now = SystemTime::now();
+            let meta = match u64::try_from(pttl) {
+                Ok(ms) => EntryMeta::new(now, Duration::from_millis(ms)),
+                Err(_) if pttl == -1 => EntryMeta::persistent(now),
+                Err(_) => return Ok(None), // expired between the two calls
+            };
+            return Ok(Some(Arc::new(Entry::counter(value, meta))));
         }
+        Ok(Some(Arc::new(Entry::decode(Bytes::from(raw))?)))
     }
 
     async fn set(
@@ -175,32 +256,39 @@ impl Backend for RedisTier {
         if ttl.is_zero() {
             return Ok(());
         }
+        self.write(key, &entry, ttl, "").await.map(|_| ())
+    }
+
+    async fn add(
+        &self,
+        key: &CacheKey,
+        entry: Arc<Entry>,
+        ttl: Duration,
+    ) -> Result<bool, CacheError> {
+        if ttl.is_zero() {
+            return Ok(false);
+        }
+        self.write(key, &entry, ttl, "nx").await
+    }
+
+    async fn incr(&self, key: &CacheKey, delta: i64) -> Result<Option<i64>, CacheError> {
         let node = self.node()?;
         let mut conn = node.shared.clone();
-        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        let encoded = entry.encode();
-        let mut invocation = self
-            .shared
+        let result: Result<Option<i64>, _> = self
+            .space
             .scripts
-            .set
-            .key(self.shared.keys.entry(key.as_str()));
-        for tag in &entry.meta().tags {
-            invocation.key(self.shared.keys.tag(tag));
-        }
-        invocation.arg(encoded.as_ref()).arg(ttl_ms);
-        match invocation.invoke_async::<i64>(&mut conn).await {
-            Ok(_) => Ok(()),
-            Err(error) if self.role == Role::Local && is_readonly(&error) => {
-                // A read-only replica cannot hold this node's own writes; the
-                // master write still happens. Say so once, count every time.
-                self.shared
-                    .counters
-                    .readonly_skips
-                    .fetch_add(1, Ordering::Relaxed);
-                if !self.shared.readonly_logged.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(replica = %node.addr, "local replica is read-only (replica-read-only yes): local writes are skipped; set replica-read-only no");
-                }
-                Ok(())
+            .incr
+            .key(self.space.keys.entry(key.as_str()))
+            .arg(delta)
+            .invoke_async(&mut conn)
+            .await;
+        match result {
+            Ok(value) => Ok(value),
+            Err(error) if error.code() == Some("NOTCOUNTER") => {
+                Err(CacheError::NotACounter(key.to_string()))
+            }
+            Err(error) if error.to_string().contains("overflow") => {
+                Err(CacheError::Overflow(key.to_string()))
             }
             Err(error) => Err(self.fail(error)),
         }
@@ -210,7 +298,7 @@ impl Backend for RedisTier {
         let node = self.node()?;
         let mut conn = node.shared.clone();
         let removed: i64 = redis::cmd("UNLINK")
-            .arg(self.shared.keys.entry(key.as_str()))
+            .arg(self.space.keys.entry(key.as_str()))
             .query_async(&mut conn)
             .await
             .map_err(|e| self.fail(e))?;
@@ -220,9 +308,17 @@ impl Backend for RedisTier {
 
     async fn invalidate_prefix(&self, prefix: &str) -> Result<(), CacheError> {
         let node = self.node()?;
-        Self::sweep(&node, &self.shared.keys.entry_pattern(prefix)).await?;
+        Self::sweep(&node, &self.space.keys.entry_pattern(prefix)).await?;
         let mut conn = node.shared.clone();
         self.publish(&mut conn, 'p', prefix).await;
+        Ok(())
+    }
+
+    async fn invalidate_pattern(&self, pattern: &str) -> Result<(), CacheError> {
+        let node = self.node()?;
+        Self::sweep(&node, &self.space.keys.entry_glob(pattern)).await?;
+        let mut conn = node.shared.clone();
+        self.publish(&mut conn, 'g', pattern).await;
         Ok(())
     }
 
@@ -236,7 +332,7 @@ impl Backend for RedisTier {
 
     async fn clear(&self) -> Result<(), CacheError> {
         let node = self.node()?;
-        Self::sweep(&node, &self.shared.keys.all_pattern()).await?;
+        Self::sweep(&node, &self.space.keys.all_pattern()).await?;
         let mut conn = node.shared.clone();
         self.publish(&mut conn, 'c', "").await;
         Ok(())
