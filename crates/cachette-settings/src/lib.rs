@@ -1,0 +1,589 @@
+//! Named caches configured like Django's `CACHES` setting: a TOML file plus
+//! environment overrides, deserialized into typed settings and validated
+//! before anything connects.
+//!
+//! ```
+//! use cachette_settings::{Settings, TierKind};
+//!
+//! let settings = Settings::from_toml_str("caches.toml", r#"
+//!     [redis.main]
+//!     url = "redis://127.0.0.1:6379/0"
+//!
+//!     [caches.default]
+//!     tiers = ["memory", "master"]
+//!     timeout = "5m"
+//!     key_prefix = "shop"
+//!
+//!     [caches.default.memory]
+//!     max_bytes = "256MiB"
+//! "#).unwrap();
+//! assert_eq!(settings.caches["default"].tiers(), vec![TierKind::Memory, TierKind::Master]);
+//!
+//! let error = Settings::from_toml_str("caches.toml", r#"
+//!     [caches.default]
+//!     tiers = ["local"]
+//! "#).unwrap_err();
+//! assert_eq!(error.to_string(), "caches.toml: caches.default.tiers: `local` needs `master` after it (the local replica replicates a master)");
+//! ```
+//!
+//! Every key is documented in docs/configuration.md of the repository.
+
+mod values;
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    path::{Path, PathBuf},
+};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Toml},
+};
+use serde::Deserialize;
+
+pub use values::{ByteSize, HumanDuration, Timeout};
+
+/// The environment variable prefix of overrides:
+/// `CACHETTE__CACHES__DEFAULT__TIMEOUT=60` sets `caches.default.timeout`.
+pub const ENV_PREFIX: &str = "CACHETTE__";
+
+/// Settings that cannot be used: where, which key, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{source_name}: {key}: {reason}")]
+pub struct SettingsError {
+    /// The file (or `environment`) the bad value came from.
+    pub source_name: String,
+    /// The key path, e.g. `caches.default.timeout`.
+    pub key: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl SettingsError {
+    fn new(source_name: &str, key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            source_name: source_name.to_owned(),
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A tier of a cache, in read order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TierKind {
+    /// The in-process memory tier.
+    Memory,
+    /// This node's Redis replica.
+    Local,
+    /// The Redis master.
+    Master,
+}
+
+impl fmt::Display for TierKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Memory => "memory",
+            Self::Local => "local",
+            Self::Master => "master",
+        })
+    }
+}
+
+/// A single-backend shortcut for `tiers`, as Django's `BACKEND`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// `tiers = ["memory"]`.
+    Memory,
+    /// The Redis tiers of the topology: `["local", "master"]` if it has a
+    /// local replica, else `["master"]`.
+    Redis,
+    /// Stores nothing (Django's `DummyCache`): for tests and for disabling.
+    Dummy,
+}
+
+/// The in-process memory tier of a cache.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemorySettings {
+    /// Capacity in bytes (default 64 MiB).
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: ByteSize,
+    /// Caps every entry's lifetime in memory: bounds staleness if a cross-node
+    /// invalidation is missed (default 60 s when the cache has Redis tiers,
+    /// none otherwise).
+    pub max_ttl: Option<HumanDuration>,
+}
+
+fn default_max_bytes() -> ByteSize {
+    ByteSize(64 * 1024 * 1024)
+}
+
+impl Default for MemorySettings {
+    fn default() -> Self {
+        Self {
+            max_bytes: default_max_bytes(),
+            max_ttl: None,
+        }
+    }
+}
+
+/// The durable journal of master writes that failed.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JournalSettings {
+    /// The journal file.
+    pub path: PathBuf,
+    /// Most operations kept (default 100 000).
+    pub max_entries: Option<u64>,
+    /// Most bytes kept (default 256 MiB).
+    pub max_bytes: Option<ByteSize>,
+    /// How often the replayer checks the master (default 500 ms).
+    pub probe_interval: Option<HumanDuration>,
+    /// Operations per replay batch (default 128).
+    pub batch: Option<usize>,
+    /// Most operations replayed per second (default 5 000).
+    pub max_ops_per_sec: Option<u32>,
+}
+
+/// Response-cache options of `caches.layer(alias)`.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Store responses without freshness information for this long.
+    pub default_ttl: Option<HumanDuration>,
+    /// Store every storable response for exactly this long.
+    pub ttl: Option<HumanDuration>,
+    /// Default `stale-while-revalidate` window.
+    pub stale_while_revalidate: Option<HumanDuration>,
+    /// Default `stale-if-error` window.
+    pub stale_if_error: Option<HumanDuration>,
+    /// Larger responses stream through uncached (default 8 MiB).
+    pub max_body_bytes: Option<ByteSize>,
+    /// Query parameters left out of keys (`utm_*`).
+    #[serde(default)]
+    pub ignore_query_params: Vec<String>,
+    /// Whether the host is part of keys (default true).
+    pub include_host: Option<bool>,
+    /// Heuristic freshness fraction (off by default).
+    pub heuristic_freshness: Option<f32>,
+    /// Origin calls slower than this count as errors.
+    pub origin_timeout: Option<HumanDuration>,
+    /// Store responses with `Set-Cookie` after removing it.
+    pub strip_set_cookie: Option<bool>,
+    /// The name in `Cache-Status` (default `cachette`).
+    pub status_name: Option<String>,
+}
+
+/// One named cache, like one entry of Django's `CACHES`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSettings {
+    /// The tiers in read order. Exclusive with `backend`.
+    pub tiers: Option<Vec<TierKind>>,
+    /// A single backend. Exclusive with `tiers`.
+    pub backend: Option<BackendKind>,
+    /// Which `[redis.<name>]` topology the Redis tiers use (default: the only one).
+    pub redis: Option<String>,
+    /// Default lifetime of values (Django's `TIMEOUT`; default 300 s).
+    #[serde(default)]
+    pub timeout: Timeout,
+    /// Prefix of every key (Django's `KEY_PREFIX`; default empty).
+    #[serde(default)]
+    pub key_prefix: String,
+    /// Default key version (Django's `VERSION`; default 1).
+    #[serde(default = "default_version")]
+    pub version: i64,
+    /// A key function registered in code by this name (Django's `KEY_FUNCTION`).
+    pub key_function: Option<String>,
+    /// The Redis namespace of this cache (default `cachette:{alias}:`).
+    pub namespace: Option<String>,
+    /// The memory tier.
+    pub memory: Option<MemorySettings>,
+    /// The journal (needs the `master` tier).
+    pub journal: Option<JournalSettings>,
+    /// Options of the response-cache layer built for this alias.
+    pub http: Option<HttpSettings>,
+    /// The tiers after validation (`backend` resolved).
+    #[serde(skip)]
+    resolved: Vec<TierKind>,
+}
+
+fn default_version() -> i64 {
+    1
+}
+
+impl CacheSettings {
+    /// The tiers in read order, after applying `backend`.
+    pub fn tiers(&self) -> Vec<TierKind> {
+        self.resolved.clone()
+    }
+
+    /// Whether the cache has a tier of this kind.
+    pub fn has(&self, tier: TierKind) -> bool {
+        self.resolved.contains(&tier)
+    }
+
+    /// The Redis namespace of the cache named `alias`.
+    pub fn namespace_for(&self, alias: &str) -> String {
+        self.namespace
+            .clone()
+            .unwrap_or_else(|| format!("cachette:{alias}:"))
+    }
+
+    /// The memory settings, defaulted.
+    pub fn memory_settings(&self) -> MemorySettings {
+        self.memory.clone().unwrap_or_default()
+    }
+
+    /// The embedded default: memory only, 300 s, no prefix, version 1.
+    pub fn memory_only() -> Self {
+        Self {
+            tiers: Some(vec![TierKind::Memory]),
+            backend: None,
+            redis: None,
+            timeout: Timeout::default(),
+            key_prefix: String::new(),
+            version: 1,
+            key_function: None,
+            namespace: None,
+            memory: None,
+            journal: None,
+            http: None,
+            resolved: vec![TierKind::Memory],
+        }
+    }
+}
+
+/// A Redis topology: one connection set that caches can share.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    /// One Redis (the master), no replica.
+    pub url: Option<String>,
+    /// The master's URL, with a fixed local replica (`local`).
+    pub master: Option<String>,
+    /// Sentinel URLs (`redis://host:26379`); needs `service`.
+    pub sentinels: Option<Vec<String>>,
+    /// The Sentinel service name.
+    pub service: Option<String>,
+    /// This node's replica: a URL, or `host:port` (credentials and db from
+    /// `username`, `password`, `db`).
+    pub local: Option<String>,
+    /// ACL user for the data nodes.
+    pub username: Option<String>,
+    /// Password for the data nodes.
+    pub password: Option<String>,
+    /// Database number (default 0).
+    #[serde(default)]
+    pub db: i64,
+    /// Per-call timeout on the local replica (default 50 ms).
+    pub local_timeout: Option<HumanDuration>,
+    /// Per-call timeout on the master (default 300 ms).
+    pub master_timeout: Option<HumanDuration>,
+    /// Connection timeout (default 250 ms).
+    pub connect_timeout: Option<HumanDuration>,
+    /// Exclusive connections per server (default 4).
+    pub pool_size: Option<usize>,
+    /// How often Sentinel is polled besides its events (default 2 s).
+    pub sentinel_poll: Option<HumanDuration>,
+    /// Publish and apply invalidations across nodes (default true).
+    pub bus: Option<bool>,
+}
+
+impl RedisSettings {
+    /// Whether the topology names a local replica.
+    pub fn has_local(&self) -> bool {
+        self.local.is_some()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    #[serde(default)]
+    caches: BTreeMap<String, CacheSettings>,
+    #[serde(default)]
+    redis: BTreeMap<String, RedisSettings>,
+}
+
+/// Every named cache and Redis topology.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// Named caches by alias.
+    pub caches: BTreeMap<String, CacheSettings>,
+    /// Redis topologies by name.
+    pub redis: BTreeMap<String, RedisSettings>,
+    /// Where the settings came from (for messages).
+    pub source_name: String,
+}
+
+impl Settings {
+    /// Loads `path` (TOML) and applies `CACHETTE__*` environment overrides,
+    /// then validates. Connects to nothing.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, SettingsError> {
+        let path = path.as_ref();
+        let name = path.display().to_string();
+        if !path.exists() {
+            return Err(SettingsError::new(
+                &name,
+                "(file)",
+                "the file does not exist",
+            ));
+        }
+        let figment =
+            Figment::from(Toml::file_exact(path)).merge(Env::prefixed(ENV_PREFIX).split("__"));
+        Self::extract(figment, &name)
+    }
+
+    /// Loads from environment overrides only (no file): the embedded default
+    /// plus whatever `CACHETTE__*` sets.
+    pub fn from_env() -> Result<Self, SettingsError> {
+        Self::extract(
+            Figment::from(Env::prefixed(ENV_PREFIX).split("__")),
+            "environment",
+        )
+    }
+
+    /// Parses TOML text (no environment overrides), named `source_name` in errors.
+    pub fn from_toml_str(source_name: &str, text: &str) -> Result<Self, SettingsError> {
+        Self::extract(Figment::from(Toml::string(text)), source_name)
+    }
+
+    /// Validates the file at `path` (with environment overrides) without
+    /// connecting to anything.
+    pub fn check(path: impl AsRef<Path>) -> Result<Self, SettingsError> {
+        Self::load(path)
+    }
+
+    fn extract(figment: Figment, name: &str) -> Result<Self, SettingsError> {
+        let raw: Raw = figment.extract().map_err(|error| {
+            let error = error.into_iter().next();
+            match error {
+                Some(error) => {
+                    let source = error
+                        .metadata
+                        .as_ref()
+                        .map(|m| match &m.source {
+                            Some(figment::Source::File(path)) => path.display().to_string(),
+                            _ => m.name.to_string(),
+                        })
+                        .unwrap_or_else(|| name.to_owned());
+                    let source = if source.contains("environment") || source.contains("Env") {
+                        "environment".to_owned()
+                    } else if source == "TOML source string" {
+                        name.to_owned()
+                    } else {
+                        source
+                    };
+                    let mut key = error.path.join(".");
+                    if key.is_empty() {
+                        key = "(top level)".to_owned();
+                    }
+                    SettingsError::new(&source, key, error.kind.to_string())
+                }
+                None => SettingsError::new(name, "(top level)", "unreadable settings"),
+            }
+        })?;
+        let mut settings = Self {
+            caches: raw.caches,
+            redis: raw.redis,
+            source_name: name.to_owned(),
+        };
+        if settings.caches.is_empty() {
+            settings
+                .caches
+                .insert("default".to_owned(), CacheSettings::memory_only());
+        }
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&mut self) -> Result<(), SettingsError> {
+        let source = self.source_name.clone();
+        let err = |key: String, reason: String| SettingsError::new(&source, key, reason);
+        for (name, redis) in &self.redis {
+            let key = |k: &str| format!("redis.{name}.{k}");
+            let modes = [
+                redis.url.is_some(),
+                redis.master.is_some(),
+                redis.sentinels.is_some(),
+            ];
+            match modes.iter().filter(|m| **m).count() {
+                0 => return Err(err(format!("redis.{name}"), "set one of `url` (one Redis), `master` (+ `local`) or `sentinels` (+ `service`)".into())),
+                1 => {}
+                _ => return Err(err(format!("redis.{name}"), "`url`, `master` and `sentinels` are exclusive: set only one".into())),
+            }
+            if redis.sentinels.is_some() && redis.service.is_none() {
+                return Err(err(
+                    key("service"),
+                    "Sentinel needs the service name (`sentinel monitor <service> ...`)".into(),
+                ));
+            }
+            if redis.sentinels.as_ref().is_some_and(Vec::is_empty) {
+                return Err(err(
+                    key("sentinels"),
+                    "at least one sentinel address is needed".into(),
+                ));
+            }
+            if redis.service.is_some() && redis.sentinels.is_none() {
+                return Err(err(
+                    key("service"),
+                    "`service` is only used with `sentinels`".into(),
+                ));
+            }
+            if redis.url.is_some() && redis.local.is_some() {
+                return Err(err(
+                    key("local"),
+                    "a single Redis (`url`) has no local replica: use `master` and `local`".into(),
+                ));
+            }
+            for (field, url) in [("url", &redis.url), ("master", &redis.master)] {
+                if let Some(url) = url {
+                    if !(url.starts_with("redis://")
+                        || url.starts_with("rediss://")
+                        || url.starts_with("unix://"))
+                    {
+                        return Err(err(
+                            key(field),
+                            format!("`{url}` is not a redis:// or rediss:// URL"),
+                        ));
+                    }
+                }
+            }
+            if redis.pool_size == Some(0) {
+                return Err(err(key("pool_size"), "must be at least 1".into()));
+            }
+        }
+        let topologies: Vec<String> = self.redis.keys().cloned().collect();
+        for (alias, cache) in &mut self.caches {
+            let key = |k: &str| format!("caches.{alias}.{k}");
+            let tiers = match (&cache.tiers, cache.backend) {
+                (Some(_), Some(_)) => {
+                    return Err(err(
+                        key("backend"),
+                        "`tiers` and `backend` are exclusive: set only one".into(),
+                    ));
+                }
+                (Some(tiers), None) => tiers.clone(),
+                (None, Some(BackendKind::Memory)) | (None, None) => vec![TierKind::Memory],
+                (None, Some(BackendKind::Dummy)) => Vec::new(),
+                (None, Some(BackendKind::Redis)) => {
+                    let has_local = cache
+                        .redis
+                        .as_ref()
+                        .or(topologies.first())
+                        .and_then(|t| self.redis.get(t))
+                        .is_some_and(RedisSettings::has_local);
+                    if has_local {
+                        vec![TierKind::Local, TierKind::Master]
+                    } else {
+                        vec![TierKind::Master]
+                    }
+                }
+            };
+            if cache.tiers.as_ref().is_some_and(Vec::is_empty) {
+                return Err(err(
+                    key("tiers"),
+                    "list at least one tier, or use `backend = \"dummy\"` to store nothing".into(),
+                ));
+            }
+            for pair in tiers.windows(2) {
+                if pair[0] >= pair[1] {
+                    return Err(err(
+                        key("tiers"),
+                        format!(
+                            "tiers are read in the order memory, local, master: `{}` cannot come before `{}`, and no tier may repeat",
+                            pair[0], pair[1]
+                        ),
+                    ));
+                }
+            }
+            if tiers.contains(&TierKind::Local) && !tiers.contains(&TierKind::Master) {
+                return Err(err(
+                    key("tiers"),
+                    "`local` needs `master` after it (the local replica replicates a master)"
+                        .into(),
+                ));
+            }
+            let uses_redis = tiers.iter().any(|t| *t != TierKind::Memory);
+            if uses_redis {
+                let topology =
+                    match &cache.redis {
+                        Some(name) => name.clone(),
+                        None => match topologies.as_slice() {
+                            [only] => only.clone(),
+                            [] => return Err(err(
+                                key("tiers"),
+                                "Redis tiers need a `[redis.<name>]` topology, and there is none"
+                                    .into(),
+                            )),
+                            _ => {
+                                return Err(err(
+                                    key("redis"),
+                                    format!(
+                                        "several Redis topologies exist ({}): name one",
+                                        topologies.join(", ")
+                                    ),
+                                ));
+                            }
+                        },
+                    };
+                let Some(redis) = self.redis.get(&topology) else {
+                    return Err(err(
+                        key("redis"),
+                        format!(
+                            "no topology `[redis.{topology}]` (known: {})",
+                            topologies.join(", ")
+                        ),
+                    ));
+                };
+                if tiers.contains(&TierKind::Local) && !redis.has_local() {
+                    return Err(err(
+                        key("tiers"),
+                        format!(
+                            "`local` is listed but `[redis.{topology}]` has no `local` replica"
+                        ),
+                    ));
+                }
+                cache.redis = Some(topology);
+            } else if cache.redis.is_some() {
+                return Err(err(key("redis"), "the cache has no Redis tier".into()));
+            }
+            if cache.memory.is_some() && !tiers.contains(&TierKind::Memory) {
+                return Err(err(
+                    key("memory"),
+                    "memory options without the `memory` tier".into(),
+                ));
+            }
+            if cache.journal.is_some() && !tiers.contains(&TierKind::Master) {
+                return Err(err(
+                    key("journal"),
+                    "the journal records master writes: it needs the `master` tier".into(),
+                ));
+            }
+            if cache.key_prefix.chars().any(|c| c.is_control() || c == ' ') {
+                return Err(err(
+                    key("key_prefix"),
+                    "must not contain spaces or control characters".into(),
+                ));
+            }
+            if let Some(http) = &cache.http {
+                if http
+                    .heuristic_freshness
+                    .is_some_and(|f| !(0.0..=1.0).contains(&f))
+                {
+                    return Err(err(
+                        key("http.heuristic_freshness"),
+                        "must be between 0 and 1".into(),
+                    ));
+                }
+            }
+            cache.resolved = tiers;
+        }
+        Ok(())
+    }
+}

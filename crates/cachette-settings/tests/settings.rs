@@ -1,0 +1,221 @@
+//! Loading and validating settings: every bad input fails with the file, the
+//! key path and the reason.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::result_large_err)]
+
+use std::time::Duration;
+
+use cachette_settings::{ByteSize, Settings, TierKind, Timeout};
+
+fn err(text: &str) -> String {
+    Settings::from_toml_str("caches.toml", text)
+        .unwrap_err()
+        .to_string()
+}
+
+#[test]
+fn no_caches_means_one_memory_only_default() {
+    let settings = Settings::from_toml_str("caches.toml", "").unwrap();
+    assert_eq!(settings.caches.len(), 1);
+    let default = &settings.caches["default"];
+    assert_eq!(default.tiers(), vec![TierKind::Memory]);
+    assert_eq!(default.timeout, Timeout::After(Duration::from_secs(300)));
+    assert_eq!(default.version, 1);
+}
+
+#[test]
+fn values_are_read_as_people_write_them() {
+    let settings = Settings::from_toml_str(
+        "caches.toml",
+        r#"
+        [redis.main]
+        sentinels = ["redis://10.0.0.5:26379"]
+        service = "mymaster"
+        local = "127.0.0.1:6379"
+        master_timeout = "250ms"
+
+        [caches.default]
+        backend = "redis"
+        timeout = "none"
+
+        [caches.sessions]
+        tiers = ["memory", "master"]
+        timeout = 0
+        version = 3
+        key_prefix = "s"
+        [caches.sessions.memory]
+        max_bytes = "16MiB"
+        max_ttl = 30
+
+        [caches.pages]
+        timeout = "1h 30m"
+        "#,
+    )
+    .unwrap();
+    assert_eq!(
+        settings.caches["default"].tiers(),
+        vec![TierKind::Local, TierKind::Master]
+    );
+    assert_eq!(settings.caches["default"].timeout, Timeout::Never);
+    assert_eq!(settings.caches["default"].redis.as_deref(), Some("main"));
+    let sessions = &settings.caches["sessions"];
+    assert_eq!(sessions.timeout, Timeout::After(Duration::ZERO));
+    assert_eq!(
+        sessions.memory_settings().max_bytes,
+        ByteSize(16 * 1024 * 1024)
+    );
+    assert_eq!(
+        sessions.memory_settings().max_ttl.unwrap().0,
+        Duration::from_secs(30)
+    );
+    assert_eq!(
+        settings.caches["pages"].timeout,
+        Timeout::After(Duration::from_secs(5400))
+    );
+    assert_eq!(settings.caches["pages"].tiers(), vec![TierKind::Memory]);
+    assert_eq!(
+        settings.redis["main"].master_timeout.unwrap().0,
+        Duration::from_millis(250)
+    );
+}
+
+#[test]
+fn unknown_keys_name_the_key() {
+    assert_eq!(
+        err("[caches.default]\ntimeuot = 5"),
+        "caches.toml: caches.default.timeuot: unknown field: found `timeuot`, expected `one of `tiers`, `backend`, `redis`, `timeout`, `key_prefix`, `version`, `key_function`, `namespace`, `memory`, `journal`, `http``"
+    );
+    let e = err("[caches.default.memory]\nmax_byte = 5");
+    assert!(
+        e.starts_with("caches.toml: caches.default.memory.max_byte: unknown field"),
+        "{e}"
+    );
+    let e = err("[cache.default]\ntimeout = 5");
+    assert!(e.starts_with("caches.toml: cache: unknown field"), "{e}");
+}
+
+#[test]
+fn wrong_types_name_the_key_and_the_reason() {
+    let e = err("[caches.default]\ntimeout = \"soon\"");
+    assert!(
+        e.starts_with("caches.toml: caches.default.timeout: "),
+        "{e}"
+    );
+    assert!(e.contains("`soon` is not a duration"), "{e}");
+    let e = err("[caches.default]\ntimeout = -5");
+    assert!(
+        e.contains("caches.default.timeout") && e.contains("cannot be negative"),
+        "{e}"
+    );
+    let e = err("[caches.default]\nversion = \"two\"");
+    assert!(
+        e.starts_with("caches.toml: caches.default.version: invalid type"),
+        "{e}"
+    );
+    let e = err("[caches.default.memory]\nmax_bytes = \"lots\"");
+    assert!(
+        e.contains("caches.default.memory.max_bytes") && e.contains("not a size"),
+        "{e}"
+    );
+    let e = err("[caches.default]\ntiers = [\"disk\"]");
+    assert!(e.starts_with("caches.toml: caches.default.tiers"), "{e}");
+}
+
+#[test]
+fn unreachable_combinations_are_refused() {
+    assert_eq!(
+        err("[caches.default]\ntiers = [\"local\"]"),
+        "caches.toml: caches.default.tiers: `local` needs `master` after it (the local replica replicates a master)"
+    );
+    assert_eq!(
+        err("[caches.default]\ntiers = [\"memory\", \"master\"]"),
+        "caches.toml: caches.default.tiers: Redis tiers need a `[redis.<name>]` topology, and there is none"
+    );
+    let redis = "[redis.main]\nurl = \"redis://127.0.0.1:6379\"\n";
+    assert_eq!(
+        err(&format!(
+            "{redis}[caches.default]\ntiers = [\"memory\", \"local\", \"master\"]"
+        )),
+        "caches.toml: caches.default.tiers: `local` is listed but `[redis.main]` has no `local` replica"
+    );
+    assert!(
+        err(&format!(
+            "{redis}[caches.default]\ntiers = [\"master\", \"memory\"]"
+        ))
+        .contains("order memory, local, master")
+    );
+    assert!(
+        err(&format!(
+            "{redis}[caches.default]\ntiers = [\"memory\", \"memory\"]"
+        ))
+        .contains("no tier may repeat")
+    );
+    assert_eq!(
+        err(&format!(
+            "{redis}[caches.default]\ntiers = [\"memory\"]\n[caches.default.journal]\npath = \"j\""
+        )),
+        "caches.toml: caches.default.journal: the journal records master writes: it needs the `master` tier"
+    );
+    assert_eq!(
+        err(&format!(
+            "{redis}[caches.default]\ntiers = [\"master\"]\nredis = \"other\""
+        )),
+        "caches.toml: caches.default.redis: no topology `[redis.other]` (known: main)"
+    );
+    assert_eq!(
+        err("[caches.default]\ntiers = [\"memory\"]\nbackend = \"memory\""),
+        "caches.toml: caches.default.backend: `tiers` and `backend` are exclusive: set only one"
+    );
+    assert_eq!(
+        err("[redis.main]\nsentinels = [\"redis://h:26379\"]"),
+        "caches.toml: redis.main.service: Sentinel needs the service name (`sentinel monitor <service> ...`)"
+    );
+    assert_eq!(
+        err("[redis.main]\ndb = 1"),
+        "caches.toml: redis.main: set one of `url` (one Redis), `master` (+ `local`) or `sentinels` (+ `service`)"
+    );
+    assert_eq!(
+        err("[redis.main]\nurl = \"http://h\""),
+        "caches.toml: redis.main.url: `http://h` is not a redis:// or rediss:// URL"
+    );
+    assert_eq!(
+        err("[caches.default]\nbackend = \"dummy\"\n[caches.default.memory]\nmax_bytes = 1"),
+        "caches.toml: caches.default.memory: memory options without the `memory` tier"
+    );
+}
+
+#[test]
+fn files_and_environment_overrides() {
+    figment::Jail::expect_with(|jail| {
+        jail.create_file(
+            "caches.toml",
+            "[caches.default]\ntimeout = \"5m\"\n[caches.pages]\ntimeout = 30\n",
+        )?;
+        jail.set_env("CACHETTE__CACHES__DEFAULT__TIMEOUT", "60");
+        jail.set_env("CACHETTE__CACHES__PAGES__KEY_PREFIX", "p");
+        let settings = Settings::load("caches.toml").unwrap();
+        assert_eq!(
+            settings.caches["default"].timeout,
+            Timeout::After(Duration::from_secs(60))
+        );
+        assert_eq!(settings.caches["pages"].key_prefix, "p");
+        assert_eq!(
+            settings.caches["pages"].timeout,
+            Timeout::After(Duration::from_secs(30))
+        );
+
+        jail.set_env("CACHETTE__CACHES__DEFAULT__TIMEOUT", "later");
+        let e = Settings::load("caches.toml").unwrap_err();
+        assert_eq!(e.key, "caches.default.timeout");
+        assert_eq!(e.source_name, "environment", "{e}");
+
+        let e = Settings::load("missing.toml").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "missing.toml: (file): the file does not exist"
+        );
+        jail.create_file("bad.toml", "[caches.default\n")?;
+        let e = Settings::load("bad.toml").unwrap_err();
+        assert!(e.to_string().starts_with("bad.toml: "), "{e}");
+        Ok(())
+    });
+}
