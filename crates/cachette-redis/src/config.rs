@@ -173,8 +173,9 @@ fn encode_userinfo(raw: &str) -> String {
     out
 }
 
-/// A data-node URL for an address discovered through Sentinel.
-pub(crate) fn node_url(
+/// A data-node URL (`redis://[user:password@]host:port/db`, credentials
+/// percent-encoded) for an address given as host and port.
+pub fn node_url(
     host: &str,
     port: u16,
     username: Option<&str>,

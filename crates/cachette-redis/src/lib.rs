@@ -39,7 +39,7 @@ use std::sync::{Arc, atomic::Ordering};
 
 use cachette_core::{Backend, CacheError, TierOptions, Tiered};
 
-pub use config::{JournalConfig, RedisConfig, Topology};
+pub use config::{JournalConfig, RedisConfig, Topology, node_url};
 pub use journal::{DiskJournal, JournalStats, RecordedOp};
 pub use tier::{RedisTier, Role};
 

@@ -121,3 +121,9 @@ impl<'de> Deserialize<'de> for ByteSize {
         deserializer.deserialize_any(Visitor)
     }
 }
+
+impl From<Duration> for Timeout {
+    fn from(duration: Duration) -> Self {
+        Self::After(duration)
+    }
+}

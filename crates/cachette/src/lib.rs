@@ -10,6 +10,8 @@
 //! |---|---|---|
 //! | `moka` | yes | [`MemoryTier`], the in-process tier |
 //! | `http` | yes | [`CacheLayer`], the tower/axum response cache |
+//! | `settings` | yes | [`Caches`] (named caches like Django's `CACHES`) and [`Cache`] (the data API) |
+//! | `axum` | no | extractors: [`Cache`] and `Named<A>` from router state |
 //! | `redis` | no | [`redis`]: the local-replica and master tiers, Sentinel, the journal, the bus |
 //! | `full` | no | everything |
 //!
@@ -51,6 +53,28 @@ pub mod redis {
     pub use cachette_redis::*;
 }
 
+#[cfg(feature = "axum")]
+mod axum_ext;
+#[cfg(feature = "settings")]
+mod cache;
+#[cfg(feature = "settings")]
+mod caches;
+#[cfg(all(feature = "settings", feature = "http"))]
+mod http_layer;
+
+#[cfg(feature = "axum")]
+pub use axum_ext::{CacheAlias, Named};
+#[cfg(feature = "settings")]
+pub use cache::{Cache, KeyFunction, Opts, Timeout, Ttl, default_key};
+#[cfg(feature = "settings")]
+pub use caches::{Caches, CachesBuilder, Error};
+
+/// Settings types (`Settings`, `CacheSettings`, ...), for validation and tooling.
+#[cfg(feature = "settings")]
+pub mod settings {
+    pub use cachette_settings::*;
+}
+
 /// The names most applications need.
 pub mod prelude {
     #[cfg(feature = "http")]
@@ -58,4 +82,6 @@ pub mod prelude {
     #[cfg(feature = "moka")]
     pub use crate::MemoryTier;
     pub use crate::{Backend, CacheKey, Entry, EntryMeta, Tiered};
+    #[cfg(feature = "settings")]
+    pub use crate::{Cache, Caches, Opts, Timeout};
 }
