@@ -284,7 +284,7 @@ impl Backend for RedisTier {
             .await;
         match result {
             Ok(value) => Ok(value),
-            Err(error) if error.code() == Some("NOTCOUNTER") => {
+            Err(error) if error.to_string().contains("NOTCOUNTER") => {
                 Err(CacheError::NotACounter(key.to_string()))
             }
             Err(error) if error.to_string().contains("overflow") => {

@@ -109,6 +109,10 @@ impl RedisServer {
             dir.path().to_str().expect("utf-8 temp dir"),
             "--logfile",
             "redis.log",
+            // A replica's first sync would otherwise wait 5 s for more
+            // replicas to join a diskless transfer.
+            "--repl-diskless-sync-delay",
+            "0",
         ]
         .iter()
         .map(|s| s.to_string())
