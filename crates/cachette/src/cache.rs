@@ -177,7 +177,7 @@ fn is_integer_marker(byte: u8) -> bool {
 
 /// Serializes a value; integers become counters, so that `incr` works on
 /// them, as in Django.
-fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Payload, CacheError> {
+pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Payload, CacheError> {
     let bytes = rmp_serde::to_vec_named(value).map_err(|e| CacheError::Serialize(e.to_string()))?;
     if bytes.first().copied().is_some_and(is_integer_marker) {
         if let Ok(n) = rmp_serde::from_slice::<i64>(&bytes) {
@@ -189,7 +189,7 @@ fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Payload, CacheError> {
 
 /// Deserializes a stored value; a value of another shape (an older struct
 /// definition, another type) is a miss, not an error.
-fn decode<T: DeserializeOwned>(payload: &Payload) -> Option<T> {
+pub(crate) fn decode<T: DeserializeOwned>(payload: &Payload) -> Option<T> {
     let decoded = match payload {
         Payload::Value(bytes) => rmp_serde::from_slice(bytes),
         Payload::Counter(n) => rmp_serde::to_vec(n)
@@ -288,7 +288,7 @@ impl Cache {
         Some(meta.with_tags(opts.tags.iter().cloned()))
     }
 
-    async fn entry(&self, key: &CacheKey) -> Option<Arc<Entry>> {
+    pub(crate) async fn entry(&self, key: &CacheKey) -> Option<Arc<Entry>> {
         let hit = self.inner.tiered.get(key).await?;
         let now = SystemTime::now();
         // A value's lifetime is its keep_until; a tier that kept it longer
@@ -296,7 +296,7 @@ impl Cache {
         (!hit.entry.remaining_ttl(now).is_zero()).then_some(hit.entry)
     }
 
-    async fn store(&self, key: &CacheKey, payload: Payload, opts: &Opts) {
+    pub(crate) async fn store(&self, key: &CacheKey, payload: Payload, opts: &Opts) {
         match self.meta(opts) {
             Some(meta) => {
                 let report = self
@@ -712,7 +712,7 @@ impl Cache {
     }
 }
 
-fn escape_glob(raw: &str) -> String {
+pub(crate) fn escape_glob(raw: &str) -> String {
     let mut out = String::with_capacity(raw.len());
     for c in raw.chars() {
         if matches!(c, '*' | '?' | '[' | ']' | '\\') {

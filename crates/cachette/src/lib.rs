@@ -12,6 +12,7 @@
 //! | `http` | yes | [`CacheLayer`], the tower/axum response cache |
 //! | `settings` | yes | [`Caches`] (named caches like Django's `CACHES`) and [`Cache`] (the data API) |
 //! | `axum` | no | extractors: [`Cache`] and `Named<A>` from router state |
+//! | `macros` | no | `#[cached]` and `#[cache_page]` (with `axum`) |
 //! | `redis` | no | [`redis`]: the local-replica and master tiers, Sentinel, the journal, the bus |
 //! | `full` | no | everything |
 //!
@@ -55,6 +56,16 @@ pub mod redis {
 
 #[cfg(feature = "axum")]
 mod axum_ext;
+#[cfg(feature = "macros")]
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::private::*;
+}
+#[cfg(feature = "macros")]
+mod private;
+
+#[cfg(feature = "macros")]
+pub use cachette_macros::{cache_page, cached};
 #[cfg(feature = "settings")]
 mod cache;
 #[cfg(feature = "settings")]

@@ -1,0 +1,48 @@
+//! Attribute macros for [cachette](https://docs.rs/cachette), re-exported by
+//! the `cachette` crate with its `macros` feature: [`macro@cache_page`] caches
+//! an axum handler's responses, [`macro@cached`] memoizes an async function.
+//! Both use the caches installed with `cachette::Caches::install`.
+
+mod cache_page;
+mod cached;
+mod options;
+
+use proc_macro::TokenStream;
+
+/// Caches an axum handler's responses, like Django's `@cache_page`.
+///
+/// `#[cache_page(ttl = "5m", cache = "pages", key_prefix = "users", vary = ["accept-language"], tags = ["users"], unless = path::to::predicate)]`
+///
+/// Every option is optional: `cache` defaults to `default`, `ttl` to the
+/// cache's `timeout` (and, like Django's `cache_page`, beats the response's
+/// `max-age`). The handler keeps all its extractors and is routed as usual;
+/// the HTTP semantics are exactly those of `CacheLayer` (storability, `Vary`,
+/// `304`, stale-while-revalidate, stale-if-error, coalescing, `Cache-Status`).
+#[proc_macro_attribute]
+pub fn cache_page(args: TokenStream, item: TokenStream) -> TokenStream {
+    cache_page::expand(args.into(), item.into())
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
+}
+
+/// Memoizes an async function in a named cache, like Flask-Caching's
+/// `@memoize`.
+///
+/// `#[cached(cache = "default", ttl = "60s", key = "user:{id}", tags = ["users"], cache_none = false)]`
+///
+/// The default key is the function's path plus a stable encoding of its
+/// arguments (each must be `Serialize`, or marked `#[cache_ignore]`; `self`
+/// is never part of it). Returns `T`, `Result<T, E>` (errors are not cached)
+/// or `Option<T>` (`None` is cached only with `cache_none = true`).
+/// Concurrent calls with the same key run the body once. A cache failure
+/// never fails the call: the body runs instead.
+///
+/// For a free function `f`, a module `f` is generated with `invalidate(args)`,
+/// `invalidate_all()` and `uncached(args)`; for a method `f`, associated
+/// functions `f_invalidate`, `f_invalidate_all` and `f_uncached`.
+#[proc_macro_attribute]
+pub fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
+    cached::expand(args.into(), item.into())
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
+}

@@ -1,0 +1,6 @@
+#[cachette::cached(ttl = "60s")]
+fn lookup(id: u64) -> u64 {
+    id
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+#[cachette::cached(key = "user:{user_id}")]
+async fn lookup(id: u64) -> u64 {
+    id
+}
+
+fn main() {}
