@@ -13,6 +13,26 @@ use proc_macro::TokenStream;
 ///
 /// `#[cache_page(ttl = "5m", cache = "pages", key_prefix = "users", vary = ["accept-language"], tags = ["users"], unless = path::to::predicate)]`
 ///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use axum::{Router, body::Body, extract::Path, http::Request, routing::get};
+/// use cachette::{Caches, cache_page};
+/// use tower::ServiceExt;
+///
+/// #[cache_page(ttl = "5m", vary = ["accept-language"])]
+/// async fn user(Path(id): Path<u64>) -> String {
+///     format!("user {id}")
+/// }
+///
+/// Caches::memory_only().install().unwrap();
+/// let app = Router::new().route("/users/{id}", get(user));
+/// let request = || Request::get("http://example.com/users/7").body(Body::empty()).unwrap();
+/// let _ = app.clone().oneshot(request()).await.unwrap();
+/// let hit = app.oneshot(request()).await.unwrap();
+/// assert!(hit.headers()["cache-status"].to_str().unwrap().starts_with("cachette; hit"));
+/// # }
+/// ```
+///
 /// Every option is optional: `cache` defaults to `default`, `ttl` to the
 /// cache's `timeout` (and, like Django's `cache_page`, beats the response's
 /// `max-age`). The handler keeps all its extractors and is routed as usual;
@@ -30,6 +50,29 @@ pub fn cache_page(args: TokenStream, item: TokenStream) -> TokenStream {
 ///
 /// `#[cached(cache = "default", ttl = "60s", key = "user:{id}", tags = ["users"], cache_none = false)]`
 ///
+/// ```
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+/// use cachette::{Caches, cached};
+///
+/// static CALLS: AtomicUsize = AtomicUsize::new(0);
+///
+/// #[cached(ttl = "60s", key = "square:{n}")]
+/// async fn square(n: u64) -> u64 {
+///     CALLS.fetch_add(1, Ordering::SeqCst);
+///     n * n
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// Caches::memory_only().install().unwrap();
+/// assert_eq!(square(12).await, 144);
+/// assert_eq!(square(12).await, 144);
+/// assert_eq!(CALLS.load(Ordering::SeqCst), 1);
+/// square::invalidate(12).await;          // one call
+/// square::invalidate_all().await;        // every call
+/// assert_eq!(square::uncached(3).await, 9);
+/// # }
+/// ```
+///
 /// The default key is the function's path plus a stable encoding of its
 /// arguments (each must be `Serialize`, or marked `#[cache_ignore]`; `self`
 /// is never part of it). Returns `T`, `Result<T, E>` (errors are not cached)
@@ -39,7 +82,9 @@ pub fn cache_page(args: TokenStream, item: TokenStream) -> TokenStream {
 ///
 /// For a free function `f`, a module `f` is generated with `invalidate(args)`,
 /// `invalidate_all()` and `uncached(args)`; for a method `f`, associated
-/// functions `f_invalidate`, `f_invalidate_all` and `f_uncached`.
+/// functions `f_invalidate`, `f_invalidate_all` and `f_uncached`. Because of
+/// that module, a decorated free function must be a module-level item (not
+/// declared inside another function's body).
 #[proc_macro_attribute]
 pub fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
     cached::expand(args.into(), item.into())
