@@ -145,6 +145,7 @@ async fn decorators_end_to_end() {
             url = "{url}"
             [caches.default]
             [caches.pages]
+            tiers = ["memory", "master"]
             [caches.shared]
             tiers = ["memory", "master"]
             "#,
@@ -238,24 +239,6 @@ async fn decorators_end_to_end() {
     assert_eq!(repo.name_uncached(3).await, "name 3");
     assert_eq!(repo.calls.load(Ordering::SeqCst), 3);
 
-    // On memory + Redis: the result is in Redis; a cache failure never fails the call.
-    assert_eq!(shared_lookup(4).await, 40);
-    assert_eq!(shared_lookup(4).await, 40);
-    assert_eq!(SHARED_CALLS.load(Ordering::SeqCst), 1);
-    let in_redis = master.command("EXISTS cachette:shared:k::1:shared:4");
-    assert_eq!(in_redis.as_deref(), Some(":1"), "stored in the master");
-    drop(master); // Redis gone
-    assert_eq!(
-        shared_lookup(5).await,
-        50,
-        "the body runs when the cache fails"
-    );
-    assert_eq!(
-        shared_lookup(4).await,
-        40,
-        "answered from memory or recomputed, never an error"
-    );
-
     // #[cache_page]: extractors keep working, the layer's semantics apply.
     let app = Router::new()
         .route("/users/{id}", get(user_page))
@@ -323,4 +306,31 @@ async fn decorators_end_to_end() {
     let admin = send(&app, get_with("/", &[("x-admin", "1")])).await;
     assert_eq!(admin.cache_status(), "cachette; fwd=bypass");
     assert_eq!(PAGE_CALLS.load(Ordering::SeqCst), before + 2);
+
+    // The pages alias is memory + Redis: the stored page is in the master.
+    let scanned = master
+        .command("KEYS cachette:pages:k:*")
+        .unwrap_or_default();
+    assert!(
+        !scanned.is_empty() && scanned != "*0",
+        "pages stored in Redis: {scanned}"
+    );
+
+    // On memory + Redis: the result is in Redis; a cache failure never fails the call.
+    assert_eq!(shared_lookup(4).await, 40);
+    assert_eq!(shared_lookup(4).await, 40);
+    assert_eq!(SHARED_CALLS.load(Ordering::SeqCst), 1);
+    let in_redis = master.command("EXISTS cachette:shared:k::1:shared:4");
+    assert_eq!(in_redis.as_deref(), Some(":1"), "stored in the master");
+    drop(master); // Redis gone
+    assert_eq!(
+        shared_lookup(5).await,
+        50,
+        "the body runs when the cache fails"
+    );
+    assert_eq!(
+        shared_lookup(4).await,
+        40,
+        "answered from memory or recomputed, never an error"
+    );
 }
