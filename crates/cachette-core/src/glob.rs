@@ -1,6 +1,25 @@
 //! Redis-compatible glob matching (`*`, `?`, `[abc]`, `[a-z]`, `[^a]`, `\x`),
 //! so `delete_pattern` means the same on every tier.
 
+/// Escapes the glob characters (`*`, `?`, `[`, `]`, `\\`) of `raw`, so that
+/// it matches only itself inside a pattern.
+///
+/// ```
+/// use cachette_core::{escape_glob, glob_match};
+/// assert_eq!(escape_glob("a*b"), "a\\*b");
+/// assert!(glob_match(&format!("{}*", escape_glob("p[1]:")), "p[1]:x"));
+/// ```
+pub fn escape_glob(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len() + 4);
+    for c in raw.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// Whether `text` matches the Redis-style glob `pattern`.
 ///
 /// ```

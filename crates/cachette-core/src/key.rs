@@ -8,6 +8,17 @@ use crate::CacheError;
 /// input; key builders hash overlong parts instead of passing them through.
 pub const MAX_KEY_LEN: usize = 1024;
 
+/// 64-bit FNV-1a of `bytes`: stable across processes, versions and machines,
+/// which keys shared through Redis need (std's hasher promises no such thing).
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in bytes {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
 /// A cache key: a readable, immutable string that is cheap to clone.
 ///
 /// Keys stay readable (`GET:example.com/users/1?page=2`) so that invalidation

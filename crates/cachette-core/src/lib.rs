@@ -21,9 +21,9 @@ pub use backend::Backend;
 pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker};
 pub use entry::{Entry, EntryMeta, Freshness, Payload, StoredResponse};
 pub use error::{BoxError, CacheError, DecodeError};
-pub use glob::glob_match;
+pub use glob::{escape_glob, glob_match};
 pub use journal::{Journal, JournalOp, unix_millis};
-pub use key::{CacheKey, MAX_KEY_LEN};
+pub use key::{CacheKey, MAX_KEY_LEN, stable_hash};
 pub use single_flight::{Role, SingleFlight};
 pub use stats::{
     CacheCounters, CacheCountersSnapshot, LatencyHistogram, LatencySnapshot, StatsSnapshot,

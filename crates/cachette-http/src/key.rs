@@ -37,16 +37,7 @@ impl Default for KeyOptions {
     }
 }
 
-/// 64-bit FNV-1a: stable across processes, versions and machines, which a
-/// key shared through Redis needs (std's hasher promises no such thing).
-pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in bytes {
-        hash ^= u64::from(*byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    hash
-}
+pub(crate) use cachette_core::stable_hash as fnv1a;
 
 fn push_shortened(out: &mut String, part: &str, max: usize) {
     if part.len() <= max {

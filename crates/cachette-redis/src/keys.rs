@@ -4,18 +4,7 @@
 //! entries under `{ns}k:{key}`, tag index sets under `{ns}t:{tag}`. Clearing a
 //! cache removes `{ns}*` and nothing else.
 
-/// Escapes the glob characters of `SCAN MATCH` (`*`, `?`, `[`, `]`, `\`), so a
-/// user-supplied prefix matches only itself.
-pub fn escape_glob(raw: &str) -> String {
-    let mut out = String::with_capacity(raw.len() + 4);
-    for c in raw.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
+pub use cachette_core::escape_glob;
 
 /// The Redis key names of one namespace.
 #[derive(Debug, Clone)]

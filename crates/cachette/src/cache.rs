@@ -11,6 +11,7 @@ use std::{
 use bytes::Bytes;
 use cachette_core::{
     CacheError, CacheKey, Entry, EntryMeta, Payload, SingleFlight, StatsSnapshot, Tiered,
+    escape_glob,
 };
 use serde::{Serialize, de::DeserializeOwned};
 
@@ -710,17 +711,6 @@ impl Cache {
         log_incomplete(&self.inner.alias, "purge_tag", &report);
         Ok(())
     }
-}
-
-pub(crate) fn escape_glob(raw: &str) -> String {
-    let mut out = String::with_capacity(raw.len());
-    for c in raw.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
 }
 
 fn log_incomplete(alias: &str, what: &str, report: &cachette_core::WriteReport) {

@@ -6,9 +6,11 @@ use std::{future::Future, time::Duration};
 use cachette_core::Payload;
 use serde::{Serialize, de::DeserializeOwned};
 
+use cachette_core::escape_glob;
+
 use crate::{
     Cache, Caches, Opts, Timeout,
-    cache::{decode, encode, escape_glob},
+    cache::{decode, encode},
 };
 
 /// A key argument of a `#[cached]` function must be serializable.
@@ -36,16 +38,6 @@ pub fn key_arg<T: KeyArg + ?Sized>(out: &mut Vec<u8>, arg: &T) {
     arg.encode_into(out);
 }
 
-/// 64-bit FNV-1a: stable across processes and versions.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in bytes {
-        hash ^= u64::from(*byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    hash
-}
-
 /// The static description of one `#[cached]` function.
 #[derive(Debug)]
 pub struct CachedSite {
@@ -66,7 +58,7 @@ pub struct CachedSite {
 impl CachedSite {
     /// `path:hash(encoded arguments)`.
     pub fn bytes_key(&self, bytes: &[u8]) -> String {
-        format!("{}:{:016x}", self.path, fnv1a(bytes))
+        format!("{}:{:016x}", self.path, cachette_core::stable_hash(bytes))
     }
 
     fn cache(&self) -> Option<Cache> {
