@@ -278,16 +278,7 @@ async fn decorators_end_to_end() {
     .await;
     assert_eq!(etagless_304.status, 200, "no validator: a full response");
     // ttl beats the response's (absent) freshness: stored for 5 minutes.
-    let ttl: i64 = second
-        .cache_status()
-        .split("ttl=")
-        .nth(1)
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let ttl = second.status_ttl();
     assert!((295..=300).contains(&ttl), "ttl {ttl}");
     // Tags purge pages too.
     Caches::global()

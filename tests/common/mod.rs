@@ -54,6 +54,12 @@ impl Reply {
     pub fn cache_status(&self) -> &str {
         self.header("cache-status")
     }
+    /// The `ttl` parameter of `Cache-Status`, in seconds.
+    pub fn status_ttl(&self) -> i64 {
+        let status = self.cache_status();
+        let ttl = status.split("ttl=").nth(1).expect("Cache-Status has a ttl");
+        ttl.split(';').next().unwrap().trim().parse().unwrap()
+    }
     pub fn is_hit(&self) -> bool {
         self.cache_status().starts_with("cachette; hit")
     }
