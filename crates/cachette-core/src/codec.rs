@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
-use crate::{DecodeError, Entry, EntryMeta, Payload, StoredResponse};
+use crate::{DecodeError, Entry, EntryMeta, Payload, StoredResponse, unix_millis};
 
 /// The four bytes every encoded entry starts with.
 pub const MAGIC: [u8; 4] = *b"CHTE";
@@ -37,11 +37,6 @@ const FLAG_PERSISTENT: u8 = 0b0000_0010;
 const KNOWN_FLAGS: u8 = FLAG_MUST_REVALIDATE | FLAG_PERSISTENT;
 const HEADER_LEN: usize = 4 + 3 + 3 * 8 + 3 * 4;
 const CRC_LEN: usize = 4;
-
-fn millis(t: SystemTime) -> u64 {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
 
 fn from_millis(ms: u64) -> Result<SystemTime, DecodeError> {
     UNIX_EPOCH
@@ -85,9 +80,9 @@ pub(crate) fn encode(entry: &Entry) -> Bytes {
         flags |= FLAG_PERSISTENT;
     }
     buf.put_u8(flags);
-    buf.put_u64(millis(meta.stored_at));
-    buf.put_u64(millis(meta.fresh_until));
-    buf.put_u64(millis(meta.keep_until));
+    buf.put_u64(unix_millis(meta.stored_at));
+    buf.put_u64(unix_millis(meta.fresh_until));
+    buf.put_u64(unix_millis(meta.keep_until));
     buf.put_u32(secs_u32(meta.stale_while_revalidate));
     buf.put_u32(secs_u32(meta.stale_if_error));
     buf.put_u32(secs_u32(meta.initial_age));
