@@ -6,6 +6,44 @@ use async_trait::async_trait;
 
 use crate::{CacheError, CacheKey, Entry, EntryMeta, Payload};
 
+/// What a tier can tell about itself for stats and health reports, where it
+/// knows: how much it holds, and which server it talks to in which role.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TierInfo {
+    /// Entries held (the memory tier; `None` where counting would cost a scan).
+    pub entries: Option<u64>,
+    /// Bytes held.
+    pub bytes: Option<u64>,
+    /// Capacity in bytes.
+    pub capacity_bytes: Option<u64>,
+    /// The server this tier talks to now (`host:port`).
+    pub address: Option<String>,
+    /// The server's role as it reports it (Redis `ROLE`: `master`, `slave`).
+    pub role: Option<String>,
+}
+
+impl TierInfo {
+    /// Usage of an in-process tier.
+    pub fn usage(entries: u64, bytes: u64, capacity_bytes: u64) -> Self {
+        Self {
+            entries: Some(entries),
+            bytes: Some(bytes),
+            capacity_bytes: Some(capacity_bytes),
+            ..Self::default()
+        }
+    }
+
+    /// A server and the role it reports (`None` when it could not be asked).
+    pub fn server(address: Option<String>, role: Option<String>) -> Self {
+        Self {
+            address,
+            role,
+            ..Self::default()
+        }
+    }
+}
+
 /// One storage tier: the in-process memory cache, a Redis replica, a Redis master...
 ///
 /// A backend owns one namespace: [`clear`](Backend::clear) and the
@@ -86,4 +124,10 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
 
     /// Checks that the backend can serve (e.g. a `PING`).
     async fn health(&self) -> Result<(), CacheError>;
+
+    /// Describes the tier for stats and health reports (best effort: what
+    /// cannot be learned is `None`). The default knows nothing.
+    async fn info(&self) -> TierInfo {
+        TierInfo::default()
+    }
 }

@@ -15,9 +15,10 @@ mod journal;
 mod key;
 mod single_flight;
 mod stats;
+pub mod sweep;
 mod tiered;
 
-pub use backend::Backend;
+pub use backend::{Backend, TierInfo};
 pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker};
 pub use entry::{Entry, EntryMeta, Freshness, Payload, StoredResponse};
 pub use error::{BoxError, CacheError, DecodeError};
@@ -29,7 +30,7 @@ pub use stats::{
     CacheCounters, CacheCountersSnapshot, LatencyHistogram, LatencySnapshot, StatsSnapshot,
     TierCounters, TierCountersSnapshot, TierSnapshot, TierStats,
 };
-pub use tiered::{Hit, TierFailure, TierOptions, Tiered, TieredBuilder, WriteReport};
+pub use tiered::{Hit, TierFailure, TierOptions, TierProbe, Tiered, TieredBuilder, WriteReport};
 
 /// Re-exported so that backends implement [`Backend`] with the same macro version.
 pub use async_trait::async_trait;

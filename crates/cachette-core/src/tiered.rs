@@ -10,7 +10,7 @@ use std::{
 
 use crate::{
     Backend, BreakerConfig, BreakerState, CacheCounters, CacheError, CacheKey, CircuitBreaker,
-    Entry, Journal, JournalOp, StatsSnapshot, TierSnapshot, TierStats,
+    Entry, Journal, JournalOp, StatsSnapshot, TierInfo, TierSnapshot, TierStats,
 };
 
 /// How [`Tiered`] wraps the calls to one tier.
@@ -202,6 +202,18 @@ pub struct TierFailure {
     pub error: CacheError,
 }
 
+/// One tier's answer to [`Tiered::probe`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct TierProbe {
+    /// The tier's name.
+    pub name: Arc<str>,
+    /// Whether it answered its health check.
+    pub health: Result<(), CacheError>,
+    /// What it says about itself (usage, server, role).
+    pub info: TierInfo,
+}
+
 /// What happened to a write or an invalidation, tier by tier.
 #[derive(Debug, Default)]
 #[must_use = "a report says which tiers missed a write"]
@@ -219,6 +231,32 @@ impl WriteReport {
     /// Whether every tier took it or journaled it: nothing is lost.
     pub fn is_complete(&self) -> bool {
         self.failed.is_empty()
+    }
+
+    /// Folds in the report of a further op of the same logical change (a
+    /// page and its `Vary` variants): per tier, the worse outcome stands
+    /// (failed over journaled over succeeded).
+    pub fn merge(&mut self, other: WriteReport) {
+        for failure in other.failed {
+            if !self.failed.iter().any(|f| f.tier == failure.tier) {
+                self.failed.push(failure);
+            }
+        }
+        for tier in other.journaled {
+            if !self.journaled.contains(&tier) {
+                self.journaled.push(tier);
+            }
+        }
+        for tier in other.succeeded {
+            if !self.succeeded.contains(&tier) {
+                self.succeeded.push(tier);
+            }
+        }
+        let failed: Vec<Arc<str>> = self.failed.iter().map(|f| f.tier.clone()).collect();
+        self.journaled.retain(|t| !failed.contains(t));
+        let journaled = &self.journaled;
+        self.succeeded
+            .retain(|t| !failed.contains(t) && !journaled.contains(t));
     }
 }
 
@@ -598,6 +636,29 @@ impl Tiered {
     /// directly (the invalidation bus, admin commands).
     pub fn tier_backend(&self, index: usize) -> Option<&Arc<dyn Backend>> {
         self.inner.tiers.get(index).map(|t| &t.backend)
+    }
+
+    /// Checks every tier and asks it to describe itself, for health and stats
+    /// reports; one probe per tier, in read order. The health check runs even
+    /// where the breaker is open (bounded by the tier's timeout), so that a
+    /// report says what is true now.
+    pub async fn probe(&self) -> Vec<TierProbe> {
+        let mut out = Vec::with_capacity(self.inner.tiers.len());
+        for tier in &self.inner.tiers {
+            let health = Self::call(tier, true, tier.backend.health()).await;
+            let info = match tier.options.timeout {
+                Some(limit) => tokio::time::timeout(limit, tier.backend.info())
+                    .await
+                    .unwrap_or_default(),
+                None => tier.backend.info().await,
+            };
+            out.push(TierProbe {
+                name: tier.name.clone(),
+                health,
+                info,
+            });
+        }
+        out
     }
 
     /// Checks every tier; one result per tier, in read order.

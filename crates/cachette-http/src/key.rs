@@ -179,6 +179,65 @@ impl KeyOptions {
     }
 }
 
+/// Where the stored responses of every URL starting with a given prefix live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UrlScope {
+    /// Every key starting with this.
+    Prefix(String),
+    /// Every key matching this Redis-style glob: a path prefix with no host,
+    /// when keys hold the host. A glob cannot say "no `/` here", so
+    /// `/api/` also matches paths that hold `/api/` further in: more is
+    /// removed than asked, never less.
+    Pattern(String),
+}
+
+impl KeyOptions {
+    /// The keys of every GET response whose URL starts with `url_prefix`:
+    /// `https://host/path`, `host/path`, or `/path` (every host).
+    pub fn url_scope(&self, url_prefix: &str) -> Result<UrlScope, String> {
+        let rest = match url_prefix.split_once("://") {
+            Some((scheme, rest)) if scheme == "http" || scheme == "https" => rest,
+            Some((scheme, _)) => {
+                return Err(format!(
+                    "`{url_prefix}`: only http:// and https:// URLs are cached (not {scheme}://)"
+                ));
+            }
+            None => url_prefix,
+        };
+        let (host, path) = match rest.find('/') {
+            Some(0) => (None, rest),
+            Some(slash) => (Some(&rest[..slash]), &rest[slash..]),
+            None if rest.is_empty() => {
+                return Err(
+                    "an empty URL prefix would remove every page: purge all instead".into(),
+                );
+            }
+            None => (Some(rest), "/"),
+        };
+        if let Some(bad) = url_prefix
+            .chars()
+            .find(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(format!("`{url_prefix}` holds {bad:?}, which no URL holds"));
+        }
+        let mut key = format!("{}GET:", self.prefix);
+        match host {
+            _ if !self.include_host => {}
+            Some(host) => key.push_str(&host.to_ascii_lowercase()),
+            None => {
+                let pattern = format!(
+                    "{}*{}*",
+                    cachette_core::escape_glob(&key),
+                    cachette_core::escape_glob(path)
+                );
+                return Ok(UrlScope::Pattern(pattern));
+            }
+        }
+        key.push_str(path);
+        Ok(UrlScope::Prefix(key))
+    }
+}
+
 fn hashed_only(raw: &str) -> CacheKey {
     CacheKey::from_hash(fnv1a(raw.as_bytes()))
 }

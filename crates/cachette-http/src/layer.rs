@@ -292,9 +292,38 @@ impl CacheLayer {
         self.config.keys.primary(&http::Method::GET, uri, headers)
     }
 
-    /// Removes the stored responses (every `Vary` variant) for a GET to `uri`.
-    pub async fn invalidate_url(&self, uri: &http::Uri, headers: &http::HeaderMap) {
-        crate::service::invalidate_primary(&self.cache, &self.key_for(uri, headers)).await;
+    /// Removes the stored responses (every `Vary` variant) for a GET to `uri`,
+    /// in every tier and (through the bus) on every node.
+    pub async fn invalidate_url(
+        &self,
+        uri: &http::Uri,
+        headers: &http::HeaderMap,
+    ) -> cachette_core::WriteReport {
+        crate::service::invalidate_primary(&self.cache, &self.key_for(uri, headers)).await
+    }
+
+    /// Removes every stored response whose URL starts with `url_prefix`, in
+    /// every tier and (through the bus) on every node: `https://host/api/`,
+    /// `host/api/`, or `/api/` for every host. An `Err` says why the prefix
+    /// cannot be a URL prefix.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # use cachette_core::Tiered;
+    /// # let layer = cachette_http::CacheLayer::new(Tiered::builder("pages").build());
+    /// let report = layer.invalidate_url_prefix("/api/").await.unwrap();
+    /// assert!(report.is_complete());
+    /// assert!(layer.invalidate_url_prefix("ftp://host/").await.is_err());
+    /// # }
+    /// ```
+    pub async fn invalidate_url_prefix(
+        &self,
+        url_prefix: &str,
+    ) -> Result<cachette_core::WriteReport, String> {
+        Ok(match self.config.keys.url_scope(url_prefix)? {
+            crate::UrlScope::Prefix(prefix) => self.cache.invalidate_prefix(&prefix).await,
+            crate::UrlScope::Pattern(pattern) => self.cache.invalidate_pattern(&pattern).await,
+        })
     }
 }
 

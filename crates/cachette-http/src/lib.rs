@@ -45,7 +45,7 @@ mod status;
 
 pub use body::CacheBody;
 pub use future::ResponseFuture;
-pub use key::KeyOptions;
+pub use key::{KeyOptions, UrlScope};
 pub(crate) use layer::Config;
 pub use layer::{
     CACHE_TAG, CACHETTE_CONTROL, CDN_CACHE_CONTROL, CacheLayer, DEFAULT_MAX_BODY_BYTES, Unless,

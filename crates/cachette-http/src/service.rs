@@ -235,17 +235,23 @@ async fn lookup(cache: &Tiered, primary: &CacheKey, headers: &HeaderMap) -> Look
 }
 
 /// Removes the stored responses for a primary key, every `Vary` variant included.
-pub(crate) async fn invalidate_primary(cache: &Tiered, primary: &CacheKey) {
+pub(crate) async fn invalidate_primary(
+    cache: &Tiered,
+    primary: &CacheKey,
+) -> cachette_core::WriteReport {
     let had_variants = matches!(
         cache.get(primary).await,
         Some(hit) if matches!(hit.entry.payload(), Payload::Variants(_))
     );
-    let _ = cache.delete(primary).await;
+    let mut report = cache.delete(primary).await;
     if had_variants {
-        let _ = cache
-            .invalidate_prefix(&KeyOptions::variants_prefix(primary))
-            .await;
+        report.merge(
+            cache
+                .invalidate_prefix(&KeyOptions::variants_prefix(primary))
+                .await,
+        );
     }
+    report
 }
 
 /// Whether the request forbids storing (`Cache-Control: no-store`).
@@ -323,6 +329,7 @@ where
             match freshness {
                 Freshness::Fresh { .. } => {
                     count(&counters.hits);
+                    tracing::debug!(cache = layer.cache.name(), key = %primary, tier = %tier, outcome = "hit");
                     let status = CacheStatus::hit(ttl_seconds(freshness), Some(tier.clone()));
                     return Ok(serve_entry(
                         layer,
@@ -339,6 +346,7 @@ where
                     ..
                 } => {
                     count(&counters.stale_served);
+                    tracing::debug!(cache = layer.cache.name(), key = %primary, tier = %tier, outcome = "stale-while-revalidate");
                     let mut status = CacheStatus::hit(ttl_seconds(freshness), Some(tier.clone()));
                     status.detail = Some("stale-while-revalidate");
                     let response =
@@ -360,6 +368,7 @@ where
         return Ok(origin_response(response, layer, &CacheStatus::forward(fwd)));
     }
     count(&counters.misses);
+    tracing::debug!(cache = layer.cache.name(), key = %primary, outcome = fwd.as_str());
     let client_headers = parts.headers.clone();
     if !layer.config.coalesce || authorized {
         let (response, _) = fetch(inner, layer, parts, body, &primary, stale, fwd).await;
@@ -800,15 +809,18 @@ where
     let status = response.status();
     if !safe && (status.is_success() || status.is_redirection()) {
         let keys = &layer.config.keys;
-        invalidate_primary(&layer.cache, &keys.primary(&Method::GET, &uri, &headers)).await;
+        let _ = invalidate_primary(&layer.cache, &keys.primary(&Method::GET, &uri, &headers)).await;
         for name in [header::LOCATION, header::CONTENT_LOCATION] {
             if let Some(target) = response
                 .headers()
                 .get(&name)
                 .and_then(|v| same_origin_uri(&uri, &headers, v))
             {
-                invalidate_primary(&layer.cache, &keys.primary(&Method::GET, &target, &headers))
-                    .await;
+                let _ = invalidate_primary(
+                    &layer.cache,
+                    &keys.primary(&Method::GET, &target, &headers),
+                )
+                .await;
             }
         }
     }

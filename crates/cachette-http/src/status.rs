@@ -25,7 +25,7 @@ pub(crate) enum Forward {
 }
 
 impl Forward {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Bypass => "bypass",
             Self::Method => "method",

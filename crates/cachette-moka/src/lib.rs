@@ -30,7 +30,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use cachette_core::{Backend, CacheError, CacheKey, Entry, Payload, async_trait, glob_match};
+use cachette_core::{
+    Backend, CacheError, CacheKey, Entry, Payload, TierInfo, async_trait, glob_match,
+};
 use moka::{
     Expiry,
     future::Cache,
@@ -194,6 +196,10 @@ impl MemoryTier {
 impl Backend for MemoryTier {
     fn kind(&self) -> &'static str {
         "memory"
+    }
+
+    async fn info(&self) -> TierInfo {
+        TierInfo::usage(self.entry_count(), self.weighted_bytes(), self.max_bytes)
     }
 
     async fn get(&self, key: &CacheKey) -> Result<Option<Arc<Entry>>, CacheError> {

@@ -42,6 +42,13 @@ fn journal_error(error: impl Into<cachette_core::BoxError>) -> CacheError {
     CacheError::backend("journal", error)
 }
 
+fn is_power_of_ten(mut n: u64) -> bool {
+    while n >= 10 && n % 10 == 0 {
+        n /= 10;
+    }
+    n == 1
+}
+
 /// Encodes an op: format, kind, recorded-at ms, then the kind's fields.
 fn encode(op: &JournalOp, recorded_at: SystemTime) -> Bytes {
     let mut buf = BytesMut::new();
@@ -272,6 +279,10 @@ impl DiskJournal {
         state.depth = depth + 1;
         state.bytes = bytes + encoded.len() as u64;
         inner.depth.store(state.depth, Ordering::Release);
+        // Once per order of magnitude: loud enough to notice, not a flood.
+        if is_power_of_ten(state.depth) {
+            tracing::warn!(path = %inner.config.path.display(), depth = state.depth, bytes = state.bytes, "journal growing: the master is not taking writes from this node");
+        }
         Ok(())
     }
 

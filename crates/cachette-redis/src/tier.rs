@@ -6,7 +6,10 @@ use std::{
 };
 
 use bytes::Bytes;
-use cachette_core::{Backend, CacheError, CacheKey, Entry, EntryMeta, Payload, async_trait};
+use cachette_core::{
+    Backend, CacheError, CacheKey, Entry, EntryMeta, Payload, TierInfo, async_trait,
+    sweep::{self, SweepStep},
+};
 
 use crate::{
     node::{BACKEND, Node, is_readonly, redis_error, suggests_failover},
@@ -59,6 +62,16 @@ fn parse_counter(raw: &[u8]) -> Option<i64> {
         return None;
     }
     std::str::from_utf8(raw).ok()?.parse().ok()
+}
+
+impl Role {
+    /// `local` or `master`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::Master => "master",
+        }
+    }
 }
 
 impl RedisTier {
@@ -120,8 +133,8 @@ impl RedisTier {
     }
 
     /// Removes every key matching `pattern` with `SCAN` + `UNLINK`; returns how
-    /// many were removed.
-    pub(crate) async fn sweep(node: &Node, pattern: &str) -> Result<u64, CacheError> {
+    /// many were removed. Each batch is reported to a [`sweep`] observer.
+    pub(crate) async fn sweep(node: &Node, role: Role, pattern: &str) -> Result<u64, CacheError> {
         let mut conn = node.exclusive().await?;
         let mut cursor: u64 = 0;
         let mut removed = 0;
@@ -142,6 +155,11 @@ impl RedisTier {
                     .await
                     .map_err(redis_error)?;
                 removed += n;
+                sweep::report(SweepStep {
+                    tier: role.as_str(),
+                    matched: keys.len() as u64,
+                    removed: n,
+                });
             }
             if next == 0 {
                 return Ok(removed);
@@ -167,6 +185,11 @@ impl RedisTier {
                 .await
                 .map_err(|e| self.fail(e))?;
             removed += n;
+            sweep::report(SweepStep {
+                tier: self.role.as_str(),
+                matched: chunk.len() as u64,
+                removed: n,
+            });
         }
         let _: u64 = redis::cmd("UNLINK")
             .arg(&index)
@@ -308,7 +331,7 @@ impl Backend for RedisTier {
 
     async fn invalidate_prefix(&self, prefix: &str) -> Result<(), CacheError> {
         let node = self.node()?;
-        Self::sweep(&node, &self.space.keys.entry_pattern(prefix)).await?;
+        Self::sweep(&node, self.role, &self.space.keys.entry_pattern(prefix)).await?;
         let mut conn = node.shared.clone();
         self.publish(&mut conn, 'p', prefix).await;
         Ok(())
@@ -316,7 +339,7 @@ impl Backend for RedisTier {
 
     async fn invalidate_pattern(&self, pattern: &str) -> Result<(), CacheError> {
         let node = self.node()?;
-        Self::sweep(&node, &self.space.keys.entry_glob(pattern)).await?;
+        Self::sweep(&node, self.role, &self.space.keys.entry_glob(pattern)).await?;
         let mut conn = node.shared.clone();
         self.publish(&mut conn, 'g', pattern).await;
         Ok(())
@@ -332,7 +355,7 @@ impl Backend for RedisTier {
 
     async fn clear(&self) -> Result<(), CacheError> {
         let node = self.node()?;
-        Self::sweep(&node, &self.space.keys.all_pattern()).await?;
+        Self::sweep(&node, self.role, &self.space.keys.all_pattern()).await?;
         let mut conn = node.shared.clone();
         self.publish(&mut conn, 'c', "").await;
         Ok(())
@@ -346,5 +369,17 @@ impl Backend for RedisTier {
             .await
             .map_err(|e| self.fail(e))?;
         Ok(())
+    }
+
+    async fn info(&self) -> TierInfo {
+        let Ok(node) = self.node() else {
+            return TierInfo::default();
+        };
+        let timeout = match self.role {
+            Role::Local => self.space.conns.config.local_timeout,
+            Role::Master => self.space.conns.config.master_timeout,
+        };
+        let role = node.role(timeout).await.ok();
+        TierInfo::server(Some(node.addr.clone()), role)
     }
 }

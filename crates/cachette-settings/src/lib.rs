@@ -301,6 +301,42 @@ impl RedisSettings {
     }
 }
 
+/// A secret value: deserialized like a string, never printed by `Debug`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// The admin routes (`Caches::admin_router`, `cachette proxy --admin`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSettings {
+    /// The bearer token that `POST /purge` requires (at least 16 characters).
+    /// Without it the purge routes do not exist. Best set from the
+    /// environment: `CACHETTE__ADMIN__TOKEN`.
+    pub token: Option<Secret>,
+}
+
+/// The shortest admin token accepted: guessing it must be impractical.
+pub const MIN_TOKEN_LEN: usize = 16;
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Raw {
@@ -308,6 +344,8 @@ struct Raw {
     caches: BTreeMap<String, CacheSettings>,
     #[serde(default)]
     redis: BTreeMap<String, RedisSettings>,
+    #[serde(default)]
+    admin: AdminSettings,
 }
 
 /// Every named cache and Redis topology.
@@ -317,6 +355,8 @@ pub struct Settings {
     pub caches: BTreeMap<String, CacheSettings>,
     /// Redis topologies by name.
     pub redis: BTreeMap<String, RedisSettings>,
+    /// The admin routes.
+    pub admin: AdminSettings,
     /// Where the settings came from (for messages).
     pub source_name: String,
 }
@@ -391,6 +431,7 @@ impl Settings {
         let mut settings = Self {
             caches: raw.caches,
             redis: raw.redis,
+            admin: raw.admin,
             source_name: name.to_owned(),
         };
         if settings.caches.is_empty() {
@@ -405,6 +446,21 @@ impl Settings {
     fn validate(&mut self) -> Result<(), SettingsError> {
         let source = self.source_name.clone();
         let err = |key: String, reason: String| SettingsError::new(&source, key, reason);
+        if let Some(token) = &self.admin.token {
+            let token = token.expose();
+            if token.chars().count() < MIN_TOKEN_LEN {
+                return Err(err(
+                    "admin.token".into(),
+                    format!("must be at least {MIN_TOKEN_LEN} characters (it guards purges)"),
+                ));
+            }
+            if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(err(
+                    "admin.token".into(),
+                    "must not contain spaces or control characters".into(),
+                ));
+            }
+        }
         for (name, redis) in &self.redis {
             let key = |k: &str| format!("redis.{name}.{k}");
             let modes = [

@@ -375,6 +375,7 @@ impl Caches {
         let settings = settings.unwrap_or_else(|_| Settings {
             caches: BTreeMap::new(),
             redis: BTreeMap::new(),
+            admin: Default::default(),
             source_name: "(embedded default)".into(),
         });
         Self {

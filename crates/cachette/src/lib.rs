@@ -14,6 +14,8 @@
 //! | `axum` | no | extractors: [`Cache`] and `Named<A>` from router state |
 //! | `macros` | no | `#[cached]` and `#[cache_page]` (with `axum`) |
 //! | `redis` | no | [`redis`]: the local-replica and master tiers, Sentinel, the journal, the bus |
+//! | `metrics` | no | [`Caches::record_metrics`]: the caches' counters through the `metrics` facade |
+//! | `admin` | no | [`Caches::admin_router`]: `/health`, `/stats`, `/metrics` (Prometheus), `/purge` |
 //! | `full` | no | everything |
 //!
 //! ```
@@ -66,12 +68,18 @@ mod private;
 
 #[cfg(feature = "macros")]
 pub use cachette_macros::{cache_page, cached};
+#[cfg(feature = "admin")]
+pub mod admin;
 #[cfg(feature = "settings")]
 mod cache;
 #[cfg(feature = "settings")]
 mod caches;
 #[cfg(all(feature = "settings", feature = "http"))]
 mod http_layer;
+#[cfg(feature = "metrics")]
+pub mod metrics;
+#[cfg(feature = "settings")]
+pub mod ops;
 
 #[cfg(feature = "axum")]
 pub use axum_ext::{CacheAlias, Named};
