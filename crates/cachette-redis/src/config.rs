@@ -83,6 +83,11 @@ pub struct JournalConfig {
     pub batch: usize,
     /// Most operations replayed per second.
     pub max_ops_per_sec: u32,
+    /// Whether a background task replays the journal when the master
+    /// answers (default true). Tools that only inspect a journal turn it off
+    /// and call [`RedisTiers::replay_journal`](crate::RedisTiers::replay_journal)
+    /// when asked to.
+    pub background_replay: bool,
 }
 
 impl JournalConfig {
@@ -96,6 +101,7 @@ impl JournalConfig {
             probe_interval: Duration::from_millis(500),
             batch: 128,
             max_ops_per_sec: 5_000,
+            background_replay: true,
         }
     }
 }

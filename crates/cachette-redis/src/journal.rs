@@ -190,7 +190,13 @@ impl DiskJournal {
         if let Some(parent) = config.path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(journal_error)?;
         }
-        let db = Database::create(&config.path).map_err(journal_error)?;
+        let db = Database::create(&config.path).map_err(|error| match error {
+            redb::DatabaseError::DatabaseAlreadyOpen => journal_error(format!(
+                "{} is in use by another process (only one process at a time can hold a journal)",
+                config.path.display()
+            )),
+            error => journal_error(error),
+        })?;
         let txn = db.begin_write().map_err(journal_error)?;
         let (depth, bytes, next_seq) = {
             let ops = txn.open_table(OPS).map_err(journal_error)?;

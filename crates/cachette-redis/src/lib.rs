@@ -151,12 +151,12 @@ impl RedisTiers {
         namespace: String,
         journal: Option<JournalConfig>,
     ) -> Result<Self, CacheError> {
+        let replay_in_background = journal.as_ref().is_some_and(|j| j.background_replay);
         let journal = journal.map(DiskJournal::open).transpose()?;
-        let has_journal = journal.is_some();
         let bus = conns.config.bus;
         let node_id = conns.config.node_id.clone();
         let space = Arc::new(Space::new(conns, namespace, journal, bus, node_id));
-        if has_journal {
+        if replay_in_background {
             space
                 .tasks
                 .add(tokio::spawn(replay::run_replayer(Arc::downgrade(&space))).abort_handle());

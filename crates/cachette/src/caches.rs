@@ -106,9 +106,19 @@ impl std::fmt::Debug for Caches {
 static INSTALLED: OnceLock<Caches> = OnceLock::new();
 
 /// Builds a [`Caches`] with key functions registered in code.
-#[derive(Default, Clone)]
+#[derive(Clone)]
 pub struct CachesBuilder {
     key_functions: BTreeMap<String, KeyFunction>,
+    background_replay: bool,
+}
+
+impl Default for CachesBuilder {
+    fn default() -> Self {
+        Self {
+            key_functions: BTreeMap::new(),
+            background_replay: true,
+        }
+    }
 }
 
 impl CachesBuilder {
@@ -118,6 +128,14 @@ impl CachesBuilder {
         F: Fn(&str, &str, i64) -> String + Send + Sync + 'static,
     {
         self.key_functions.insert(name.into(), Arc::new(function));
+        self
+    }
+
+    /// Whether each journal is replayed by a background task when the master
+    /// answers (default true). Tools that only inspect caches (the `cachette`
+    /// binary's `stats` and `journal status`) turn it off.
+    pub fn background_replay(mut self, on: bool) -> Self {
+        self.background_replay = on;
         self
     }
 
@@ -157,8 +175,14 @@ impl CachesBuilder {
             if has_redis {
                 #[cfg(feature = "redis")]
                 {
-                    let redis =
-                        redis_for(&settings, alias, cache_settings, &mut topologies).await?;
+                    let redis = redis_for(
+                        &settings,
+                        alias,
+                        cache_settings,
+                        self.background_replay,
+                        &mut topologies,
+                    )
+                    .await?;
                     if tiers.contains(&TierKind::Local) {
                         if let Some(local) = redis.local_tier() {
                             builder =
@@ -233,6 +257,7 @@ async fn redis_for(
     settings: &Settings,
     alias: &str,
     cache: &CacheSettings,
+    background_replay: bool,
     topologies: &mut BTreeMap<String, cachette_redis::RedisTiers>,
 ) -> Result<cachette_redis::RedisTiers, Error> {
     use cachette_redis::{JournalConfig, RedisConfig, Topology};
@@ -259,6 +284,7 @@ async fn redis_for(
         if let Some(v) = j.max_ops_per_sec {
             config.max_ops_per_sec = v;
         }
+        config.background_replay = background_replay;
         config
     });
     let topology_name = cache.redis.clone().unwrap_or_default();

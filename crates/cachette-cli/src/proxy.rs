@@ -1,0 +1,298 @@
+//! The caching reverse proxy: [`CacheLayer`] in front of a forwarding
+//! service.
+//!
+//! The forwarder sends every method, path, query and header to the upstream
+//! over a pooled keep-alive client, with hop-by-hop headers removed (RFC 9110
+//! §7.6.1) and `Via` and `X-Forwarded-For`/`-Proto` added; bodies stream both
+//! ways. An unreachable upstream is a `502` and a slow one a `504`, which
+//! the layer answers with a stale entry inside stale-if-error. What is stored
+//! and for how long is exactly the layer's RFC 9111 shared-cache behaviour.
+//!
+//! ```no_run
+//! # async fn run() -> std::io::Result<()> {
+//! use std::time::Duration;
+//! use cachette::{CacheLayer, MemoryTier, Tiered};
+//! use cachette_cli::proxy::{Upstream, router};
+//!
+//! let cache = Tiered::builder("proxy").tier("memory", MemoryTier::default()).build();
+//! let upstream = Upstream::new("http://127.0.0.1:3000", Duration::from_secs(60))
+//!     .map_err(std::io::Error::other)?;
+//! let app = router(upstream, CacheLayer::new(cache));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! cachette_cli::proxy::serve(listener, app).await
+//! # }
+//! ```
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use axum::{Router, body::Body, extract::ConnectInfo};
+use cachette::CacheLayer;
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, header,
+    uri::{Authority, PathAndQuery, Scheme},
+};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::TokioExecutor,
+};
+
+/// The `Via` pseudonym of this proxy (RFC 9110 §7.6.3).
+const VIA: &str = "1.1 cachette";
+
+/// Where requests go: the upstream's scheme, authority and base path, and
+/// the pooled client.
+#[derive(Clone)]
+pub struct Upstream {
+    client: Client<HttpConnector, Body>,
+    scheme: Scheme,
+    authority: Authority,
+    base_path: Arc<str>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("scheme", &self.scheme)
+            .field("authority", &self.authority)
+            .field("base_path", &self.base_path)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl Upstream {
+    /// An upstream at `url` (`http://host:port[/base]`); responses slower
+    /// than `timeout` become `504`.
+    pub fn new(url: &str, timeout: Duration) -> Result<Self, String> {
+        let uri: Uri = url
+            .parse()
+            .map_err(|e| format!("--upstream `{url}` is not a URL: {e}"))?;
+        let scheme = uri
+            .scheme()
+            .cloned()
+            .ok_or_else(|| format!("--upstream `{url}` needs a scheme: http://{url}"))?;
+        if scheme != Scheme::HTTP {
+            return Err(format!(
+                "--upstream `{url}`: only http:// upstreams are supported (terminate TLS in front of the upstream's network)"
+            ));
+        }
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| format!("--upstream `{url}` has no host"))?;
+        if uri.query().is_some() {
+            return Err(format!("--upstream `{url}` must not have a query"));
+        }
+        let base_path = uri.path().trim_end_matches('/');
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        Ok(Self {
+            client,
+            scheme,
+            authority,
+            base_path: Arc::from(base_path),
+            timeout,
+        })
+    }
+
+    fn target(&self, uri: &Uri) -> Result<Uri, http::Error> {
+        let path = uri.path_and_query().map_or("/", PathAndQuery::as_str);
+        let path_and_query = if self.base_path.is_empty() {
+            PathAndQuery::try_from(path)?
+        } else {
+            PathAndQuery::try_from(format!("{}{path}", self.base_path))?
+        };
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+    }
+
+    async fn forward(self, request: Request<Body>) -> Response<Body> {
+        let client_addr = request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| addr.ip());
+        let (mut parts, body) = request.into_parts();
+        parts.uri = match self.target(&parts.uri) {
+            Ok(uri) => uri,
+            Err(error) => {
+                return short(
+                    StatusCode::BAD_REQUEST,
+                    &format!("bad request URI: {error}"),
+                );
+            }
+        };
+        strip_hop_by_hop(&mut parts.headers);
+        append(&mut parts.headers, header::VIA, VIA);
+        if let Some(ip) = client_addr {
+            append_forwarded_for(&mut parts.headers, &ip.to_string());
+        }
+        if !parts.headers.contains_key("x-forwarded-proto") {
+            parts
+                .headers
+                .insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        }
+        // The client's own HTTP version is between it and us.
+        parts.version = http::Version::HTTP_11;
+        let call = self.client.request(Request::from_parts(parts, body));
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(response)) => {
+                let (mut parts, body) = response.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                append(&mut parts.headers, header::VIA, VIA);
+                Response::from_parts(parts, Body::new(body))
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(upstream = %self.authority, error = %error_chain(&error), "upstream unreachable");
+                short(StatusCode::BAD_GATEWAY, "upstream unreachable")
+            }
+            Err(_) => {
+                tracing::warn!(upstream = %self.authority, timeout = ?self.timeout, "upstream timed out");
+                short(StatusCode::GATEWAY_TIMEOUT, "upstream timed out")
+            }
+        }
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// A short plain-text answer of the proxy's own, never stored.
+fn short(status: StatusCode, text: &str) -> Response<Body> {
+    let mut response = Response::new(Body::from(format!("{text}\n")));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    append(headers, header::VIA, VIA);
+    response
+}
+
+fn append(headers: &mut HeaderMap, name: HeaderName, value: &'static str) {
+    headers.append(name, HeaderValue::from_static(value));
+}
+
+fn append_forwarded_for(headers: &mut HeaderMap, ip: &str) {
+    let name = HeaderName::from_static("x-forwarded-for");
+    let joined = match headers.get(&name).and_then(|v| v.to_str().ok()) {
+        Some(previous) => format!("{previous}, {ip}"),
+        None => ip.to_owned(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&joined) {
+        headers.remove(&name);
+        headers.insert(name, value);
+    }
+}
+
+/// Removes the hop-by-hop fields: those named by `Connection`, and the
+/// fixed list of RFC 9110 §7.6.1 (plus the legacy `Proxy-Connection` and
+/// `Keep-Alive`).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+}
+
+/// The forwarding service: a [`tower::Service`] that sends each request to
+/// the [`Upstream`].
+#[derive(Debug, Clone)]
+pub struct Forward {
+    upstream: Upstream,
+}
+
+impl Forward {
+    /// Forwards to `upstream`.
+    pub fn new(upstream: Upstream) -> Self {
+        Self { upstream }
+    }
+}
+
+impl tower::Service<Request<Body>> for Forward {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let upstream = self.upstream.clone();
+        Box::pin(async move { Ok(upstream.forward(request).await) })
+    }
+}
+
+/// The proxy's router: every request goes through `layer`, then to `upstream`.
+pub fn router(upstream: Upstream, layer: CacheLayer) -> Router {
+    let service = tower::ServiceBuilder::new()
+        .layer(layer)
+        .service(Forward::new(upstream));
+    Router::new().fallback_service(service)
+}
+
+/// Serves `app` on `listener` with each client's address available to the
+/// forwarder (for `X-Forwarded-For`).
+pub async fn serve(listener: tokio::net::TcpListener, app: Router) -> std::io::Result<()> {
+    serve_until(listener, app, std::future::pending()).await
+}
+
+/// [`serve`] until `shutdown` resolves, then finishes the requests in flight.
+pub async fn serve_until(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
