@@ -20,6 +20,18 @@ pub(crate) struct Storable {
     pub(crate) vary: Vec<HeaderName>,
 }
 
+impl Storable {
+    /// The same response with `body` (storability depends on the head only,
+    /// so it is decided before the body is read).
+    pub(crate) fn with_body(mut self, body: bytes::Bytes) -> Self {
+        self.response
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        self.response.body = body;
+        self
+    }
+}
+
 const HOP_BY_HOP: [&str; 9] = [
     "connection",
     "keep-alive",

@@ -578,6 +578,24 @@ where
     }
 
     let (res_parts, res_body) = response.into_parts();
+    // Storability depends on the head only: a response that will not be
+    // stored streams through at once instead of being buffered first.
+    let storable = match policy::evaluate(
+        config,
+        &head,
+        res_parts.status,
+        &res_parts.headers,
+        Bytes::new(),
+        now,
+    ) {
+        Ok(storable) => storable,
+        Err(reason) => {
+            count(&counters.not_stored);
+            tracing::debug!(key = %primary, reason, "response not stored");
+            let response = Response::from_parts(res_parts, res_body);
+            return (Ok(origin_response(response, layer, &status)), None);
+        }
+    };
     match collect_limited(res_body, config.max_body_bytes).await {
         Collected::Failed(error) => {
             count(&counters.origin_errors);
@@ -605,52 +623,32 @@ where
             (Ok(with_status(response, layer, &status)), None)
         }
         Collected::Complete(bytes) => {
-            match policy::evaluate(
-                config,
-                &head,
-                res_parts.status,
-                &res_parts.headers,
-                bytes.clone(),
-                now,
-            ) {
-                Ok(storable) => {
-                    count(&counters.stored);
-                    status.stored = true;
-                    let cookies: Vec<HeaderValue> = res_parts
-                        .headers
-                        .get_all(header::SET_COOKIE)
-                        .iter()
-                        .cloned()
-                        .collect();
-                    let (entry, filled) =
-                        store(layer, primary, storable, &head.headers, cookies.clone()).await;
-                    let Some(stored) = entry.as_response() else {
-                        return (
-                            Ok(plain_response(
-                                StatusCode::INTERNAL_SERVER_ERROR,
-                                "unreachable\n",
-                            )),
-                            None,
-                        );
-                    };
-                    let mut response =
-                        serve_entry(layer, &entry, stored, &client, false, now, &status);
-                    for cookie in cookies {
-                        // The client that caused the store still gets its cookie.
-                        response.headers_mut().append(header::SET_COOKIE, cookie);
-                    }
-                    (Ok(response), Some(filled))
-                }
-                Err(reason) => {
-                    count(&counters.not_stored);
-                    tracing::debug!(key = %primary, reason, "response not stored");
-                    let mut response = Response::from_parts(res_parts, CacheBody::full(bytes));
-                    for name in &config.strip_fields {
-                        response.headers_mut().remove(name);
-                    }
-                    (Ok(with_status(response, layer, &status)), None)
-                }
+            count(&counters.stored);
+            status.stored = true;
+            let cookies: Vec<HeaderValue> = res_parts
+                .headers
+                .get_all(header::SET_COOKIE)
+                .iter()
+                .cloned()
+                .collect();
+            let storable = storable.with_body(bytes);
+            let (entry, filled) =
+                store(layer, primary, storable, &head.headers, cookies.clone()).await;
+            let Some(stored) = entry.as_response() else {
+                return (
+                    Ok(plain_response(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "unreachable\n",
+                    )),
+                    None,
+                );
+            };
+            let mut response = serve_entry(layer, &entry, stored, &client, false, now, &status);
+            for cookie in cookies {
+                // The client that caused the store still gets its cookie.
+                response.headers_mut().append(header::SET_COOKIE, cookie);
             }
+            (Ok(response), Some(filled))
         }
     }
 }

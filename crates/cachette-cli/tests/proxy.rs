@@ -1,0 +1,319 @@
+//! The caching reverse proxy against a real upstream axum app over loopback
+//! TCP: hits and misses, pass-through and invalidation, header handling,
+//! streaming of large bodies, an unreachable upstream and stale-if-error.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{
+    Router,
+    body::{Body, Bytes},
+    http::{HeaderMap, StatusCode},
+    routing::get,
+};
+use cachette::{CacheLayer, MemoryTier, Tiered};
+use cachette_cli::proxy::{Upstream, router, serve};
+use common::{HttpClient, UpstreamServer};
+use http_body_util::{BodyExt, channel::Channel};
+use std::convert::Infallible;
+use tokio::sync::Notify;
+
+/// Starts the proxy in this runtime in front of `upstream_url`.
+async fn start_proxy(upstream_url: &str, layer: CacheLayer) -> String {
+    let upstream = Upstream::new(upstream_url, Duration::from_secs(5)).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(serve(listener, router(upstream, layer)));
+    format!("http://{addr}")
+}
+
+fn memory_layer() -> CacheLayer {
+    CacheLayer::new(
+        Tiered::builder("proxy")
+            .tier("memory", MemoryTier::with_max_bytes(64 << 20))
+            .build(),
+    )
+}
+
+fn counting_app(calls: Arc<AtomicUsize>) -> Router {
+    let cached = calls.clone();
+    let plain = calls.clone();
+    Router::new()
+        .route(
+            "/cached",
+            get(move || {
+                let n = cached.fetch_add(1, Ordering::SeqCst) + 1;
+                async move { ([("cache-control", "max-age=60")], format!("version {n}")) }
+            })
+            .post(|body: Bytes| async move { format!("posted {} bytes", body.len()) }),
+        )
+        .route(
+            "/plain",
+            get(move || {
+                plain.fetch_add(1, Ordering::SeqCst);
+                async { "no caching headers" }
+            }),
+        )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_is_a_miss_then_a_hit_and_unmarked_responses_are_not_stored() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let upstream = UpstreamServer::start(counting_app(calls.clone()));
+    let proxy = start_proxy(&upstream.url(), memory_layer()).await;
+    let client = HttpClient::new();
+
+    let first = client.get(&format!("{proxy}/cached"), &[]).await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(first.text(), "version 1");
+    assert!(
+        first.header("cache-status").contains("fwd=miss"),
+        "{first:?}"
+    );
+    let second = client.get(&format!("{proxy}/cached"), &[]).await;
+    assert_eq!(second.text(), "version 1");
+    assert!(second.header("cache-status").contains("hit"), "{second:?}");
+    assert!(second.headers.contains_key("age"));
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "one upstream call for two GETs"
+    );
+
+    // No freshness, no validator: not stored (RFC 9111 shared cache).
+    let before = calls.load(Ordering::SeqCst);
+    for _ in 0..2 {
+        let reply = client.get(&format!("{proxy}/plain"), &[]).await;
+        assert_eq!(reply.text(), "no caching headers");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), before + 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_passes_through_with_its_body_and_invalidates_the_url() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let upstream = UpstreamServer::start(counting_app(calls.clone()));
+    let proxy = start_proxy(&upstream.url(), memory_layer()).await;
+    let client = HttpClient::new();
+
+    client.get(&format!("{proxy}/cached"), &[]).await;
+    assert!(
+        client
+            .get(&format!("{proxy}/cached"), &[])
+            .await
+            .header("cache-status")
+            .contains("hit")
+    );
+    let posted = client
+        .request("POST", &format!("{proxy}/cached"), &[], vec![7u8; 3000])
+        .await;
+    assert_eq!(posted.status, StatusCode::OK);
+    assert_eq!(posted.text(), "posted 3000 bytes");
+    let after = client.get(&format!("{proxy}/cached"), &[]).await;
+    assert_eq!(after.text(), "version 2", "the POST invalidated the page");
+    assert!(after.header("cache-status").contains("fwd=miss"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_to_end_headers_are_forwarded_and_hop_by_hop_ones_stripped() {
+    let app = Router::new().route(
+        "/echo",
+        get(|headers: HeaderMap| async move {
+            let mut seen: Vec<String> = headers
+                .iter()
+                .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap_or("?")))
+                .collect();
+            seen.sort();
+            (
+                [
+                    ("connection", "x-upstream-hop"),
+                    ("x-upstream-hop", "1"),
+                    ("x-upstream-app", "kept"),
+                ],
+                seen.join("\n"),
+            )
+        }),
+    );
+    let upstream = UpstreamServer::start(app);
+    let proxy = start_proxy(&upstream.url(), memory_layer()).await;
+    let client = HttpClient::new();
+
+    let reply = client
+        .get(
+            &format!("{proxy}/echo?b=2&a=1"),
+            &[
+                ("connection", "x-client-hop"),
+                ("x-client-hop", "secret"),
+                ("keep-alive", "timeout=5"),
+                ("proxy-authorization", "Basic c2VjcmV0"),
+                ("te", "trailers"),
+                ("x-app", "yes"),
+                ("x-forwarded-for", "203.0.113.9"),
+                ("accept-language", "fr"),
+            ],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let seen = reply.text();
+    assert!(seen.contains("x-app: yes"), "{seen}");
+    assert!(seen.contains("accept-language: fr"), "{seen}");
+    assert!(seen.contains("via: 1.1 cachette"), "{seen}");
+    assert!(
+        seen.contains("x-forwarded-for: 203.0.113.9, 127.0.0.1"),
+        "{seen}"
+    );
+    assert!(seen.contains("x-forwarded-proto: http"), "{seen}");
+    for hop in ["x-client-hop", "keep-alive", "proxy-authorization", "te:"] {
+        assert!(!seen.contains(hop), "{hop} reached the upstream: {seen}");
+    }
+    assert_eq!(reply.header("x-upstream-app"), "kept");
+    assert!(!reply.headers.contains_key("x-upstream-hop"));
+    assert!(reply.header("via").contains("1.1 cachette"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_stream_both_ways() {
+    const CHUNK: usize = 1 << 20;
+    const CHUNKS: usize = 20;
+    // The upstream sends one chunk, then waits until the client has it: a
+    // proxy that buffered the body would never deliver that first chunk.
+    // (`no-store`: a response the cache may store is read up to
+    // `max_body_bytes` before it is answered, to store it.)
+    let first_chunk_seen = Arc::new(Notify::new());
+    let gate = first_chunk_seen.clone();
+    let app = Router::new()
+        .route(
+            "/large",
+            get(move || {
+                let gate = gate.clone();
+                async move {
+                    let (mut sender, body) = Channel::<Bytes, Infallible>::new(2);
+                    tokio::spawn(async move {
+                        for i in 0..CHUNKS {
+                            if i == 1 {
+                                gate.notified().await;
+                            }
+                            if sender
+                                .send_data(Bytes::from(vec![b'x'; CHUNK]))
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                    });
+                    ([("cache-control", "no-store")], Body::new(body))
+                }
+            }),
+        )
+        .route(
+            "/large-cacheable",
+            get(|| async {
+                (
+                    [("cache-control", "max-age=60")],
+                    vec![b'z'; CHUNK * CHUNKS],
+                )
+            }),
+        )
+        .route(
+            "/upload",
+            axum::routing::post(|body: Body| async move {
+                let mut body = body;
+                let mut total = 0usize;
+                while let Some(frame) = body.frame().await {
+                    if let Ok(data) = frame.unwrap().into_data() {
+                        total += data.len();
+                    }
+                }
+                format!("{total}")
+            }),
+        );
+    let upstream = UpstreamServer::start(app);
+    let proxy = start_proxy(&upstream.url(), memory_layer()).await;
+    let client = HttpClient::new();
+
+    let response = client
+        .send("GET", &format!("{proxy}/large"), &[], Vec::new())
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    let mut received = 0usize;
+    while let Some(frame) = tokio::time::timeout(Duration::from_secs(10), body.frame())
+        .await
+        .expect("the body kept coming (streamed, not buffered)")
+    {
+        if let Ok(data) = frame.unwrap().into_data() {
+            assert!(data.iter().all(|b| *b == b'x'));
+            if received == 0 {
+                first_chunk_seen.notify_one();
+            }
+            received += data.len();
+        }
+    }
+    assert_eq!(received, CHUNK * CHUNKS);
+
+    // Storable but over max_body_bytes (8 MiB): streamed through, not stored.
+    for _ in 0..2 {
+        let reply = client.get(&format!("{proxy}/large-cacheable"), &[]).await;
+        assert_eq!(reply.body.len(), CHUNK * CHUNKS);
+        assert!(reply.body.iter().all(|b| *b == b'z'));
+        assert!(
+            reply.header("cache-status").contains("fwd=miss"),
+            "{:?}",
+            reply.headers
+        );
+    }
+
+    let upload = client
+        .request(
+            "POST",
+            &format!("{proxy}/upload"),
+            &[],
+            vec![b'y'; 12 << 20],
+        )
+        .await;
+    assert_eq!(upload.text(), format!("{}", 12 << 20));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_upstream_is_502_or_stale_within_stale_if_error() {
+    let client = HttpClient::new();
+    // Nothing listens there.
+    let closed = format!("http://127.0.0.1:{}", cachette_testkit::free_port());
+    let proxy = start_proxy(&closed, memory_layer()).await;
+    let reply = client.get(&format!("{proxy}/anything"), &[]).await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(reply.text(), "upstream unreachable\n");
+
+    // An entry stored while the upstream was up is served stale once the
+    // upstream is gone, inside stale-if-error.
+    let app = Router::new().route(
+        "/page",
+        get(|| async { ([("cache-control", "max-age=1, stale-if-error=60")], "kept") }),
+    );
+    let mut upstream = UpstreamServer::start(app);
+    let proxy = start_proxy(&upstream.url(), memory_layer()).await;
+    assert_eq!(
+        client.get(&format!("{proxy}/page"), &[]).await.text(),
+        "kept"
+    );
+    upstream.stop();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let stale = client.get(&format!("{proxy}/page"), &[]).await;
+    assert_eq!(stale.status, StatusCode::OK);
+    assert_eq!(stale.text(), "kept");
+    assert!(
+        stale.header("cache-status").contains("stale-if-error"),
+        "{stale:?}"
+    );
+    let other = client.get(&format!("{proxy}/never-stored"), &[]).await;
+    assert_eq!(other.status, StatusCode::BAD_GATEWAY);
+}
