@@ -196,7 +196,10 @@ async fn stats_and_prometheus_metrics_report_the_counters() {
     assert_eq!(default["counters"]["hits"], 2);
     assert_eq!(default["counters"]["misses"], 1);
     assert_eq!(default["counters"]["stored"], 1);
-    assert!(default["tiers"][0]["entries"].is_u64(), "the memory tier knows its size");
+    assert!(
+        default["tiers"][0]["entries"].is_u64(),
+        "the memory tier knows its size"
+    );
     assert_eq!(default["tiers"][0]["capacity_bytes"], 64 * 1024 * 1024);
     assert!(default["tiers"][1]["writes"].as_u64().unwrap() >= 1);
 
