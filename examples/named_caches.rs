@@ -150,5 +150,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             call(&app, &format!("http://example.local{uri}")).await?
         );
     }
+
+    // Operations: health, stats and Prometheus metrics for every alias (and
+    // POST /purge once `admin.token` is set). Serve it on an internal port.
+    let admin = caches.admin_router();
+    let health = call(&admin, "http://example.local/health").await?;
+    println!(
+        "GET /health -> {}",
+        health.lines().next().unwrap_or_default()
+    );
+    let metrics = call(&admin, "http://example.local/metrics").await?;
+    for line in metrics
+        .lines()
+        .filter(|l| l.starts_with("cachette_hits_total"))
+    {
+        println!("GET /metrics -> {line}");
+    }
     Ok(())
 }

@@ -523,3 +523,20 @@ async fn global_registry_needs_install() {
         Err(cachette::Error::AlreadyInstalled)
     ));
 }
+
+on_both!(reads_count_as_hits_and_misses_in_the_stats, |env, cache| {
+    let before = cache.stats().cache;
+    cache.set("counted", &1u8, ()).await.unwrap();
+    assert_eq!(cache.get::<u8>("counted", ()).await.unwrap(), Some(1));
+    assert_eq!(cache.get::<u8>("absent", ()).await.unwrap(), None);
+    let many = cache
+        .get_many::<u8>(&["counted", "absent"], ())
+        .await
+        .unwrap();
+    assert_eq!(many.len(), 1);
+    let after = cache.stats().cache;
+    assert_eq!(after.hits - before.hits, 2);
+    assert_eq!(after.misses - before.misses, 2);
+    assert_eq!(after.stored - before.stored, 1);
+    drop(env);
+});

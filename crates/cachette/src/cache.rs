@@ -297,9 +297,28 @@ impl Cache {
         (!hit.entry.remaining_ttl(now).is_zero()).then_some(hit.entry)
     }
 
+    /// [`Cache::entry`] for a read the caller asked for, counted as a hit
+    /// or a miss in the cache's stats.
+    pub(crate) async fn lookup(&self, key: &CacheKey) -> Option<Arc<Entry>> {
+        let found = self.entry(key).await;
+        let counters = self.inner.tiered.counters();
+        let counter = if found.is_some() {
+            &counters.hits
+        } else {
+            &counters.misses
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        found
+    }
+
     pub(crate) async fn store(&self, key: &CacheKey, payload: Payload, opts: &Opts) {
         match self.meta(opts) {
             Some(meta) => {
+                self.inner
+                    .tiered
+                    .counters()
+                    .stored
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let report = self
                     .inner
                     .tiered
@@ -326,7 +345,7 @@ impl Cache {
         let opts = opts.into();
         within(opts.deadline, async {
             let key = self.make_key(key, opts.version)?;
-            Ok(self.entry(&key).await.and_then(|e| decode(e.payload())))
+            Ok(self.lookup(&key).await.and_then(|e| decode(e.payload())))
         })
         .await
     }
@@ -340,7 +359,7 @@ impl Cache {
         let opts = opts.into();
         within(opts.deadline, async {
             let key = self.make_key(key, opts.version)?;
-            Ok(self.entry(&key).await.and_then(|e| match e.payload() {
+            Ok(self.lookup(&key).await.and_then(|e| match e.payload() {
                 Payload::Value(bytes) => Some(bytes.clone()),
                 _ => None,
             }))
@@ -432,7 +451,7 @@ impl Cache {
             for key in keys {
                 let key = key.as_ref();
                 let stored = self.make_key(key, opts.version)?;
-                if let Some(value) = self.entry(&stored).await.and_then(|e| decode(e.payload())) {
+                if let Some(value) = self.lookup(&stored).await.and_then(|e| decode(e.payload())) {
                     out.insert(key.to_owned(), value);
                 }
             }
@@ -495,7 +514,7 @@ impl Cache {
         let opts = opts.into();
         within(opts.deadline, async {
             let stored = self.make_key(key, opts.version)?;
-            if let Some(value) = self.entry(&stored).await.and_then(|e| decode(e.payload())) {
+            if let Some(value) = self.lookup(&stored).await.and_then(|e| decode(e.payload())) {
                 return Ok(value);
             }
             let mut produced: Option<T> = None;

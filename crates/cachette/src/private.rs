@@ -111,7 +111,7 @@ where
         }
     };
     if let Some(value) = cache
-        .entry(&stored)
+        .lookup(&stored)
         .await
         .and_then(|e| from_payload(e.payload()))
     {
