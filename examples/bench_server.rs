@@ -1,19 +1,47 @@
-//! A server for load tests: the same pre-built body with and without the
-//! cache layer, side by side.
+//! The server of the load tests (bench/load.sh): one pre-built body served
+//! with and without the cache layer, side by side in one process, plus the
+//! routes for the miss and stampede measurements.
 //!
 //! ```sh
-//! cargo run --release --example bench_server -- 3001 1024
+//! cargo run --release --example bench_server -- 3001 1024 [redis://127.0.0.1:6379/0]
 //! wrk -t2 -c64 -d10s http://127.0.0.1:3001/plain
 //! wrk -t2 -c64 -d10s http://127.0.0.1:3001/cached
 //! ```
+//!
 //! Arguments: port (default 3001), body size in bytes (default 1024), and
-//! optionally a Redis URL: then `/redis` serves the same route from a cache
-//! whose only tier is that Redis (the memory tier disabled), to measure a
-//! Redis hit.
+//! optionally a Redis URL. Routes, all answering the same body with
+//! `Cache-Control: max-age=3600`:
+//!
+//! | route | what |
+//! |---|---|
+//! | `/plain` | the route alone: the physical limit |
+//! | `/cached` | the route behind `CacheLayer`, memory tier |
+//! | `/redis` | the route behind `CacheLayer` whose only tier is the Redis at the URL (memory disabled) |
+//! | `/miss/{n}` | the route alone, under any path |
+//! | `/miss-cached/{n}` | behind the layer: each new `n` is a miss that is stored |
+//! | `/slow/{n}` | an origin taking 200 ms, counting its calls |
+//! | `/slow-cached/{n}` | the same behind the layer |
+//! | `/calls` | how many times the 200 ms origin ran |
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use axum::{Router, routing::get};
 use bytes::Bytes;
 use cachette::{CacheLayer, MemoryTier, Tiered};
+
+fn memory_layer(name: &str) -> CacheLayer {
+    CacheLayer::new(
+        Tiered::builder(name)
+            .tier("memory", MemoryTier::with_max_bytes(256 * 1024 * 1024))
+            .build(),
+    )
+}
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -26,13 +54,35 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let body = body.clone();
         async move { ([("cache-control", "max-age=3600")], body) }
     };
-    let cache = Tiered::builder("bench")
-        .tier("memory", MemoryTier::with_max_bytes(64 * 1024 * 1024))
-        .build();
-    let mut app = Router::new().route("/plain", get(handler.clone())).route(
-        "/cached",
-        get(handler.clone()).layer(CacheLayer::new(cache)),
-    );
+    let calls = Arc::new(AtomicU64::new(0));
+    let counted = calls.clone();
+    let slow = get(move || {
+        counted.fetch_add(1, Ordering::Relaxed);
+        async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            ([("cache-control", "max-age=3600")], "slow origin\n")
+        }
+    });
+    let mut app = Router::new()
+        .route("/plain", get(handler.clone()))
+        .route("/cached", get(handler.clone()).layer(memory_layer("bench")))
+        .route("/miss/{n}", get(handler.clone()))
+        .route(
+            "/miss-cached/{n}",
+            get(handler.clone()).layer(memory_layer("bench-miss")),
+        )
+        .route("/slow/{n}", slow.clone())
+        .route(
+            "/slow-cached/{n}",
+            slow.layer(memory_layer("bench-stampede")),
+        )
+        .route(
+            "/calls",
+            get(move || {
+                let calls = calls.clone();
+                async move { calls.load(Ordering::Relaxed).to_string() }
+            }),
+        );
     if let Some(url) = args.next() {
         let redis = cachette::redis::RedisTiers::connect(cachette::redis::RedisConfig::new(
             cachette::redis::Topology::single(url),
@@ -43,7 +93,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         app = app.route("/redis", get(handler).layer(CacheLayer::new(redis_only)));
     }
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
-    println!("bench server on http://127.0.0.1:{port} (/plain, /cached), body {size} bytes");
+    println!("bench server on http://127.0.0.1:{port}, body {size} bytes");
     axum::serve(listener, app).await?;
     Ok(())
 }

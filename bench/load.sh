@@ -1,0 +1,320 @@
+#!/usr/bin/env bash
+# Load tests over loopback, every path measured in one run, interleaved, and
+# reported as ratios to the physical limit (an axum route handing out
+# pre-built bytes). See docs/benchmarks.md for what each row means.
+#
+#   bench/load.sh                 # full run: 1 KiB and 64 KiB, 3 rounds of 5 s
+#   QUICK=1 bench/load.sh         # a smoke run: 1 round of 2 s
+#
+# Settings (environment): SIZES ("1024 65536"), ROUNDS (3), DURATION (5,
+# seconds per wrk run), WARMUP (2), THREADS (2), CONNECTIONS (64),
+# STAMPEDE (500 clients), MEMORY_MIB (256), OUT (bench/results).
+#
+# Installs wrk, nginx, redis-server and python3 with apt-get when missing
+# (run as root or with sudo). Starts everything it needs on free loopback
+# ports, by PID, and stops it on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SIZES=${SIZES:-"1024 65536"}
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-5}
+WARMUP=${WARMUP:-2}
+THREADS=${THREADS:-2}
+CONNECTIONS=${CONNECTIONS:-64}
+STAMPEDE=${STAMPEDE:-500}
+MEMORY_MIB=${MEMORY_MIB:-256}
+OUT=${OUT:-bench/results}
+if [ "${QUICK:-0}" = 1 ]; then
+    ROUNDS=1 DURATION=2 WARMUP=1
+fi
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+apt_updated=0
+need() { # need <command> <debian package>
+    if ! command -v "$1" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$1" ]; then
+        if [ "$apt_updated" -eq 0 ]; then as_root apt-get update -qq; apt_updated=1; fi
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+    fi
+}
+need wrk wrk
+need nginx nginx-light
+need redis-server redis-server
+need python3 python3-minimal
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+echo "==> building (release)"
+cargo build --release -q -p cachette-suite --example bench_server --example bench_stampede --example bench_memory
+cargo build --release -q -p cachette-cli
+BIN=target/release
+ulimit -n 65536 2>/dev/null || ulimit -n 4096 2>/dev/null || true
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]:-}"; do
+        [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
+    done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT INT TERM
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+wait_port() { # wait_port <port>
+    for _ in $(seq 1 200); do
+        if (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+        sleep 0.05
+    done
+    echo "nothing listens on port $1" >&2
+    exit 1
+}
+stop() { # stop <pid>
+    kill "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+}
+
+# Unique paths for the miss rows: per wrk thread and per run.
+cat >"$WORK/unique.lua" <<'LUA'
+local counter = 0
+local thread_id = 0
+local prefix = os.getenv("MISS_PREFIX") or "/miss/"
+local run = os.getenv("MISS_RUN") or "0"
+local threads = 0
+function setup(thread)
+    threads = threads + 1
+    thread:set("thread_id", threads)
+end
+function request()
+    counter = counter + 1
+    return wrk.format("GET", prefix .. run .. "-" .. thread_id .. "-" .. counter)
+end
+LUA
+
+RESULTS="$WORK/results.tsv"
+: >"$RESULTS"
+
+# run_wrk <size> <row> <round> <url> <threads> <connections> [lua script]
+run_wrk() {
+    local size=$1 row=$2 round=$3 url=$4 threads=$5 conns=$6 script=${7:-}
+    local args=(-t"$threads" -c"$conns" -d"${DURATION}s" --latency)
+    [ -n "$script" ] && args+=(-s "$script")
+    local out
+    out=$(wrk "${args[@]}" "$url")
+    python3 - "$size" "$row" "$round" "$RESULTS" <<PY
+import re, sys
+out = """$out"""
+size, row, rnd, path = sys.argv[1:5]
+def ms(text):
+    value, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+p50 = ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))
+p99 = ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))
+errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+errors = int(errors.group(1)) if errors else 0
+with open(path, "a") as f:
+    f.write(f"{size}\t{row}\t{rnd}\t{rps:.0f}\t{p50:.3f}\t{p99:.3f}\t{errors}\n")
+PY
+}
+
+REDIS_PORT=$(free_port)
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
+    --dir "$WORK" --logfile "$WORK/redis.log" &
+PIDS+=($!)
+wait_port "$REDIS_PORT"
+
+STAMPEDE_TSV="$WORK/stampede.tsv"
+: >"$STAMPEDE_TSV"
+
+for size in $SIZES; do
+    echo "==> body $size bytes"
+    APP_PORT=$(free_port)
+    "$BIN/examples/bench_server" "$APP_PORT" "$size" "redis://127.0.0.1:$REDIS_PORT/0" >/dev/null &
+    APP=$!
+    PIDS+=("$APP")
+    wait_port "$APP_PORT"
+
+    PROXY_PORT=$(free_port)
+    "$BIN/cachette" proxy --listen "127.0.0.1:$PROXY_PORT" --upstream "http://127.0.0.1:$APP_PORT" 2>/dev/null &
+    PROXY=$!
+    PIDS+=("$PROXY")
+    wait_port "$PROXY_PORT"
+
+    NGINX_PORT=$(free_port)
+    mkdir -p "$WORK/nginx-$size/cache" "$WORK/nginx-$size/logs"
+    # nginx's workers drop root privileges: let them write their cache.
+    chmod 755 "$WORK" "$WORK/nginx-$size"
+    chmod 777 "$WORK/nginx-$size/cache"
+    cat >"$WORK/nginx-$size/nginx.conf" <<NGINX
+worker_processes auto;
+pid $WORK/nginx-$size/nginx.pid;
+error_log $WORK/nginx-$size/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    sendfile on;
+    tcp_nodelay on;
+    keepalive_requests 1000000;
+    proxy_cache_path $WORK/nginx-$size/cache levels=1:2 keys_zone=peer:16m max_size=1g inactive=1h use_temp_path=off;
+    upstream origin {
+        server 127.0.0.1:$APP_PORT;
+        keepalive 64;
+    }
+    server {
+        listen 127.0.0.1:$NGINX_PORT;
+        location / {
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_cache peer;
+            proxy_cache_lock on;
+            add_header X-Cache-Status \$upstream_cache_status;
+        }
+    }
+}
+NGINX
+    "$NGINX" -p "$WORK/nginx-$size" -c "$WORK/nginx-$size/nginx.conf" -g 'daemon off;' &
+    NGINX_PID=$!
+    PIDS+=("$NGINX_PID")
+    wait_port "$NGINX_PORT"
+
+    ROWS=(
+        "1|plain|http://127.0.0.1:$APP_PORT/plain"
+        "2|layer-memory|http://127.0.0.1:$APP_PORT/cached"
+        "3|layer-redis|http://127.0.0.1:$APP_PORT/redis"
+        "4|proxy|http://127.0.0.1:$PROXY_PORT/plain"
+        "5|nginx|http://127.0.0.1:$NGINX_PORT/plain"
+    )
+    echo "    warm-up"
+    for entry in "${ROWS[@]}"; do
+        IFS='|' read -r _ _ url <<<"$entry"
+        if ! curl -fsS -o /dev/null "$url"; then
+            echo "$url does not answer 200" >&2
+            cat "$WORK"/nginx-*/logs/error.log >&2 2>/dev/null || true
+            exit 1
+        fi
+        wrk -t1 -c8 -d"${WARMUP}s" "$url" >/dev/null
+    done
+    for round in $(seq 1 "$ROUNDS"); do
+        echo "    round $round/$ROUNDS"
+        for entry in "${ROWS[@]}"; do
+            IFS='|' read -r _ row url <<<"$entry"
+            run_wrk "$size" "$row" "$round" "$url" "$THREADS" "$CONNECTIONS"
+        done
+        # Misses: every request a new key, one connection, so that p50 is
+        # the cost of one request and not queueing.
+        MISS_RUN="$size-$round" MISS_PREFIX=/miss/ \
+            run_wrk "$size" miss-plain "$round" "http://127.0.0.1:$APP_PORT/" 1 1 "$WORK/unique.lua"
+        MISS_RUN="$size-$round" MISS_PREFIX=/miss-cached/ \
+            run_wrk "$size" miss-layer "$round" "http://127.0.0.1:$APP_PORT/" 1 1 "$WORK/unique.lua"
+    done
+
+    echo "    stampede: $STAMPEDE clients, one cold key, origin 200 ms"
+    for target in layer proxy; do
+        for round in $(seq 1 "$ROUNDS"); do
+            if [ "$target" = layer ]; then
+                url="http://127.0.0.1:$APP_PORT/slow-cached/$size-$round"
+            else
+                url="http://127.0.0.1:$PROXY_PORT/slow/$size-$round"
+            fi
+            before=$(curl -fsS "http://127.0.0.1:$APP_PORT/calls")
+            line=$("$BIN/examples/bench_stampede" "$url" "$STAMPEDE")
+            after=$(curl -fsS "http://127.0.0.1:$APP_PORT/calls")
+            echo "$size	$target	$round	$((after - before))	$line" >>"$STAMPEDE_TSV"
+        done
+    done
+    stop "$NGINX_PID"
+    stop "$PROXY"
+    stop "$APP"
+done
+
+echo "==> memory tier filled to ${MEMORY_MIB} MiB"
+MEMORY_LINE=$("$BIN/examples/bench_memory" "$MEMORY_MIB")
+
+mkdir -p "$OUT"
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+cp "$RESULTS" "$OUT/$STAMP-wrk.tsv"
+cp "$STAMPEDE_TSV" "$OUT/$STAMP-stampede.tsv"
+echo "$MEMORY_LINE" >"$OUT/$STAMP-memory.txt"
+
+python3 - "$RESULTS" "$STAMPEDE_TSV" "$MEMORY_LINE" "$OUT/$STAMP-report.md" <<'PY'
+import statistics, sys
+from collections import defaultdict
+
+results, stampede_path, memory_line, report_path = sys.argv[1:5]
+runs = defaultdict(list)
+for line in open(results):
+    size, row, rnd, rps, p50, p99, errors = line.split("\t")
+    runs[(int(size), row)].append((float(rps), float(p50), float(p99), int(errors)))
+
+def median(values):
+    return statistics.median(values) if values else float("nan")
+
+names = {
+    "plain": "1. axum route, pre-built bytes, no layer (the limit)",
+    "layer-memory": "2. same route + CacheLayer, memory hit",
+    "layer-redis": "3. same route + CacheLayer, local Redis hit (no memory tier)",
+    "proxy": "4. cachette proxy, memory hit",
+    "nginx": "5. nginx proxy_cache hit (the peer)",
+    "miss-plain": "7a. route without the layer, new key each request (1 conn)",
+    "miss-layer": "7b. route + CacheLayer, miss + store each request (1 conn)",
+}
+lines = []
+sizes = sorted({size for size, _ in runs})
+lines.append("| path | body | req/s | p50 ms | p99 ms | × row 1 |")
+lines.append("|---|---|---:|---:|---:|---:|")
+summary = {}
+for size in sizes:
+    base = median([r[0] for r in runs[(size, "plain")]])
+    for row in names:
+        data = runs.get((size, row))
+        if not data:
+            continue
+        rps = median([r[0] for r in data])
+        p50 = median([r[1] for r in data])
+        p99 = median([r[2] for r in data])
+        errors = sum(r[3] for r in data)
+        summary[(size, row)] = (rps, p50, p99)
+        ratio = f"{rps / base:.2f}" if not row.startswith("miss") else "—"
+        note = f" ({errors} non-2xx)" if errors else ""
+        label = f"{size // 1024} KiB" if size >= 1024 else f"{size} B"
+        lines.append(f"| {names[row]}{note} | {label} | {rps:,.0f} | {p50:.3f} | {p99:.3f} | {ratio} |")
+
+lines.append("")
+lines.append("| stampede | body | clients | origin calls (each run) | p50 ms | p99 ms | max ms |")
+lines.append("|---|---|---:|---|---:|---:|---:|")
+stampedes = defaultdict(list)
+for line in open(stampede_path):
+    size, target, rnd, calls, text = line.rstrip("\n").split("\t")
+    fields = dict(kv.split("=") for kv in text.split()[1:])
+    stampedes[(int(size), target)].append((int(calls), fields))
+for (size, target), data in sorted(stampedes.items()):
+    calls = ", ".join(str(c) for c, _ in data)
+    get = lambda k: median([float(f[k]) for _, f in data])
+    clients = data[0][1]["requests"]
+    ok = min(int(f["ok"]) for _, f in data)
+    label = f"{size // 1024} KiB" if size >= 1024 else f"{size} B"
+    lines.append(f"| 6. {target} ({ok}/{clients} ok) | {label} | {clients} | {calls} | {get('p50_ms'):.1f} | {get('p99_ms'):.1f} | {get('max_ms'):.1f} |")
+
+lines.append("")
+lines.append("Derived (targets in docs/benchmarks.md):")
+lines.append("")
+for size in sizes:
+    label = f"{size // 1024} KiB" if size >= 1024 else f"{size} B"
+    get = lambda row: summary.get((size, row))
+    if get("proxy") and get("nginx"):
+        proxy, nginx = get("proxy"), get("nginx")
+        lines.append(f"- {label}: cachette proxy / nginx = {proxy[0] / nginx[0]:.2f}× req/s; p99 {proxy[2]:.3f} ms vs {nginx[2]:.3f} ms")
+    if get("miss-plain") and get("miss-layer"):
+        lines.append(f"- {label}: a miss adds {get('miss-layer')[1] - get('miss-plain')[1]:.3f} ms at p50 ({get('miss-layer')[1]:.3f} vs {get('miss-plain')[1]:.3f})")
+fields = dict(kv.split("=") for kv in memory_line.split()[1:])
+lines.append(f"- memory tier full at {int(fields['max_bytes']) >> 20} MiB: resident growth {int(fields['growth']) / 2**20:.1f} MiB = {float(fields['ratio']):.2f}× max_bytes ({fields['entries']} entries, baseline RSS {int(fields['baseline_rss']) / 2**20:.1f} MiB)")
+report = "\n".join(lines) + "\n"
+open(report_path, "w").write(report)
+print()
+print(report)
+PY
+echo "(raw results and this report: $OUT/$STAMP-*)"
