@@ -139,13 +139,16 @@ fn layer_hit(c: &mut Criterion) {
             let body = body.clone();
             async move { ([(header::CACHE_CONTROL, "max-age=3600")], body) }
         });
-        let plain = Router::new().route("/p", route.clone());
+        // `with_state` turns handlers into services once, as `axum::serve`
+        // does per connection (a bare `Router` would redo it per request).
+        let plain = Router::new().route("/p", route.clone()).with_state(());
         let cache = Tiered::builder("bench")
             .tier("memory", MemoryTier::with_max_bytes(64 << 20))
             .build();
         let cached = Router::new()
             .route("/p", route)
-            .layer(CacheLayer::new(cache));
+            .layer(CacheLayer::new(cache))
+            .with_state(());
         rt.block_on(serve(&cached, "http://bench.local/p"));
         group.throughput(Throughput::Bytes(*len as u64));
         group.bench_function(BenchmarkId::new("route without the layer", name), |b| {

@@ -59,6 +59,15 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     /// which callers treat as a miss.
     async fn get(&self, key: &CacheKey) -> Result<Option<Arc<Entry>>, CacheError>;
 
+    /// Answers a lookup without awaiting, when the backend can (an in-process
+    /// tier); `None` means "ask [`get`](Backend::get)". [`Tiered`](crate::Tiered)
+    /// tries this first on a first tier without a timeout: a memory hit then
+    /// allocates no future. The default always says `None`.
+    fn get_now(&self, key: &CacheKey) -> Option<Result<Option<Arc<Entry>>, CacheError>> {
+        let _ = key;
+        None
+    }
+
     /// Stores `entry` under `key` for `ttl`. A zero `ttl` stores nothing.
     async fn set(&self, key: &CacheKey, entry: Arc<Entry>, ttl: Duration)
     -> Result<(), CacheError>;

@@ -48,7 +48,13 @@ impl CacheKey {
                 key.len()
             )));
         }
-        if let Some(c) = key.chars().find(|c| c.is_control() || *c == ' ') {
+        // Keys are almost always printable ASCII: check bytes, and decode
+        // characters only when something else is there.
+        let printable_ascii = key.bytes().all(|b| b.is_ascii_graphic());
+        if let Some(c) = (!printable_ascii)
+            .then(|| key.chars().find(|c| c.is_control() || *c == ' '))
+            .flatten()
+        {
             return Err(CacheError::InvalidKey(format!(
                 "contains the character {c:?}"
             )));

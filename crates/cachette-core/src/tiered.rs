@@ -342,6 +342,11 @@ impl Tiered {
             None => op.await,
         };
         tier.stats.latency.record(started.elapsed());
+        Self::account(tier, result)
+    }
+
+    /// Counts a call's outcome and feeds the tier's breaker.
+    fn account<T>(tier: &Tier, result: Result<T, CacheError>) -> Result<T, CacheError> {
         match &result {
             Ok(_) => tier.breaker.record_success(),
             // Unreadable bytes are a data problem, not a sick tier.
@@ -363,7 +368,17 @@ impl Tiered {
     /// timeouts, open breakers and unreadable entries count as misses.
     pub async fn get(&self, key: &CacheKey) -> Option<Hit> {
         for (index, tier) in self.inner.tiers.iter().enumerate() {
-            match Self::call(tier, false, tier.backend.get(key)).await {
+            // An in-process first tier answers without a future, a timer or a
+            // clock read (its calls are not timed: they cannot block).
+            let now = match (index, &tier.options.timeout) {
+                (0, None) => tier.backend.get_now(key),
+                _ => None,
+            };
+            let result = match now {
+                Some(result) => Self::account(tier, result),
+                None => Self::call(tier, false, tier.backend.get(key)).await,
+            };
+            match result {
                 Ok(Some(entry)) => {
                     // The first tier's own expiry is trusted (the hit path stays
                     // free of clock reads); a lower hit needs its remaining

@@ -84,20 +84,27 @@ impl KeyOptions {
         pairs.join("&")
     }
 
-    fn host<'a>(&self, uri: &'a Uri, headers: &'a HeaderMap) -> Option<String> {
+    /// Appends the request's host, lower-cased (or its hash when it is not
+    /// key-safe), without allocating.
+    fn push_host(&self, key: &mut String, uri: &Uri, headers: &HeaderMap) {
         if !self.include_host {
-            return None;
+            return;
         }
-        let host = uri
+        let Some(host) = uri
             .authority()
             .map(|a| a.as_str())
-            .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()))?;
-        let host = host.to_ascii_lowercase();
-        Some(if is_key_safe(&host) && host.len() <= 255 {
-            host
+            .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()))
+        else {
+            return;
+        };
+        if is_key_safe(host) && host.len() <= 255 {
+            let start = key.len();
+            key.push_str(host);
+            key[start..].make_ascii_lowercase();
         } else {
-            format!("~{:016x}", fnv1a(host.as_bytes()))
-        })
+            let lowered = host.to_ascii_lowercase();
+            let _ = write!(key, "~{:016x}", fnv1a(lowered.as_bytes()));
+        }
     }
 
     /// The method class: GET and HEAD share stored responses.
@@ -116,18 +123,18 @@ impl KeyOptions {
         key.push_str(&self.prefix);
         key.push_str(Self::method_class(method));
         key.push(':');
-        if let Some(host) = self.host(uri, headers) {
-            key.push_str(&host);
-        }
-        let mut url = String::from(uri.path());
-        if let Some(query) = uri.query() {
-            let query = self.normalized_query(query);
-            if !query.is_empty() {
-                url.push('?');
-                url.push_str(&query);
+        self.push_host(&mut key, uri, headers);
+        let query = uri
+            .query()
+            .map(|q| self.normalized_query(q))
+            .filter(|q| !q.is_empty());
+        match query {
+            None => push_shortened(&mut key, uri.path(), MAX_URL_PART),
+            Some(query) => {
+                let url = format!("{}?{query}", uri.path());
+                push_shortened(&mut key, &url, MAX_URL_PART);
             }
         }
-        push_shortened(&mut key, &url, MAX_URL_PART);
         CacheKey::new(&key).unwrap_or_else(|_| {
             // Unreachable for URIs the http crate accepts; stay total anyway.
             let fallback = format!(

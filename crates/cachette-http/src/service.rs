@@ -161,7 +161,7 @@ fn serve_entry<B>(
     now: SystemTime,
     status: &CacheStatus,
 ) -> Response<CacheBody<B>> {
-    let age = HeaderValue::from(entry.age(now).as_secs());
+    let age = crate::status::age_value(entry.age(now).as_secs());
     let mut response = if stored.status.is_success() && is_not_modified(client, stored) {
         let mut response = Response::new(CacheBody::empty());
         *response.status_mut() = StatusCode::NOT_MODIFIED;
@@ -180,7 +180,13 @@ fn serve_entry<B>(
         };
         let mut response = Response::new(body);
         *response.status_mut() = stored.status;
-        *response.headers_mut() = stored.headers.clone();
+        // Room for `Age` and `Cache-Status`: a clone of the stored map is
+        // exactly full, and growing it costs more than building it.
+        let headers = response.headers_mut();
+        headers.reserve(stored.headers.len() + 2);
+        for (name, value) in &stored.headers {
+            headers.append(name.clone(), value.clone());
+        }
         response
     };
     response.headers_mut().insert(header::AGE, age);
@@ -265,7 +271,7 @@ fn request_forbids_store(headers: &HeaderMap) -> bool {
 }
 
 async fn handle<S, ReqBody, ResBody>(
-    mut inner: S,
+    inner: S,
     state: Arc<CacheLayer>,
     request: Request<ReqBody>,
 ) -> Result<Response<CacheBody<ResBody>>, S::Error>
@@ -281,7 +287,7 @@ where
     let counters = layer.cache.counters();
     let method = request.method().clone();
     if method != Method::GET && method != Method::HEAD {
-        return pass_and_invalidate(inner, layer, request).await;
+        return Box::pin(pass_and_invalidate(inner, &state, request)).await;
     }
     let (parts, body) = request.into_parts();
     let bypass = layer
@@ -296,8 +302,13 @@ where
         } else {
             Forward::Request
         };
-        let response = call_ready(&mut inner, Request::from_parts(parts, body)).await?;
-        return Ok(origin_response(response, layer, &CacheStatus::forward(fwd)));
+        return Box::pin(pass_through(
+            inner,
+            state,
+            Request::from_parts(parts, body),
+            fwd,
+        ))
+        .await;
     }
 
     let now = SystemTime::now();
@@ -318,12 +329,8 @@ where
             if authorized && !policy::allows_authorized(&layer.config, stored) {
                 // Stored for anonymous use; this authenticated request goes to the origin.
                 count(&counters.bypassed);
-                let response = call_ready(&mut inner, Request::from_parts(parts, body)).await?;
-                return Ok(origin_response(
-                    response,
-                    layer,
-                    &CacheStatus::forward(Forward::Request),
-                ));
+                let request = Request::from_parts(parts, body);
+                return Box::pin(pass_through(inner, state, request, Forward::Request)).await;
             }
             let freshness = entry.freshness(now);
             match freshness {
@@ -361,6 +368,59 @@ where
         Lookup::Miss => (Forward::Miss, primary.clone(), None),
     };
 
+    // Everything past a hit runs in its own boxed future: the state of the
+    // origin call, coalescing and storing is large, and the hit path should
+    // not allocate and move it for every request.
+    Box::pin(forward(
+        inner, state, parts, body, primary, authorized, head, fwd, fill_key, stale,
+    ))
+    .await
+}
+
+/// Forwards a request the cache does not answer, untouched (boxed, as
+/// [`forward`], to keep the hit path's future small).
+async fn pass_through<S, ReqBody, ResBody>(
+    mut inner: S,
+    state: Arc<CacheLayer>,
+    request: Request<ReqBody>,
+    fwd: Forward,
+) -> Result<Response<CacheBody<ResBody>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    let response = call_ready(&mut inner, request).await?;
+    Ok(origin_response(
+        response,
+        &state,
+        &CacheStatus::forward(fwd),
+    ))
+}
+
+/// The request path after the lookup found no fresh entry: the origin call
+/// (coalesced), revalidation, storing, stale-if-error.
+#[allow(clippy::too_many_arguments)]
+async fn forward<S, ReqBody, ResBody>(
+    mut inner: S,
+    state: Arc<CacheLayer>,
+    parts: request::Parts,
+    body: ReqBody,
+    primary: CacheKey,
+    authorized: bool,
+    head: bool,
+    fwd: Forward,
+    fill_key: CacheKey,
+    stale: Option<Arc<Entry>>,
+) -> Result<Response<CacheBody<ResBody>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: fmt::Display + Send + 'static,
+    ReqBody: Default + Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: fmt::Display + Send,
+{
+    let layer = &*state;
+    let counters = layer.cache.counters();
     if head {
         // A HEAD response has no body to store: forward it as is.
         count(&counters.misses);

@@ -1,6 +1,6 @@
 //! The `Cache-Status` response header (RFC 9211).
 
-use std::{fmt::Write as _, sync::Arc};
+use std::sync::{Arc, OnceLock};
 
 use http::HeaderValue;
 
@@ -67,20 +67,25 @@ impl CacheStatus {
         }
     }
 
+    /// The header value. Built by hand (no `fmt` machinery): it is written
+    /// on every response, hits included.
     pub(crate) fn to_header(&self, cache_name: &str) -> HeaderValue {
-        let mut out = String::with_capacity(48);
+        let mut out = String::with_capacity(cache_name.len() + 48);
         out.push_str(cache_name);
         if self.hit {
             out.push_str("; hit");
         }
         if let Some(fwd) = self.fwd {
-            let _ = write!(out, "; fwd={}", fwd.as_str());
+            out.push_str("; fwd=");
+            out.push_str(fwd.as_str());
         }
         if let Some(status) = self.fwd_status {
-            let _ = write!(out, "; fwd-status={status}");
+            out.push_str("; fwd-status=");
+            push_int(&mut out, i64::from(status));
         }
         if let Some(ttl) = self.ttl {
-            let _ = write!(out, "; ttl={ttl}");
+            out.push_str("; ttl=");
+            push_int(&mut out, ttl);
         }
         if self.stored {
             out.push_str("; stored");
@@ -90,18 +95,77 @@ impl CacheStatus {
         }
         match (&self.tier, self.detail) {
             (Some(tier), Some(detail)) => {
-                let _ = write!(out, "; detail=\"{tier} {detail}\"");
+                out.push_str("; detail=\"");
+                out.push_str(tier);
+                out.push(' ');
+                out.push_str(detail);
+                out.push('"');
             }
             (Some(tier), None) => {
-                let _ = write!(out, "; detail={tier}");
+                out.push_str("; detail=");
+                out.push_str(tier);
             }
             (None, Some(detail)) => {
-                let _ = write!(out, "; detail={detail}");
+                out.push_str("; detail=");
+                out.push_str(detail);
             }
             (None, None) => {}
         }
         HeaderValue::from_str(&out).unwrap_or_else(|_| HeaderValue::from_static("cachette"))
     }
+}
+
+/// Appends the decimal digits of `value`.
+fn push_int(out: &mut String, value: i64) {
+    if value < 0 {
+        out.push('-');
+    }
+    let mut digits = [0u8; 20];
+    let mut n = value.unsigned_abs();
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &digit in &digits[i..] {
+        out.push(char::from(digit));
+    }
+}
+
+/// Ages below this are answered from a table of static header values: a
+/// hit then allocates nothing for `Age`.
+const STATIC_AGES: u64 = 3600;
+
+/// The `Age` header value for `secs`.
+pub(crate) fn age_value(secs: u64) -> HeaderValue {
+    static TABLE: OnceLock<Vec<HeaderValue>> = OnceLock::new();
+    if secs >= STATIC_AGES {
+        return HeaderValue::from(secs);
+    }
+    let table = TABLE.get_or_init(|| {
+        // One leaked string holds every number once; each value borrows a
+        // slice of it, so cloning one touches no reference count.
+        let mut all = String::new();
+        let mut bounds = Vec::with_capacity(STATIC_AGES as usize);
+        for age in 0..STATIC_AGES {
+            let start = all.len();
+            push_int(&mut all, age as i64);
+            bounds.push((start, all.len()));
+        }
+        let all: &'static str = Box::leak(all.into_boxed_str());
+        bounds
+            .into_iter()
+            .map(|(start, end)| HeaderValue::from_static(&all[start..end]))
+            .collect()
+    });
+    table
+        .get(secs as usize)
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from(secs))
 }
 
 #[cfg(test)]
@@ -127,5 +191,18 @@ mod tests {
             s.to_header("cachette"),
             "cachette; fwd=miss; fwd-status=200; stored"
         );
+        let mut s = CacheStatus::hit(-12, Some(Arc::from("local")));
+        s.detail = Some("stale-while-revalidate");
+        assert_eq!(
+            s.to_header("edge"),
+            "edge; hit; ttl=-12; detail=\"local stale-while-revalidate\""
+        );
+    }
+
+    #[test]
+    fn age_values() {
+        for age in [0, 1, 9, 10, 59, 3599, 3600, 86_400, u64::MAX] {
+            assert_eq!(age_value(age), age.to_string().as_str());
+        }
     }
 }

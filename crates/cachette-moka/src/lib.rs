@@ -206,6 +206,16 @@ impl Backend for MemoryTier {
         Ok(self.cache.get(key).await.map(|stored| stored.entry))
     }
 
+    fn get_now(&self, key: &CacheKey) -> Option<Result<Option<Arc<Entry>>, CacheError>> {
+        // moka's lookup completes in one poll unless it must wait for its
+        // own maintenance; then the caller awaits `get` instead.
+        let lookup = std::pin::pin!(self.cache.get(key));
+        match lookup.poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
+            std::task::Poll::Ready(found) => Some(Ok(found.map(|stored| stored.entry))),
+            std::task::Poll::Pending => None,
+        }
+    }
+
     async fn set(
         &self,
         key: &CacheKey,
