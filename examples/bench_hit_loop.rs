@@ -24,7 +24,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some("plain") | None => false,
         Some(other) => return Err(format!("mode {other:?}: plain or cached").into()),
     };
-    let requests: u64 = args.next().map(|n| n.parse()).transpose()?.unwrap_or(200_000);
+    let requests: u64 = args
+        .next()
+        .map(|n| n.parse())
+        .transpose()?
+        .unwrap_or(200_000);
     let body = Bytes::from(vec![b'x'; 1024]);
     let route = get(move || {
         let body = body.clone();
@@ -34,7 +38,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let cache = Tiered::builder("bench")
             .tier("memory", MemoryTier::with_max_bytes(64 << 20))
             .build();
-        Router::new().route("/p", route).layer(CacheLayer::new(cache))
+        Router::new()
+            .route("/p", route)
+            .layer(CacheLayer::new(cache))
     } else {
         Router::new().route("/p", route)
     }

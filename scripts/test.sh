@@ -52,4 +52,7 @@ cargo test --workspace --all-features
 echo "==> examples build"
 cargo build --workspace --examples --all-features
 
+echo "==> benchmarks build (they are run by hand: docs/benchmarks.md)"
+cargo bench --workspace --all-features --no-run
+
 echo "==> all checks passed"

@@ -129,7 +129,8 @@ pub struct TierReport {
     pub writes: u64,
     /// Entries copied up from a lower tier.
     pub promotions: u64,
-    /// Call latency.
+    /// Call latency (tiers with a timeout; the memory tier's calls are
+    /// in-process and not timed).
     pub latency: Latency,
 }
 
