@@ -101,7 +101,11 @@ impl CircuitBreaker {
 
     /// Records a successful call: closes the breaker.
     pub fn record_success(&self) {
-        self.consecutive_failures.store(0, Ordering::Release);
+        // Read before writing: a store on every success would make every
+        // core's call pull the cache line over.
+        if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+            self.consecutive_failures.store(0, Ordering::Release);
+        }
         if self.state.load(Ordering::Acquire) != CLOSED {
             self.state.store(CLOSED, Ordering::Release);
             tracing::info!("circuit breaker closed: tier answered again");

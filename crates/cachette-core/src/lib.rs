@@ -27,8 +27,8 @@ pub use journal::{Journal, JournalOp, unix_millis};
 pub use key::{CacheKey, MAX_KEY_LEN, stable_hash};
 pub use single_flight::{Role, SingleFlight};
 pub use stats::{
-    CacheCounters, CacheCountersSnapshot, LatencyHistogram, LatencySnapshot, StatsSnapshot,
-    TierCounters, TierCountersSnapshot, TierSnapshot, TierStats,
+    CacheCounters, CacheCountersSnapshot, Counter, LatencyHistogram, LatencySnapshot,
+    StatsSnapshot, TierCounters, TierCountersSnapshot, TierSnapshot, TierStats,
 };
 pub use tiered::{Hit, TierFailure, TierOptions, TierProbe, Tiered, TieredBuilder, WriteReport};
 

@@ -70,12 +70,58 @@ pub struct LatencySnapshot {
     pub p99: Duration,
 }
 
+/// How many slots a [`Counter`] spreads over.
+const STRIPES: usize = 8;
+
+/// One cache line of a [`Counter`].
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct Stripe(AtomicU64);
+
+/// A counter many threads bump at once, as every request bumps `hits`:
+/// spread over cache-line-sized slots (each thread keeps to one), so that
+/// two cores counting do not pass one cache line back and forth. Reading
+/// sums the slots.
+#[derive(Debug, Default)]
+pub struct Counter {
+    stripes: [Stripe; STRIPES],
+}
+
+impl Counter {
+    /// Adds one.
+    pub fn incr(&self) {
+        self.add(1);
+    }
+
+    /// Adds `n`.
+    pub fn add(&self, n: u64) {
+        self.stripes[stripe()].0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The total.
+    pub fn get(&self) -> u64 {
+        self.stripes
+            .iter()
+            .map(|s| s.0.load(Ordering::Relaxed))
+            .fold(0, u64::wrapping_add)
+    }
+}
+
+/// This thread's slot: threads take slots round-robin as they first count.
+fn stripe() -> usize {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    thread_local! {
+        static STRIPE: usize = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
+    }
+    STRIPE.try_with(|s| *s).unwrap_or(0)
+}
+
 macro_rules! counters {
     ($(#[$meta:meta])* $name:ident / $snap:ident { $($(#[$fmeta:meta])* $field:ident),* $(,)? }) => {
         $(#[$meta])*
         #[derive(Debug, Default)]
         pub struct $name {
-            $($(#[$fmeta])* pub $field: AtomicU64,)*
+            $($(#[$fmeta])* pub $field: Counter,)*
         }
 
         /// A point-in-time copy of the counters.
@@ -88,7 +134,7 @@ macro_rules! counters {
         impl $name {
             /// Reads every counter.
             pub fn snapshot(&self) -> $snap {
-                $snap { $($field: self.$field.load(Ordering::Relaxed),)* }
+                $snap { $($field: self.$field.get(),)* }
             }
         }
     };
@@ -181,6 +227,26 @@ pub struct StatsSnapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counters_sum_over_threads() {
+        let counter = std::sync::Arc::new(Counter::default());
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let counter = counter.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..1000 {
+                        counter.incr();
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        counter.add(5);
+        assert_eq!(counter.get(), 4005);
+    }
 
     #[test]
     fn histogram_quantiles_bound_observations() {

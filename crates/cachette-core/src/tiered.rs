@@ -51,6 +51,8 @@ impl TierOptions {
 
 struct Tier {
     name: Arc<str>,
+    /// The same name, interned: what a [`Hit`] carries.
+    static_name: &'static str,
     backend: Arc<dyn Backend>,
     options: TierOptions,
     breaker: CircuitBreaker,
@@ -145,8 +147,10 @@ impl TieredBuilder {
         backend: Arc<dyn Backend>,
         options: TierOptions,
     ) -> Self {
+        let name: String = name.into();
         self.tiers.push(Tier {
-            name: Arc::from(name.into()),
+            static_name: intern(&name),
+            name: Arc::from(name),
             backend,
             breaker: CircuitBreaker::new(options.breaker),
             options,
@@ -167,13 +171,32 @@ impl TieredBuilder {
     }
 }
 
+/// Tier names live as long as the program: a [`Hit`] then names its tier
+/// without a reference count that every core would touch on every hit.
+/// Names are few and repeat (`memory`, `local`, `master`), so they are
+/// interned rather than leaked one per cache.
+fn intern(name: &str) -> &'static str {
+    static NAMES: std::sync::OnceLock<std::sync::Mutex<std::collections::BTreeSet<&'static str>>> =
+        std::sync::OnceLock::new();
+    let mut names = NAMES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(known) = names.get(name) {
+        return known;
+    }
+    let leaked: &'static str = Box::leak(name.into());
+    names.insert(leaked);
+    leaked
+}
+
 /// An entry found by [`Tiered::get`], and where.
 #[derive(Debug, Clone)]
 pub struct Hit {
     /// The entry.
     pub entry: Arc<Entry>,
     tier: usize,
-    tier_name: Arc<str>,
+    tier_name: &'static str,
 }
 
 impl Hit {
@@ -183,13 +206,8 @@ impl Hit {
     }
 
     /// The name of the tier that answered.
-    pub fn tier_name(&self) -> &str {
-        &self.tier_name
-    }
-
-    /// The name of the tier that answered, shared.
-    pub fn tier_name_arc(&self) -> Arc<str> {
-        self.tier_name.clone()
+    pub fn tier_name(&self) -> &'static str {
+        self.tier_name
     }
 }
 
@@ -322,7 +340,7 @@ impl Tiered {
         op: impl Future<Output = Result<T, CacheError>>,
     ) -> Result<T, CacheError> {
         if !force && !tier.breaker.allow() {
-            tier.stats.counters.skipped.fetch_add(1, relaxed());
+            tier.stats.counters.skipped.incr();
             return Err(CacheError::CircuitOpen {
                 tier: tier.name.to_string(),
             });
@@ -332,7 +350,7 @@ impl Tiered {
             Some(limit) => match tokio::time::timeout(limit, op).await {
                 Ok(result) => result,
                 Err(_) => {
-                    tier.stats.counters.timeouts.fetch_add(1, relaxed());
+                    tier.stats.counters.timeouts.incr();
                     Err(CacheError::Timeout {
                         tier: tier.name.to_string(),
                         timeout: limit,
@@ -351,10 +369,10 @@ impl Tiered {
             Ok(_) => tier.breaker.record_success(),
             // Unreadable bytes are a data problem, not a sick tier.
             Err(CacheError::Decode(_)) => {
-                tier.stats.counters.errors.fetch_add(1, relaxed());
+                tier.stats.counters.errors.incr();
             }
             Err(error) => {
-                tier.stats.counters.errors.fetch_add(1, relaxed());
+                tier.stats.counters.errors.incr();
                 if tier.breaker.record_failure() {
                     tracing::warn!(cache = %tier.name, %error, "circuit breaker opened: tier skipped for a while");
                 }
@@ -389,26 +407,26 @@ impl Tiered {
                         entry.remaining_ttl(SystemTime::now())
                     };
                     if ttl.is_zero() {
-                        tier.stats.counters.misses.fetch_add(1, relaxed());
+                        tier.stats.counters.misses.incr();
                         continue;
                     }
-                    tier.stats.counters.hits.fetch_add(1, relaxed());
+                    tier.stats.counters.hits.incr();
                     for upper in &self.inner.tiers[..index] {
                         let promoted =
                             Self::call(upper, false, upper.backend.set(key, entry.clone(), ttl))
                                 .await;
                         if promoted.is_ok() {
-                            upper.stats.counters.promotions.fetch_add(1, relaxed());
+                            upper.stats.counters.promotions.incr();
                         }
                     }
                     return Some(Hit {
                         entry,
                         tier: index,
-                        tier_name: tier.name.clone(),
+                        tier_name: tier.static_name,
                     });
                 }
                 Ok(None) => {
-                    tier.stats.counters.misses.fetch_add(1, relaxed());
+                    tier.stats.counters.misses.incr();
                 }
                 Err(CacheError::Decode(error)) => {
                     tracing::debug!(%key, tier = %tier.name, %error, "unreadable entry treated as a miss and removed");
@@ -451,7 +469,7 @@ impl Tiered {
             }
             match Self::call(tier, false, tier.backend.set(key, entry.clone(), ttl)).await {
                 Ok(()) => {
-                    tier.stats.counters.writes.fetch_add(1, relaxed());
+                    tier.stats.counters.writes.incr();
                     report.succeeded.push(tier.name.clone());
                 }
                 Err(error) => {
@@ -524,7 +542,7 @@ impl Tiered {
         )
             -> std::pin::Pin<Box<dyn Future<Output = Result<(), CacheError>> + Send + 'a>>,
     {
-        self.inner.counters.invalidations.fetch_add(1, relaxed());
+        self.inner.counters.invalidations.incr();
         let mut report = WriteReport::default();
         for tier in &self.inner.tiers {
             if Self::journal_first(tier, || journal_op.clone(), &mut report).await {
@@ -624,7 +642,7 @@ impl Tiered {
         let (index, tier) = self.authority()?;
         let added = Self::call(tier, false, tier.backend.add(key, entry.clone(), ttl)).await?;
         if added {
-            tier.stats.counters.writes.fetch_add(1, relaxed());
+            tier.stats.counters.writes.incr();
             self.fill_above(index, key, entry).await;
         }
         Ok(added)
@@ -685,8 +703,4 @@ impl Tiered {
         }
         out
     }
-}
-
-fn relaxed() -> std::sync::atomic::Ordering {
-    std::sync::atomic::Ordering::Relaxed
 }

@@ -3,7 +3,7 @@
 use std::{
     fmt,
     future::poll_fn,
-    sync::{Arc, PoisonError, atomic::Ordering},
+    sync::{Arc, PoisonError},
     task::{Context, Poll},
     time::{Duration, SystemTime},
 };
@@ -100,8 +100,8 @@ where
     }
 }
 
-fn count(counter: &std::sync::atomic::AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
+fn count(counter: &cachette_core::Counter) {
+    counter.incr();
 }
 
 /// Calls a service that may not have been polled ready.
@@ -185,12 +185,29 @@ fn serve_entry<B>(
         let headers = response.headers_mut();
         headers.reserve(stored.headers.len() + 2);
         for (name, value) in &stored.headers {
-            headers.append(name.clone(), value.clone());
+            headers.append(name.clone(), own_copy(value));
         }
         response
     };
     response.headers_mut().insert(header::AGE, age);
     with_status(response, layer, status)
+}
+
+/// Values up to this size are copied into each response rather than
+/// shared: a shared value's reference count is one cache line that every
+/// core serving the entry writes twice per hit, and under load that costs
+/// more than a small copy from the thread's own allocator.
+const COPIED_VALUE_MAX: usize = 128;
+
+fn own_copy(value: &HeaderValue) -> HeaderValue {
+    if value.len() <= COPIED_VALUE_MAX {
+        if let Ok(copy) = HeaderValue::from_bytes(value.as_bytes()) {
+            let mut copy = copy;
+            copy.set_sensitive(value.is_sensitive());
+            return copy;
+        }
+    }
+    value.clone()
 }
 
 fn ttl_seconds(freshness: Freshness) -> i64 {
@@ -205,7 +222,7 @@ fn ttl_seconds(freshness: Freshness) -> i64 {
 enum Lookup {
     Found {
         entry: Arc<Entry>,
-        tier: Arc<str>,
+        tier: &'static str,
         key: CacheKey,
     },
     VaryMiss {
@@ -220,7 +237,7 @@ async fn lookup(cache: &Tiered, primary: &CacheKey, headers: &HeaderMap) -> Look
     };
     match hit.entry.payload() {
         Payload::Response(_) => Lookup::Found {
-            tier: hit.tier_name_arc(),
+            tier: hit.tier_name(),
             entry: hit.entry,
             key: primary.clone(),
         },
@@ -228,7 +245,7 @@ async fn lookup(cache: &Tiered, primary: &CacheKey, headers: &HeaderMap) -> Look
             let key = KeyOptions::variant(primary, names, headers);
             match cache.get(&key).await {
                 Some(variant) if variant.entry.as_response().is_some() => Lookup::Found {
-                    tier: variant.tier_name_arc(),
+                    tier: variant.tier_name(),
                     entry: variant.entry,
                     key,
                 },
@@ -337,7 +354,7 @@ where
                 Freshness::Fresh { .. } => {
                     count(&counters.hits);
                     tracing::debug!(cache = layer.cache.name(), key = %primary, tier = %tier, outcome = "hit");
-                    let status = CacheStatus::hit(ttl_seconds(freshness), Some(tier.clone()));
+                    let status = CacheStatus::hit(ttl_seconds(freshness), Some(tier));
                     return Ok(serve_entry(
                         layer,
                         &entry,
@@ -354,7 +371,7 @@ where
                 } => {
                     count(&counters.stale_served);
                     tracing::debug!(cache = layer.cache.name(), key = %primary, tier = %tier, outcome = "stale-while-revalidate");
-                    let mut status = CacheStatus::hit(ttl_seconds(freshness), Some(tier.clone()));
+                    let mut status = CacheStatus::hit(ttl_seconds(freshness), Some(tier));
                     status.detail = Some("stale-while-revalidate");
                     let response =
                         serve_entry(layer, &entry, stored, &parts.headers, head, now, &status);

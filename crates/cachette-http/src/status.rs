@@ -1,6 +1,6 @@
 //! The `Cache-Status` response header (RFC 9211).
 
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use http::HeaderValue;
 
@@ -47,11 +47,11 @@ pub(crate) struct CacheStatus {
     pub(crate) stored: bool,
     pub(crate) collapsed: bool,
     pub(crate) detail: Option<&'static str>,
-    pub(crate) tier: Option<Arc<str>>,
+    pub(crate) tier: Option<&'static str>,
 }
 
 impl CacheStatus {
-    pub(crate) fn hit(ttl: i64, tier: Option<Arc<str>>) -> Self {
+    pub(crate) fn hit(ttl: i64, tier: Option<&'static str>) -> Self {
         Self {
             hit: true,
             ttl: Some(ttl),
@@ -67,9 +67,28 @@ impl CacheStatus {
         }
     }
 
-    /// The header value. Built by hand (no `fmt` machinery): it is written
-    /// on every response, hits included.
+    /// The header value. A plain hit's value is remembered per thread (it
+    /// changes once a second per entry); others are built by hand, without
+    /// the `fmt` machinery.
     pub(crate) fn to_header(&self, cache_name: &str) -> HeaderValue {
+        match (self.plain_hit(), &self.tier) {
+            (Some(ttl), Some(tier)) => recent_hit(cache_name, tier, ttl, || self.build(cache_name)),
+            _ => self.build(cache_name),
+        }
+    }
+
+    /// The ttl of a hit with nothing else to say (no forward, detail or flag).
+    fn plain_hit(&self) -> Option<i64> {
+        let plain = self.hit
+            && self.fwd.is_none()
+            && self.fwd_status.is_none()
+            && !self.stored
+            && !self.collapsed
+            && self.detail.is_none();
+        plain.then_some(self.ttl).flatten()
+    }
+
+    fn build(&self, cache_name: &str) -> HeaderValue {
         let mut out = String::with_capacity(cache_name.len() + 48);
         out.push_str(cache_name);
         if self.hit {
@@ -113,6 +132,56 @@ impl CacheStatus {
         }
         HeaderValue::from_str(&out).unwrap_or_else(|_| HeaderValue::from_static("cachette"))
     }
+}
+
+/// A remembered hit value: what it was built from, and the value.
+struct RecentHit {
+    ttl: i64,
+    tier: &'static str,
+    cache_name: Box<str>,
+    value: HeaderValue,
+}
+
+/// Remembered hit values per thread, by ttl. Small and direct-mapped: the
+/// point is the hot entries of the current second.
+const RECENT_HITS: usize = 16;
+
+thread_local! {
+    static RECENT: std::cell::RefCell<[Option<RecentHit>; RECENT_HITS]> =
+        const { std::cell::RefCell::new([const { None }; RECENT_HITS]) };
+}
+
+/// The `Cache-Status` of a plain hit, from this thread's recent values when
+/// one matches (same ttl, tier and cache name), else built and remembered.
+fn recent_hit(
+    cache_name: &str,
+    tier: &'static str,
+    ttl: i64,
+    build: impl FnOnce() -> HeaderValue,
+) -> HeaderValue {
+    let slot = (ttl.unsigned_abs() % RECENT_HITS as u64) as usize;
+    RECENT
+        .try_with(|recent| {
+            let mut recent = recent.borrow_mut();
+            match &recent[slot] {
+                Some(hit)
+                    if hit.ttl == ttl && hit.tier == tier && *hit.cache_name == *cache_name =>
+                {
+                    hit.value.clone()
+                }
+                _ => {
+                    let value = build();
+                    recent[slot] = Some(RecentHit {
+                        ttl,
+                        tier,
+                        cache_name: cache_name.into(),
+                        value: value.clone(),
+                    });
+                    value
+                }
+            }
+        })
+        .unwrap_or_else(|_| HeaderValue::from_static("cachette; hit"))
 }
 
 /// Appends the decimal digits of `value`.
@@ -175,7 +244,7 @@ mod tests {
     #[test]
     fn formats_members() {
         assert_eq!(
-            CacheStatus::hit(57, Some(Arc::from("memory"))).to_header("cachette"),
+            CacheStatus::hit(57, Some("memory")).to_header("cachette"),
             "cachette; hit; ttl=57; detail=memory"
         );
         let mut s = CacheStatus::forward(Forward::Stale);
@@ -191,11 +260,41 @@ mod tests {
             s.to_header("cachette"),
             "cachette; fwd=miss; fwd-status=200; stored"
         );
-        let mut s = CacheStatus::hit(-12, Some(Arc::from("local")));
+        let mut s = CacheStatus::hit(-12, Some("local"));
         s.detail = Some("stale-while-revalidate");
         assert_eq!(
             s.to_header("edge"),
             "edge; hit; ttl=-12; detail=\"local stale-while-revalidate\""
+        );
+    }
+
+    #[test]
+    fn remembered_hits_match_what_they_were_built_from() {
+        let memory = "memory";
+        let local = "local";
+        for _ in 0..2 {
+            assert_eq!(
+                CacheStatus::hit(7, Some(memory)).to_header("cachette"),
+                "cachette; hit; ttl=7; detail=memory"
+            );
+            assert_eq!(
+                CacheStatus::hit(7, Some(local)).to_header("cachette"),
+                "cachette; hit; ttl=7; detail=local"
+            );
+            assert_eq!(
+                CacheStatus::hit(7, Some(memory)).to_header("edge"),
+                "edge; hit; ttl=7; detail=memory"
+            );
+            assert_eq!(
+                CacheStatus::hit(23, Some(memory)).to_header("cachette"),
+                "cachette; hit; ttl=23; detail=memory"
+            );
+        }
+        let mut collapsed = CacheStatus::hit(7, Some(memory));
+        collapsed.collapsed = true;
+        assert_eq!(
+            collapsed.to_header("cachette"),
+            "cachette; hit; ttl=7; collapsed; detail=memory"
         );
     }
 

@@ -307,18 +307,14 @@ impl Cache {
         } else {
             &counters.misses
         };
-        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        counter.incr();
         found
     }
 
     pub(crate) async fn store(&self, key: &CacheKey, payload: Payload, opts: &Opts) {
         match self.meta(opts) {
             Some(meta) => {
-                self.inner
-                    .tiered
-                    .counters()
-                    .stored
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.inner.tiered.counters().stored.incr();
                 let report = self
                     .inner
                     .tiered
