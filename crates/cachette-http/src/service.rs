@@ -417,7 +417,7 @@ where
 /// (coalesced), revalidation, storing, stale-if-error.
 #[allow(clippy::too_many_arguments)]
 async fn forward<S, ReqBody, ResBody>(
-    mut inner: S,
+    inner: S,
     state: Arc<CacheLayer>,
     parts: request::Parts,
     body: ReqBody,
@@ -441,8 +441,7 @@ where
     if head {
         // A HEAD response has no body to store: forward it as is.
         count(&counters.misses);
-        let response = call_ready(&mut inner, Request::from_parts(parts, body)).await?;
-        return Ok(origin_response(response, layer, &CacheStatus::forward(fwd)));
+        return pass_through(inner, state, Request::from_parts(parts, body), fwd).await;
     }
     count(&counters.misses);
     tracing::debug!(cache = layer.cache.name(), key = %primary, outcome = fwd.as_str());

@@ -4,7 +4,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use cachette_core::{BreakerState, CacheError, TierProbe, TierSnapshot, WriteReport};
+use cachette_core::{CacheError, TierProbe, TierSnapshot, WriteReport};
 use serde::{Deserialize, Serialize};
 
 use crate::{Cache, Caches, Error};
@@ -189,14 +189,6 @@ pub struct JournalReport {
     pub collapsed: u64,
 }
 
-fn breaker_name(state: BreakerState) -> &'static str {
-    match state {
-        BreakerState::Closed => "closed",
-        BreakerState::Open => "open",
-        BreakerState::HalfOpen => "half-open",
-    }
-}
-
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
@@ -216,7 +208,7 @@ fn tier_report(snapshot: TierSnapshot, probe: Option<TierProbe>) -> TierReport {
         kind: snapshot.kind.to_owned(),
         up,
         error,
-        breaker: breaker_name(snapshot.breaker).to_owned(),
+        breaker: snapshot.breaker.as_str().to_owned(),
         role: info.role,
         address: info.address,
         entries: info.entries,
