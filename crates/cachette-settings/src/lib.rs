@@ -640,6 +640,46 @@ impl Settings {
             }
             cache.resolved = tiers;
         }
+        self.check_namespaces()
+    }
+
+    /// Two caches on one Redis topology must not have namespaces where one is
+    /// a prefix of the other: `clear` (and every sweep) of `shop` matches
+    /// `shop*`, which would remove `shop2`'s keys. Equal namespaces are
+    /// allowed: that is several aliases over one store, on purpose.
+    fn check_namespaces(&self) -> Result<(), SettingsError> {
+        let mut spaces: Vec<(&str, &str, String)> = self
+            .caches
+            .iter()
+            .filter_map(|(alias, cache)| {
+                let topology = cache.redis.as_deref()?;
+                Some((alias.as_str(), topology, cache.namespace_for(alias)))
+            })
+            .collect();
+        spaces.sort_by(|a, b| a.2.cmp(&b.2));
+        for (i, (alias, topology, namespace)) in spaces.iter().enumerate() {
+            if namespace.is_empty() {
+                return Err(SettingsError::new(
+                    &self.source_name,
+                    format!("caches.{alias}.namespace"),
+                    "must not be empty (it would cover every key of the Redis database)",
+                ));
+            }
+            for (other, other_topology, other_namespace) in &spaces[i + 1..] {
+                if other_topology == topology
+                    && other_namespace != namespace
+                    && other_namespace.starts_with(namespace.as_str())
+                {
+                    return Err(SettingsError::new(
+                        &self.source_name,
+                        format!("caches.{other}.namespace"),
+                        format!(
+                            "`{other_namespace}` starts with `{namespace}`, the namespace of cache `{alias}` on the same Redis: clearing `{alias}` would remove this cache's keys; choose namespaces where none is a prefix of another (end them with `:`)"
+                        ),
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 }

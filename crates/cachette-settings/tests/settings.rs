@@ -219,3 +219,38 @@ fn files_and_environment_overrides() {
         Ok(())
     });
 }
+
+#[test]
+fn namespaces_where_one_is_a_prefix_of_another_are_refused() {
+    let redis = "[redis.main]\nurl = \"redis://127.0.0.1:6379\"\n";
+    assert_eq!(
+        err(&format!(
+            "{redis}[caches.shop]\nbackend = \"redis\"\nnamespace = \"shop\"\n[caches.orders]\nbackend = \"redis\"\nnamespace = \"shop2\""
+        )),
+        "caches.toml: caches.orders.namespace: `shop2` starts with `shop`, the namespace of cache `shop` on the same Redis: clearing `shop` would remove this cache's keys; choose namespaces where none is a prefix of another (end them with `:`)"
+    );
+    // Derived from aliases: `cachette:a:` is a prefix of `cachette:a:b:`.
+    assert!(
+        err(&format!(
+            "{redis}[caches.a]\nbackend = \"redis\"\n[caches.\"a:b\"]\nbackend = \"redis\""
+        ))
+        .starts_with(
+            "caches.toml: caches.a:b.namespace: `cachette:a:b:` starts with `cachette:a:`"
+        )
+    );
+    assert!(
+        err(&format!(
+            "{redis}[caches.a]\nbackend = \"redis\"\nnamespace = \"\""
+        ))
+        .contains("caches.a.namespace: must not be empty")
+    );
+    // Two aliases over one store (Django's pattern), and prefixes on
+    // different Redis servers, are fine.
+    let two = format!(
+        "{redis}[redis.other]\nurl = \"redis://127.0.0.1:6380\"\n\
+         [caches.default]\nbackend = \"redis\"\nredis = \"main\"\nnamespace = \"app:\"\n\
+         [caches.v2]\nbackend = \"redis\"\nredis = \"main\"\nnamespace = \"app:\"\n\
+         [caches.elsewhere]\nbackend = \"redis\"\nredis = \"other\"\nnamespace = \"app:x:\""
+    );
+    assert!(Settings::from_toml_str("caches.toml", &two).is_ok());
+}
