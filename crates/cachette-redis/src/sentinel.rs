@@ -23,52 +23,83 @@ use crate::{
     shared::Connections,
 };
 
-/// Asks each sentinel in turn for the master of `service`.
-pub(crate) async fn query_master(
+/// Asks one sentinel for the master of `service`.
+async fn ask_sentinel(url: &str, service: &str) -> Result<(String, u16), CacheError> {
+    let client = redis::Client::open(url).map_err(redis_error)?;
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(redis_error)?;
+    let reply: Option<(String, String)> = redis::cmd("SENTINEL")
+        .arg("get-master-addr-by-name")
+        .arg(service)
+        .query_async(&mut conn)
+        .await
+        .map_err(redis_error)?;
+    let (host, port) = reply.ok_or_else(|| {
+        CacheError::backend(
+            BACKEND,
+            format!("sentinel {url} does not know service `{service}`"),
+        )
+    })?;
+    let port: u16 = port.parse().map_err(|_| {
+        CacheError::backend(BACKEND, format!("sentinel {url} gave a bad port {port:?}"))
+    })?;
+    Ok((host, port))
+}
+
+/// Asks every sentinel (at once) for the master of `service`. Returns the
+/// distinct answers, the one named by the most sentinels first (ties in
+/// configuration order), or the last error when none answered. A sentinel
+/// on the minority side of a partition may name an old master: the caller
+/// confirms each answer with `ROLE` rather than trusting the first.
+pub(crate) async fn query_masters(
     sentinels: &[String],
     service: &str,
     timeout: Duration,
-) -> Result<(String, u16), CacheError> {
-    let mut last = CacheError::backend(BACKEND, "no sentinel configured");
-    for url in sentinels {
-        let attempt = async {
-            let client = redis::Client::open(url.as_str()).map_err(redis_error)?;
-            let mut conn = client
-                .get_multiplexed_async_connection()
-                .await
-                .map_err(redis_error)?;
-            let reply: Option<(String, String)> = redis::cmd("SENTINEL")
-                .arg("get-master-addr-by-name")
-                .arg(service)
-                .query_async(&mut conn)
-                .await
-                .map_err(redis_error)?;
-            let (host, port) = reply.ok_or_else(|| {
-                CacheError::backend(
-                    BACKEND,
-                    format!("sentinel {url} does not know service `{service}`"),
-                )
-            })?;
-            let port: u16 = port.parse().map_err(|_| {
-                CacheError::backend(BACKEND, format!("sentinel {url} gave a bad port {port:?}"))
-            })?;
-            Ok::<_, CacheError>((host, port))
-        };
-        match tokio::time::timeout(timeout, attempt).await {
-            Ok(Ok(found)) => return Ok(found),
-            Ok(Err(error)) => last = error,
-            Err(_) => {
-                last = CacheError::Timeout {
+) -> Result<Vec<(String, u16)>, CacheError> {
+    let mut asks = tokio::task::JoinSet::new();
+    for (index, url) in sentinels.iter().enumerate() {
+        let (url, service) = (url.clone(), service.to_owned());
+        asks.spawn(async move {
+            let answer = match tokio::time::timeout(timeout, ask_sentinel(&url, &service)).await {
+                Ok(answer) => answer,
+                Err(_) => Err(CacheError::Timeout {
                     tier: format!("sentinel {url}"),
                     timeout,
-                }
-            }
+                }),
+            };
+            (index, answer)
+        });
+    }
+    let mut answers = Vec::new();
+    let mut last = CacheError::backend(BACKEND, "no sentinel configured");
+    while let Some(joined) = asks.join_next().await {
+        match joined {
+            Ok((index, Ok(found))) => answers.push((index, found)),
+            Ok((_, Err(error))) => last = error,
+            Err(error) => last = CacheError::backend(BACKEND, error),
         }
     }
-    Err(last)
+    answers.sort_by_key(|(index, _)| *index);
+    // (address, votes, first index), most votes first.
+    let mut tally: Vec<((String, u16), usize, usize)> = Vec::new();
+    for (index, found) in answers {
+        match tally.iter_mut().find(|(addr, ..)| *addr == found) {
+            Some((_, votes, _)) => *votes += 1,
+            None => tally.push((found, 1, index)),
+        }
+    }
+    if tally.is_empty() {
+        return Err(last);
+    }
+    tally.sort_by(|a, b| b.1.cmp(&a.1).then(a.2.cmp(&b.2)));
+    Ok(tally.into_iter().map(|(addr, ..)| addr).collect())
 }
 
-/// Resolves the master through Sentinel and swaps it in if it changed.
+/// Resolves the master through Sentinel and swaps it in if it changed. Every
+/// sentinel is asked; each server they name is checked with `ROLE`, the
+/// current master too, and the first that says `master` wins.
 pub(crate) async fn refresh_master(shared: &Connections) -> Result<(), CacheError> {
     let Topology::Sentinel {
         sentinels,
@@ -85,28 +116,42 @@ pub(crate) async fn refresh_master(shared: &Connections) -> Result<(), CacheErro
         .config
         .connect_timeout
         .max(Duration::from_millis(500));
-    let (host, port) = query_master(sentinels, service, timeout).await?;
-    let addr = format!("{host}:{port}");
-    if shared.master_addr().as_deref() == Some(addr.as_str()) {
-        return Ok(());
+    let candidates = query_masters(sentinels, service, timeout).await?;
+    let mut refused = Vec::new();
+    for (host, port) in candidates {
+        let addr = format!("{host}:{port}");
+        if let Some(current) = shared.master().filter(|m| m.addr == addr) {
+            match current.role(timeout).await {
+                Ok(role) if role == "master" => return Ok(()),
+                Ok(role) => refused.push(format!("{addr} (ROLE {role})")),
+                Err(error) => refused.push(format!("{addr} ({error})")),
+            }
+            continue;
+        }
+        let url = node_url(&host, port, username.as_deref(), password.as_deref(), *db);
+        let node = Node::new(
+            &url,
+            shared.config.master_timeout,
+            shared.config.connect_timeout,
+            shared.config.pool_size,
+        )?;
+        match node.role(timeout).await {
+            Ok(role) if role == "master" => {
+                shared.swap_master(node);
+                return Ok(());
+            }
+            // Mid-failover, or a stale sentinel: try the next answer.
+            Ok(role) => refused.push(format!("{addr} (ROLE {role})")),
+            Err(error) => refused.push(format!("{addr} ({error})")),
+        }
     }
-    let url = node_url(&host, port, username.as_deref(), password.as_deref(), *db);
-    let node = Node::new(
-        &url,
-        shared.config.master_timeout,
-        shared.config.connect_timeout,
-        shared.config.pool_size,
-    )?;
-    let role = node.role(timeout).await?;
-    if role != "master" {
-        // Mid-failover: the sentinels named a server that is not master yet.
-        return Err(CacheError::backend(
-            BACKEND,
-            format!("sentinels name {addr} as master but its ROLE is {role}"),
-        ));
-    }
-    shared.swap_master(node);
-    Ok(())
+    Err(CacheError::backend(
+        BACKEND,
+        format!(
+            "no server the sentinels name is a master now: {}",
+            refused.join(", ")
+        ),
+    ))
 }
 
 /// Keeps the master current: on demand (`resolve`), and every `sentinel_poll`.
