@@ -67,11 +67,13 @@ fn json(output: &std::process::Output) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("{e}: stdout {} stderr {}", stdout(output), stderr(output)))
 }
 
+/// The cache entries in Redis (`{namespace}k:...`; not the tombstones and
+/// purge marks the scripts keep beside them).
 async fn redis_keys(redis: &RedisServer) -> Vec<String> {
     let client = redis::Client::open(redis.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let mut keys: Vec<String> = redis::cmd("KEYS")
-        .arg("*")
+        .arg("*:k:*")
         .query_async(&mut conn)
         .await
         .unwrap();

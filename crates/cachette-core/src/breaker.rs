@@ -67,7 +67,51 @@ pub struct CircuitBreaker {
     config: BreakerConfig,
     state: AtomicU8,
     consecutive_failures: AtomicU32,
+    /// When the breaker opened, or (half-open) when the probe started.
     opened_at_ms: AtomicU64,
+}
+
+/// What [`CircuitBreaker::admit`] decided for one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// The breaker is closed: the call goes through.
+    Pass,
+    /// The call is the one probe of a half-open breaker. Its outcome must be
+    /// recorded; a probe abandoned without one is reported with
+    /// [`CircuitBreaker::abandon_probe`] (see [`ProbeGuard`]).
+    Probe,
+    /// The breaker is open: skip the tier.
+    Deny,
+}
+
+/// Hands a probe back if its call is dropped before its outcome is recorded
+/// (the caller was cancelled: a client hung up, a deadline around the call).
+/// Without it the breaker would wait for an outcome that never comes.
+#[derive(Debug)]
+pub struct ProbeGuard<'a> {
+    breaker: Option<&'a CircuitBreaker>,
+}
+
+impl<'a> ProbeGuard<'a> {
+    /// Guards `admission` on `breaker` (does nothing unless it is a probe).
+    pub fn new(breaker: &'a CircuitBreaker, admission: Admission) -> Self {
+        Self {
+            breaker: (admission == Admission::Probe).then_some(breaker),
+        }
+    }
+
+    /// The probe's outcome was recorded: nothing to hand back.
+    pub fn disarm(mut self) {
+        self.breaker = None;
+    }
+}
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(breaker) = self.breaker {
+            breaker.abandon_probe();
+        }
+    }
 }
 
 impl CircuitBreaker {
@@ -83,19 +127,58 @@ impl CircuitBreaker {
 
     /// Whether a call may go through now. In the open state, the first caller
     /// after the pause becomes the probe (half-open); others stay skipped.
+    /// Prefer [`admit`](Self::admit), which tells the probe apart.
     pub fn allow(&self) -> bool {
-        match self.state.load(Ordering::Acquire) {
-            CLOSED => true,
-            OPEN => {
-                let opened = self.opened_at_ms.load(Ordering::Acquire);
-                let open_ms = u64::try_from(self.config.open_for.as_millis()).unwrap_or(u64::MAX);
-                millis_since_start().saturating_sub(opened) >= open_ms
-                    && self
-                        .state
-                        .compare_exchange(OPEN, HALF_OPEN, Ordering::AcqRel, Ordering::Acquire)
-                        .is_ok()
-            }
-            _ => false,
+        self.admit() != Admission::Deny
+    }
+
+    /// Decides one call. In the open state, the first caller after the pause
+    /// becomes the probe (half-open); others stay skipped. A probe that has
+    /// neither succeeded nor failed within another `open_for` is presumed
+    /// lost and the next caller probes instead, so a breaker can never stay
+    /// half-open for good.
+    pub fn admit(&self) -> Admission {
+        let state = self.state.load(Ordering::Acquire);
+        if state == CLOSED {
+            return Admission::Pass;
+        }
+        let since = self.opened_at_ms.load(Ordering::Acquire);
+        let open_ms = u64::try_from(self.config.open_for.as_millis()).unwrap_or(u64::MAX);
+        let now = millis_since_start();
+        if now.saturating_sub(since) < open_ms {
+            return Admission::Deny;
+        }
+        // Claim the probe: whoever moves the start time wins.
+        if self
+            .opened_at_ms
+            .compare_exchange(since, now, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return Admission::Deny;
+        }
+        match self
+            .state
+            .compare_exchange(state, HALF_OPEN, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => Admission::Probe,
+            Err(_) => Admission::Deny,
+        }
+    }
+
+    /// A probe's call was dropped before it had an outcome: the breaker is
+    /// open again, and the next caller may probe at once (a cancelled call
+    /// says nothing about the tier's health).
+    pub fn abandon_probe(&self) {
+        if self
+            .state
+            .compare_exchange(HALF_OPEN, OPEN, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            let open_ms = u64::try_from(self.config.open_for.as_millis()).unwrap_or(u64::MAX);
+            self.opened_at_ms.store(
+                millis_since_start().saturating_sub(open_ms),
+                Ordering::Release,
+            );
         }
     }
 
@@ -157,6 +240,25 @@ mod tests {
         assert_eq!(breaker.state(), BreakerState::HalfOpen);
         assert!(!breaker.allow(), "only one probe at a time");
         assert!(breaker.record_failure(), "a failed probe reopens");
+        assert_eq!(breaker.state(), BreakerState::Open);
+        std::thread::sleep(Duration::from_millis(40));
+        {
+            let probe = ProbeGuard::new(&breaker, breaker.admit());
+            assert_eq!(breaker.state(), BreakerState::HalfOpen);
+            drop(probe); // the probe's caller was cancelled
+        }
+        assert_eq!(
+            breaker.admit(),
+            Admission::Probe,
+            "an abandoned probe is handed to the next caller at once"
+        );
+        std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(
+            breaker.admit(),
+            Admission::Probe,
+            "a probe that never reports expires after open_for"
+        );
+        assert!(breaker.record_failure());
         assert_eq!(breaker.state(), BreakerState::Open);
         std::thread::sleep(Duration::from_millis(40));
         assert!(breaker.allow());

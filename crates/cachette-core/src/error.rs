@@ -45,6 +45,14 @@ pub enum CacheError {
     /// A value could not be serialized.
     #[error("value cannot be serialized: {0}")]
     Serialize(String),
+    /// The tier holds a newer value for the key, or a later delete or purge
+    /// covers it: the write was refused, and nothing is lost (the newer state
+    /// stands).
+    #[error("tier `{tier}` refused the write: it holds newer data for the key")]
+    Superseded {
+        /// The tier's kind or role.
+        tier: String,
+    },
     /// The whole operation did not finish within its per-call deadline.
     #[error("operation did not finish within {0:?}")]
     Deadline(Duration),

@@ -63,6 +63,18 @@ impl JournalOp {
     }
 }
 
+/// How a journal took an op.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// Recorded as given: it will be replayed.
+    Kept,
+    /// The journal was full: instead of the write, it recorded an
+    /// invalidation of what the write would have replaced (a delete of the
+    /// key, or a clear of the namespace), so no older value survives the
+    /// replay. The write itself will not reach the tier.
+    AsInvalidation,
+}
+
 /// Milliseconds since the Unix epoch, saturating (for journal timestamps).
 pub fn unix_millis(t: SystemTime) -> u64 {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
@@ -78,9 +90,22 @@ pub fn unix_millis(t: SystemTime) -> u64 {
 /// writing them directly, so that they reach the tier in order.
 #[async_trait]
 pub trait Journal: Send + Sync + std::fmt::Debug + 'static {
-    /// Records `op` durably; returns once it would survive a crash.
-    async fn record(&self, op: JournalOp) -> Result<(), CacheError>;
+    /// Records `op` durably; returns once it would survive a crash. An error
+    /// means the op is not recorded.
+    async fn record(&self, op: JournalOp) -> Result<Recorded, CacheError>;
 
     /// Operations waiting to be replayed (cheap: no I/O).
     fn depth(&self) -> u64;
+
+    /// Whether an invalidation waiting in the journal covers `key` (holding
+    /// `entry`): a pending delete of the key, or a pending purge that
+    /// matches it and was recorded after the key's latest pending write.
+    /// [`Tiered`](crate::Tiered) then treats a hit on `key` as a miss, so a
+    /// node never reads back what it deleted before the delete reached the
+    /// tier. Called only while [`depth`](Self::depth) is not zero; must not
+    /// block. The default says no.
+    fn hides(&self, key: &CacheKey, entry: &Entry) -> bool {
+        let _ = (key, entry);
+        false
+    }
 }

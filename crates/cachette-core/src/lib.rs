@@ -19,11 +19,11 @@ pub mod sweep;
 mod tiered;
 
 pub use backend::{Backend, TierInfo};
-pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker};
+pub use breaker::{Admission, BreakerConfig, BreakerState, CircuitBreaker, ProbeGuard};
 pub use entry::{Entry, EntryMeta, Freshness, Payload, StoredResponse};
 pub use error::{BoxError, CacheError, DecodeError};
 pub use glob::{escape_glob, glob_match};
-pub use journal::{Journal, JournalOp, unix_millis};
+pub use journal::{Journal, JournalOp, Recorded, unix_millis};
 pub use key::{CacheKey, MAX_KEY_LEN, stable_hash};
 pub use single_flight::{Role, SingleFlight};
 pub use stats::{

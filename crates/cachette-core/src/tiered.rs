@@ -9,8 +9,9 @@ use std::{
 };
 
 use crate::{
-    Backend, BreakerConfig, BreakerState, CacheCounters, CacheError, CacheKey, CircuitBreaker,
-    Entry, Journal, JournalOp, StatsSnapshot, TierInfo, TierSnapshot, TierStats,
+    Admission, Backend, BreakerConfig, BreakerState, CacheCounters, CacheError, CacheKey,
+    CircuitBreaker, Entry, Journal, JournalOp, ProbeGuard, Recorded, StatsSnapshot, TierInfo,
+    TierSnapshot, TierStats,
 };
 
 /// How [`Tiered`] wraps the calls to one tier.
@@ -74,6 +75,9 @@ impl fmt::Debug for Tier {
 struct Inner {
     name: String,
     tiers: Vec<Tier>,
+    /// The tiers' journals, for the read path's check of pending
+    /// invalidations (empty for most caches: then a hit checks nothing).
+    journals: Vec<Arc<dyn Journal>>,
     counters: CacheCounters,
 }
 
@@ -161,10 +165,16 @@ impl TieredBuilder {
 
     /// Finishes the cache.
     pub fn build(self) -> Tiered {
+        let journals = self
+            .tiers
+            .iter()
+            .filter_map(|t| t.options.journal.clone())
+            .collect();
         Tiered {
             inner: Arc::new(Inner {
                 name: self.name,
                 tiers: self.tiers,
+                journals,
                 counters: CacheCounters::default(),
             }),
         }
@@ -241,6 +251,10 @@ pub struct WriteReport {
     /// Tiers that did not take it directly but recorded it in their journal
     /// for replay.
     pub journaled: Vec<Arc<str>>,
+    /// Tiers that refused a write because they hold newer data for the key
+    /// (a newer value, or a later delete or purge). Nothing is lost: the
+    /// newer state stands.
+    pub superseded: Vec<Arc<str>>,
     /// Tiers that did not take it (and have no journal, or the journal failed).
     pub failed: Vec<TierFailure>,
 }
@@ -265,6 +279,11 @@ impl WriteReport {
                 self.journaled.push(tier);
             }
         }
+        for tier in other.superseded {
+            if !self.superseded.contains(&tier) {
+                self.superseded.push(tier);
+            }
+        }
         for tier in other.succeeded {
             if !self.succeeded.contains(&tier) {
                 self.succeeded.push(tier);
@@ -273,8 +292,11 @@ impl WriteReport {
         let failed: Vec<Arc<str>> = self.failed.iter().map(|f| f.tier.clone()).collect();
         self.journaled.retain(|t| !failed.contains(t));
         let journaled = &self.journaled;
-        self.succeeded
+        self.superseded
             .retain(|t| !failed.contains(t) && !journaled.contains(t));
+        let superseded = &self.superseded;
+        self.succeeded
+            .retain(|t| !failed.contains(t) && !journaled.contains(t) && !superseded.contains(t));
     }
 }
 
@@ -339,12 +361,20 @@ impl Tiered {
         force: bool,
         op: impl Future<Output = Result<T, CacheError>>,
     ) -> Result<T, CacheError> {
-        if !force && !tier.breaker.allow() {
+        let admission = if force {
+            Admission::Pass
+        } else {
+            tier.breaker.admit()
+        };
+        if admission == Admission::Deny {
             tier.stats.counters.skipped.incr();
             return Err(CacheError::CircuitOpen {
                 tier: tier.name.to_string(),
             });
         }
+        // If this call is the breaker's probe and the caller drops it midway,
+        // the guard hands the probe to the next caller.
+        let probe = ProbeGuard::new(&tier.breaker, admission);
         let started = Instant::now();
         let result = match tier.options.timeout {
             Some(limit) => match tokio::time::timeout(limit, op).await {
@@ -360,16 +390,21 @@ impl Tiered {
             None => op.await,
         };
         tier.stats.latency.record(started.elapsed());
-        Self::account(tier, result)
+        let result = Self::account(tier, result);
+        probe.disarm();
+        result
     }
 
     /// Counts a call's outcome and feeds the tier's breaker.
     fn account<T>(tier: &Tier, result: Result<T, CacheError>) -> Result<T, CacheError> {
         match &result {
-            Ok(_) => tier.breaker.record_success(),
-            // Unreadable bytes are a data problem, not a sick tier.
+            // A refusal is an answer: the tier is healthy.
+            Ok(_) | Err(CacheError::Superseded { .. }) => tier.breaker.record_success(),
+            // Unreadable bytes are a data problem, not a sick tier: the tier
+            // answered.
             Err(CacheError::Decode(_)) => {
                 tier.stats.counters.errors.incr();
+                tier.breaker.record_success();
             }
             Err(error) => {
                 tier.stats.counters.errors.incr();
@@ -410,6 +445,18 @@ impl Tiered {
                         tier.stats.counters.misses.incr();
                         continue;
                     }
+                    if self.hidden_by_journal(key, &entry) {
+                        // Deleted by this node, the delete still queued for a
+                        // lower tier: a miss in every tier, and copies read
+                        // back into the tiers above since are dropped.
+                        tier.stats.counters.misses.incr();
+                        for upper in &self.inner.tiers[..=index] {
+                            if upper.options.journal.is_none() {
+                                let _ = Self::call(upper, false, upper.backend.delete(key)).await;
+                            }
+                        }
+                        return None;
+                    }
                     tier.stats.counters.hits.incr();
                     for upper in &self.inner.tiers[..index] {
                         let promoted =
@@ -439,6 +486,14 @@ impl Tiered {
             }
         }
         None
+    }
+
+    /// Whether a pending invalidation in a tier's journal covers `key`.
+    fn hidden_by_journal(&self, key: &CacheKey, entry: &Entry) -> bool {
+        self.inner
+            .journals
+            .iter()
+            .any(|j| j.depth() > 0 && j.hides(key, entry))
     }
 
     /// Writes `entry` to every tier in order, for its remaining lifetime
@@ -472,6 +527,9 @@ impl Tiered {
                     tier.stats.counters.writes.incr();
                     report.succeeded.push(tier.name.clone());
                 }
+                Err(CacheError::Superseded { .. }) => {
+                    report.superseded.push(tier.name.clone());
+                }
                 Err(error) => {
                     tracing::debug!(%key, tier = %tier.name, %error, "tier write failed");
                     Self::journal_or_fail(tier, op(), error, &mut report).await;
@@ -482,7 +540,14 @@ impl Tiered {
     }
 
     /// While a tier's journal holds ops, new ops for that tier queue behind
-    /// them (so they reach it in order). Returns whether `op` was journaled.
+    /// them (so they reach it in order). Returns whether `op` was dealt with
+    /// (journaled, or reported failed); `false` means "call the tier".
+    ///
+    /// When the journal holds ops but cannot record this one (a full disk),
+    /// a write is reported failed rather than sent past the backlog; an
+    /// invalidation goes to the tier directly, because applying it is always
+    /// safe (the tier refuses a replayed write older than a delete or purge:
+    /// see the Redis scripts) and dropping it would serve deleted data.
     async fn journal_first(
         tier: &Tier,
         op: impl FnOnce() -> JournalOp,
@@ -494,16 +559,38 @@ impl Tiered {
         if journal.depth() == 0 {
             return false;
         }
-        match journal.record(op()).await {
-            Ok(()) => {
-                report.journaled.push(tier.name.clone());
+        let op = op();
+        let invalidation = op.is_invalidation();
+        match journal.record(op).await {
+            Ok(recorded) => {
+                Self::report_recorded(tier, recorded, report);
                 true
             }
-            // The journal cannot take it: try the tier directly after all.
-            Err(error) => {
-                tracing::error!(tier = %tier.name, %error, "journal write failed");
+            Err(error) if invalidation => {
+                tracing::error!(tier = %tier.name, %error, "journal write failed; the invalidation goes to the tier directly");
                 false
             }
+            Err(error) => {
+                tracing::error!(tier = %tier.name, %error, "journal write failed; the write is not sent past the journal's backlog");
+                report.failed.push(TierFailure {
+                    tier: tier.name.clone(),
+                    error,
+                });
+                true
+            }
+        }
+    }
+
+    fn report_recorded(tier: &Tier, recorded: Recorded, report: &mut WriteReport) {
+        match recorded {
+            Recorded::Kept => report.journaled.push(tier.name.clone()),
+            Recorded::AsInvalidation => report.failed.push(TierFailure {
+                tier: tier.name.clone(),
+                error: CacheError::backend(
+                    "journal",
+                    "the journal is full: the write was replaced by an invalidation of the key (no older value survives the replay)",
+                ),
+            }),
         }
     }
 
@@ -516,8 +603,8 @@ impl Tiered {
     ) {
         if let Some(journal) = &tier.options.journal {
             match journal.record(op).await {
-                Ok(()) => {
-                    report.journaled.push(tier.name.clone());
+                Ok(recorded) => {
+                    Self::report_recorded(tier, recorded, report);
                     return;
                 }
                 Err(journal_error) => {

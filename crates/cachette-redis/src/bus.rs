@@ -15,17 +15,23 @@ use std::{
 use cachette_core::{Backend, CacheKey};
 use futures_core::Stream;
 
-use crate::{RedisTier, shared::Space};
+use crate::{RedisTier, Role, shared::Space};
 
-/// What the subscriber applies an invalidation to.
+/// What the subscriber applies an invalidation to: this node's memory tier,
+/// and its replica when it has one. The replica tier is made per message
+/// from the `Space` upgraded for it: a tier kept here would hold the `Space`
+/// (connections, journal, file lock) alive after its last user dropped it.
 pub(crate) struct Targets {
     pub(crate) memory: Arc<dyn Backend>,
-    pub(crate) local: Option<RedisTier>,
 }
 
-async fn apply(targets: &Targets, kind: &str, argument: &str) {
+async fn apply(space: &Arc<Space>, targets: &Targets, kind: &str, argument: &str) {
+    let local = space.conns.local().map(|_| RedisTier {
+        space: space.clone(),
+        role: Role::Local,
+    });
     let mut backends: Vec<&dyn Backend> = vec![targets.memory.as_ref()];
-    if let Some(local) = &targets.local {
+    if let Some(local) = &local {
         backends.push(local);
     }
     for backend in backends {
@@ -118,10 +124,11 @@ pub(crate) async fn run_subscriber(shared: Weak<Space>, targets: Targets) {
                     if sender == node_id {
                         continue;
                     }
-                    if let Some(strong) = shared.upgrade() {
-                        strong.bus_received.fetch_add(1, Ordering::Relaxed);
-                    }
-                    apply(&targets, kind, argument).await;
+                    let Some(strong) = shared.upgrade() else {
+                        return;
+                    };
+                    strong.bus_received.fetch_add(1, Ordering::Relaxed);
+                    apply(&strong, &targets, kind, argument).await;
                 }
                 changed = generation.changed() => {
                     if changed.is_err() {

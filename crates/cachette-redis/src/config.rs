@@ -130,6 +130,13 @@ pub struct RedisConfig {
     pub sentinel_poll: Duration,
     /// Identifies this process on the bus (default: random).
     pub node_id: String,
+    /// How long a delete's tombstone and a purge's mark stay on the master
+    /// (default 10 min). A write older than a delete or purge within this
+    /// window is refused; a write older than the window itself is refused
+    /// too (its delete may have left no trace any more), so journaled writes
+    /// that waited longer than this are dropped at replay: a miss, never
+    /// resurrected data.
+    pub tombstone_ttl: Duration,
 }
 
 impl RedisConfig {
@@ -146,6 +153,7 @@ impl RedisConfig {
             bus: true,
             sentinel_poll: Duration::from_secs(2),
             node_id: random_node_id(),
+            tombstone_ttl: Duration::from_secs(600),
         }
     }
 

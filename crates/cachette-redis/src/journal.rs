@@ -1,34 +1,46 @@
 //! The durable journal of master writes that failed, on local disk (redb).
 //!
 //! Not in Redis: a replica that fully resyncs from its master drops its whole
-//! dataset, journal included. Each operation is one fsync'd redb transaction,
-//! so a recorded op survives a crash (SIGKILL, power loss).
+//! dataset, journal included. Every record is durable (fsync'd) before it is
+//! acknowledged, so it survives a crash (SIGKILL, power loss).
 //!
-//! - The newest op per key supersedes older ones (a set then a delete of `k`
-//!   leaves only the delete); a `Clear` supersedes everything before it.
-//! - Sets carry their entry's absolute expiry; deletes carry their time. The
-//!   replay never writes an expired entry, never replaces a newer value, and
-//!   never deletes a value stored after the delete.
-//! - Bounded by `max_entries` and `max_bytes`: over the bound, new sets are
-//!   dropped (counted); an invalidation that does not fit collapses the
-//!   journal into a single `Clear` marker, so no invalidation is ever lost.
+//! - **Group commit.** One writer thread owns the database. Records that
+//!   arrive while it commits are taken together in the next transaction: one
+//!   fsync for many concurrent writers, in arrival order.
+//! - **Newest op per key wins.** A set then a delete of `k` leaves only the
+//!   delete; a `Clear` supersedes everything before it. When the journal is
+//!   full (`max_entries`, `max_bytes`), a set that does not fit is recorded as
+//!   a delete of its key instead (the newest op still wins: no older value of
+//!   the key survives the replay), and an invalidation that does not fit
+//!   collapses the journal into one `Clear` marker: no invalidation is lost.
+//! - **I/O errors are survived.** redb refuses every operation after one
+//!   failed write (`PreviousIo`), for example on a full disk. The writer then
+//!   drops the database and opens it again, re-reading what is durable; until
+//!   that succeeds, records fail (the caller reports them as not journaled).
+//! - **Pending invalidations are readable.** An in-memory index of what the
+//!   journal holds answers [`Journal::hides`]: a node does not read back a key
+//!   it deleted while the delete waits for the master.
 
 use std::{
+    collections::{BTreeMap, HashMap},
     sync::{
-        Arc, Mutex, PoisonError,
+        Arc, PoisonError, RwLock,
         atomic::{AtomicU64, Ordering},
+        mpsc,
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use bytes::{BufMut, Bytes, BytesMut};
-use cachette_core::{CacheError, CacheKey, Entry, Journal, JournalOp, async_trait, unix_millis};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use cachette_core::{
+    CacheError, CacheKey, Entry, Journal, JournalOp, Recorded, async_trait, glob_match, unix_millis,
+};
+use redb::{Database, ReadableTable, TableDefinition};
+use tokio::sync::oneshot;
 
 use crate::JournalConfig;
 
 const OPS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("ops");
-const BY_KEY: TableDefinition<'_, &str, u64> = TableDefinition::new("ops_by_key");
 
 const FORMAT: u8 = 1;
 const SET: u8 = 1;
@@ -37,6 +49,11 @@ const PREFIX: u8 = 3;
 const TAG: u8 = 4;
 const CLEAR: u8 = 5;
 const PATTERN: u8 = 6;
+
+/// Most records committed in one transaction.
+const GROUP_MAX: usize = 1024;
+/// How often a journal whose database could not be reopened tries again.
+const REOPEN_EVERY: Duration = Duration::from_millis(250);
 
 fn journal_error(error: impl Into<cachette_core::BoxError>) -> CacheError {
     CacheError::backend("journal", error)
@@ -89,8 +106,18 @@ pub struct RecordedOp {
     pub seq: u64,
     /// When it was recorded.
     pub recorded_at: SystemTime,
-    /// The op, or `None` if its bytes were unreadable (it is then skipped).
+    /// The op, or `None` if its bytes were unreadable (the replayer then
+    /// drops it, counted as unreadable, with an error in the log).
     pub op: Option<JournalOp>,
+}
+
+fn recorded_at_of(raw: &[u8]) -> SystemTime {
+    let mut ms = [0u8; 8];
+    match raw.get(2..10) {
+        Some(bytes) => ms.copy_from_slice(bytes),
+        None => return UNIX_EPOCH,
+    }
+    UNIX_EPOCH + Duration::from_millis(u64::from_be_bytes(ms))
 }
 
 fn decode(seq: u64, raw: &[u8]) -> RecordedOp {
@@ -102,9 +129,7 @@ fn decode(seq: u64, raw: &[u8]) -> RecordedOp {
     if raw.len() < 10 || raw[0] != FORMAT {
         return unreadable(UNIX_EPOCH);
     }
-    let mut ms = [0u8; 8];
-    ms.copy_from_slice(&raw[2..10]);
-    let recorded_at = UNIX_EPOCH + Duration::from_millis(u64::from_be_bytes(ms));
+    let recorded_at = recorded_at_of(raw);
     let body = &raw[10..];
     let text = |b: &[u8]| String::from_utf8(b.to_vec()).ok();
     let op = match raw[1] {
@@ -151,36 +176,248 @@ pub struct JournalStats {
     pub bytes: u64,
     /// Age of the oldest waiting op.
     pub oldest_age: Option<Duration>,
-    /// Ops replayed since start.
+    /// Ops applied to the master by the replay since start.
     pub replayed: u64,
-    /// Sets dropped because the journal was full, or unreadable ops skipped.
+    /// Ops the replay did not need to apply: the master held newer data for
+    /// the key (a newer value, a later delete or purge), or the entry had
+    /// expired. Nothing is lost.
+    pub obsolete: u64,
+    /// Ops the master answered with an error that a retry would get again
+    /// (e.g. `WRONGTYPE`, `OOM`): dropped, each logged as an error.
+    pub rejected: u64,
+    /// Ops whose bytes could not be read back: dropped, each logged.
+    pub unreadable: u64,
+    /// Sets that did not fit a full journal and were recorded as deletes of
+    /// their key instead.
     pub dropped: u64,
     /// Times the journal collapsed into one `Clear` marker.
     pub collapsed: u64,
+    /// Failed disk writes (each made the journal reopen its database).
+    pub io_errors: u64,
+    /// Whether the journal's database is open now (false after an I/O error
+    /// it has not recovered from yet: records fail until it has).
+    pub writable: bool,
 }
 
-#[derive(Debug)]
-struct State {
-    depth: u64,
+/// The replay's counts for one acknowledged batch.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct ReplayTally {
+    pub(crate) replayed: u64,
+    pub(crate) obsolete: u64,
+    pub(crate) rejected: u64,
+    pub(crate) unreadable: u64,
+}
+
+/// What the index knows of one waiting op (no entry bodies).
+#[derive(Debug, Clone)]
+enum Pending {
+    Set(String),
+    Delete(String),
+    Prefix(String),
+    Pattern(String),
+    Tag(String),
+    Clear,
+    Unreadable,
+}
+
+impl Pending {
+    fn of(op: Option<&JournalOp>) -> Self {
+        match op {
+            Some(JournalOp::Set { key, .. }) => Self::Set(key.as_str().to_owned()),
+            Some(JournalOp::Delete { key, .. }) => Self::Delete(key.as_str().to_owned()),
+            Some(JournalOp::InvalidatePrefix { prefix }) => Self::Prefix(prefix.clone()),
+            Some(JournalOp::InvalidatePattern { pattern }) => Self::Pattern(pattern.clone()),
+            Some(JournalOp::InvalidateTag { tag }) => Self::Tag(tag.clone()),
+            Some(JournalOp::Clear) => Self::Clear,
+            _ => Self::Unreadable,
+        }
+    }
+
+    fn key(&self) -> Option<&str> {
+        match self {
+            Self::Set(key) | Self::Delete(key) => Some(key),
+            _ => None,
+        }
+    }
+
+    fn is_sweep(&self) -> bool {
+        matches!(
+            self,
+            Self::Prefix(_) | Self::Pattern(_) | Self::Tag(_) | Self::Clear
+        )
+    }
+}
+
+#[derive(Debug, Clone)]
+struct IndexedOp {
+    recorded_at: SystemTime,
+    len: u64,
+    what: Pending,
+}
+
+/// What the journal holds, in memory: one row per waiting op, the latest op
+/// per key, and the sweeps (for [`Journal::hides`]).
+#[derive(Debug, Default)]
+struct Index {
+    ops: BTreeMap<u64, IndexedOp>,
+    by_key: HashMap<String, u64>,
+    sweeps: BTreeMap<u64, Pending>,
     bytes: u64,
     next_seq: u64,
 }
 
-#[derive(Debug)]
-struct Inner {
-    db: Database,
-    config: JournalConfig,
-    state: Mutex<State>,
-    depth: AtomicU64,
-    replayed: AtomicU64,
-    dropped: AtomicU64,
-    collapsed: AtomicU64,
+impl Index {
+    fn insert(&mut self, seq: u64, op: IndexedOp) {
+        self.bytes += op.len;
+        if let Some(key) = op.what.key() {
+            self.by_key.insert(key.to_owned(), seq);
+        }
+        if op.what.is_sweep() {
+            self.sweeps.insert(seq, op.what.clone());
+        }
+        self.ops.insert(seq, op);
+        self.next_seq = self.next_seq.max(seq + 1);
+    }
+
+    fn remove(&mut self, seq: u64) -> Option<IndexedOp> {
+        let op = self.ops.remove(&seq)?;
+        self.bytes = self.bytes.saturating_sub(op.len);
+        if let Some(key) = op.what.key() {
+            if self.by_key.get(key) == Some(&seq) {
+                self.by_key.remove(key);
+            }
+        }
+        self.sweeps.remove(&seq);
+        Some(op)
+    }
+
+    fn clear(&mut self) {
+        self.ops.clear();
+        self.by_key.clear();
+        self.sweeps.clear();
+        self.bytes = 0;
+    }
+
+    fn depth(&self) -> u64 {
+        self.ops.len() as u64
+    }
+
+    fn hides(&self, key: &str, entry: &Entry) -> bool {
+        let latest = self.by_key.get(key).copied();
+        if let Some(seq) = latest {
+            if matches!(
+                self.ops.get(&seq).map(|o| &o.what),
+                Some(Pending::Delete(_))
+            ) {
+                return true;
+            }
+        }
+        // A sweep recorded after the key's latest pending write covers it.
+        let after = latest.map_or(0, |seq| seq + 1);
+        self.sweeps.range(after..).any(|(_, sweep)| match sweep {
+            Pending::Prefix(prefix) => key.starts_with(prefix.as_str()),
+            Pending::Pattern(pattern) => glob_match(pattern, key),
+            Pending::Tag(tag) => entry.meta().tags.iter().any(|t| t == tag),
+            Pending::Clear => true,
+            _ => false,
+        })
+    }
 }
 
-/// The durable journal. Cheap to clone.
+/// State shared by the handles and the writer thread.
+#[derive(Debug)]
+struct Shared {
+    config: JournalConfig,
+    index: RwLock<Index>,
+    /// Mirrors the index's depth for the lock-free [`Journal::depth`].
+    depth: AtomicU64,
+    replayed: AtomicU64,
+    obsolete: AtomicU64,
+    rejected: AtomicU64,
+    unreadable: AtomicU64,
+    dropped: AtomicU64,
+    collapsed: AtomicU64,
+    io_errors: AtomicU64,
+    writable: std::sync::atomic::AtomicBool,
+}
+
+impl Shared {
+    fn index(&self) -> std::sync::RwLockReadGuard<'_, Index> {
+        self.index.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn index_mut(&self) -> std::sync::RwLockWriteGuard<'_, Index> {
+        self.index.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+type Reply<T> = oneshot::Sender<Result<T, CacheError>>;
+
+/// What the writer thread is asked to do.
+enum Request {
+    Record(JournalOp, Reply<Recorded>),
+    Pending(usize, Reply<Vec<RecordedOp>>),
+    Acknowledge(Vec<RecordedOp>, ReplayTally, Reply<()>),
+}
+
+/// The durable journal. Cheap to clone; the writer thread (and the file
+/// lock) end when the last clone is dropped.
 #[derive(Debug, Clone)]
 pub struct DiskJournal {
-    inner: Arc<Inner>,
+    handle: Arc<Handle>,
+}
+
+#[derive(Debug)]
+struct Handle {
+    requests: mpsc::Sender<Request>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Record(..) => "Record",
+            Self::Pending(..) => "Pending",
+            Self::Acknowledge(..) => "Acknowledge",
+        })
+    }
+}
+
+fn open_database(config: &JournalConfig) -> Result<Database, CacheError> {
+    Database::create(&config.path).map_err(|error| match error {
+        redb::DatabaseError::DatabaseAlreadyOpen => journal_error(format!(
+            "{} is in use by another process (only one process at a time can hold a journal)",
+            config.path.display()
+        )),
+        error => journal_error(error),
+    })
+}
+
+/// Reads what is durable into a fresh index.
+fn load_index(db: &Database) -> Result<Index, CacheError> {
+    let txn = db.begin_write().map_err(journal_error)?;
+    let mut index = Index {
+        next_seq: 1,
+        ..Index::default()
+    };
+    {
+        let ops = txn.open_table(OPS).map_err(journal_error)?;
+        for item in ops.iter().map_err(journal_error)? {
+            let (seq, value) = item.map_err(journal_error)?;
+            let raw = value.value();
+            let record = decode(seq.value(), raw);
+            index.insert(
+                seq.value(),
+                IndexedOp {
+                    recorded_at: record.recorded_at,
+                    len: raw.len() as u64,
+                    what: Pending::of(record.op.as_ref()),
+                },
+            );
+        }
+    }
+    txn.commit().map_err(journal_error)?;
+    Ok(index)
 }
 
 impl DiskJournal {
@@ -190,206 +427,383 @@ impl DiskJournal {
         if let Some(parent) = config.path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(journal_error)?;
         }
-        let db = Database::create(&config.path).map_err(|error| match error {
-            redb::DatabaseError::DatabaseAlreadyOpen => journal_error(format!(
-                "{} is in use by another process (only one process at a time can hold a journal)",
-                config.path.display()
-            )),
-            error => journal_error(error),
-        })?;
-        let txn = db.begin_write().map_err(journal_error)?;
-        let (depth, bytes, next_seq) = {
-            let ops = txn.open_table(OPS).map_err(journal_error)?;
-            txn.open_table(BY_KEY).map_err(journal_error)?;
-            let mut depth = 0;
-            let mut bytes = 0;
-            let mut last = 0;
-            for item in ops.iter().map_err(journal_error)? {
-                let (seq, value) = item.map_err(journal_error)?;
-                depth += 1;
-                bytes += value.value().len() as u64;
-                last = seq.value();
-            }
-            (depth, bytes, last + 1)
-        };
-        txn.commit().map_err(journal_error)?;
+        let db = open_database(&config)?;
+        let index = load_index(&db)?;
+        let depth = index.depth();
         if depth > 0 {
             tracing::warn!(path = %config.path.display(), depth, "journal holds operations from an earlier run; they will be replayed");
         }
+        let shared = Arc::new(Shared {
+            config,
+            index: RwLock::new(index),
+            depth: AtomicU64::new(depth),
+            replayed: AtomicU64::new(0),
+            obsolete: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            unreadable: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            collapsed: AtomicU64::new(0),
+            io_errors: AtomicU64::new(0),
+            writable: std::sync::atomic::AtomicBool::new(true),
+        });
+        let (requests, inbox) = mpsc::channel();
+        let writer = Writer {
+            db: Some(db),
+            shared: shared.clone(),
+            last_reopen: Instant::now(),
+        };
+        std::thread::Builder::new()
+            .name("cachette-journal".into())
+            .spawn(move || writer.run(inbox))
+            .map_err(journal_error)?;
         Ok(Self {
-            inner: Arc::new(Inner {
-                db,
-                config,
-                state: Mutex::new(State {
-                    depth,
-                    bytes,
-                    next_seq,
-                }),
-                depth: AtomicU64::new(depth),
-                replayed: AtomicU64::new(0),
-                dropped: AtomicU64::new(0),
-                collapsed: AtomicU64::new(0),
-            }),
+            handle: Arc::new(Handle { requests, shared }),
         })
     }
 
-    fn record_blocking(inner: &Inner, op: &JournalOp) -> Result<(), CacheError> {
-        let mut state = inner.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let encoded = encode(op, SystemTime::now());
-        let len = encoded.len() as u64;
-        let full = state.depth + 1 > inner.config.max_entries
-            || state.bytes + len > inner.config.max_bytes;
-        if full && !op.is_invalidation() {
-            inner.dropped.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(depth = state.depth, "journal full: a set was dropped");
-            return Ok(());
-        }
-        let collapse = full || matches!(op, JournalOp::Clear);
-        let (op, encoded) = if full {
-            inner.collapsed.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!("journal full: collapsed into one clear-on-recovery marker");
-            let clear = JournalOp::Clear;
-            let encoded = encode(&clear, SystemTime::now());
-            (clear, encoded)
-        } else {
-            (op.clone(), encoded)
-        };
-        let txn = inner.db.begin_write().map_err(journal_error)?;
-        let seq = state.next_seq;
-        let (mut depth, mut bytes) = (state.depth, state.bytes);
-        {
-            let mut ops = txn.open_table(OPS).map_err(journal_error)?;
-            let mut by_key = txn.open_table(BY_KEY).map_err(journal_error)?;
-            if collapse {
-                ops.retain(|_, _| false).map_err(journal_error)?;
-                by_key.retain(|_, _| false).map_err(journal_error)?;
-                depth = 0;
-                bytes = 0;
-            } else if let Some(key) = op.key() {
-                let older = by_key
-                    .get(key.as_str())
-                    .map_err(journal_error)?
-                    .map(|v| v.value());
-                if let Some(older) = older {
-                    if let Some(old) = ops.remove(older).map_err(journal_error)? {
-                        depth -= 1;
-                        bytes -= old.value().len() as u64;
-                    }
-                }
-                by_key.insert(key.as_str(), seq).map_err(journal_error)?;
-            }
-            ops.insert(seq, encoded.as_ref()).map_err(journal_error)?;
-        }
-        txn.commit().map_err(journal_error)?;
-        state.next_seq = seq + 1;
-        state.depth = depth + 1;
-        state.bytes = bytes + encoded.len() as u64;
-        inner.depth.store(state.depth, Ordering::Release);
-        // Once per order of magnitude: loud enough to notice, not a flood.
-        if is_power_of_ten(state.depth) {
-            tracing::warn!(path = %inner.config.path.display(), depth = state.depth, bytes = state.bytes, "journal growing: the master is not taking writes from this node");
-        }
-        Ok(())
+    async fn ask<T>(&self, request: impl FnOnce(Reply<T>) -> Request) -> Result<T, CacheError> {
+        let (reply, answer) = oneshot::channel();
+        self.handle
+            .requests
+            .send(request(reply))
+            .map_err(|_| journal_error("the journal's writer thread has stopped"))?;
+        answer
+            .await
+            .map_err(|_| journal_error("the journal's writer thread has stopped"))?
     }
 
     /// The first `limit` ops in replay order.
     pub async fn pending(&self, limit: usize) -> Result<Vec<RecordedOp>, CacheError> {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || -> Result<Vec<RecordedOp>, CacheError> {
-            let txn = inner.db.begin_read().map_err(journal_error)?;
-            let ops = txn.open_table(OPS).map_err(journal_error)?;
-            let mut out = Vec::new();
-            for item in ops.iter().map_err(journal_error)?.take(limit) {
-                let (seq, value) = item.map_err(journal_error)?;
-                out.push(decode(seq.value(), value.value()));
-            }
-            Ok(out)
-        })
-        .await
-        .map_err(journal_error)?
+        self.ask(|reply| Request::Pending(limit, reply)).await
     }
 
-    /// Removes replayed (or skipped) ops. `replayed` counts toward the stats.
-    pub async fn acknowledge(
+    /// Removes replayed (or dropped) ops, and counts their outcomes.
+    pub(crate) async fn acknowledge(
         &self,
         done: Vec<RecordedOp>,
-        replayed: u64,
+        tally: ReplayTally,
     ) -> Result<(), CacheError> {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), CacheError> {
-            let mut state = inner.state.lock().unwrap_or_else(PoisonError::into_inner);
-            let txn = inner.db.begin_write().map_err(journal_error)?;
-            let (mut depth, mut bytes) = (state.depth, state.bytes);
-            {
-                let mut ops = txn.open_table(OPS).map_err(journal_error)?;
-                let mut by_key = txn.open_table(BY_KEY).map_err(journal_error)?;
-                for record in &done {
-                    if let Some(old) = ops.remove(record.seq).map_err(journal_error)? {
-                        depth = depth.saturating_sub(1);
-                        bytes = bytes.saturating_sub(old.value().len() as u64);
-                    }
-                    if let Some(key) = record.op.as_ref().and_then(JournalOp::key) {
-                        let current = by_key
-                            .get(key.as_str())
-                            .map_err(journal_error)?
-                            .map(|v| v.value());
-                        if current == Some(record.seq) {
-                            by_key.remove(key.as_str()).map_err(journal_error)?;
-                        }
-                    }
-                }
-            }
-            txn.commit().map_err(journal_error)?;
-            state.depth = depth;
-            state.bytes = bytes;
-            inner.depth.store(depth, Ordering::Release);
-            inner.replayed.fetch_add(replayed, Ordering::Relaxed);
-            let skipped = done.len() as u64 - replayed.min(done.len() as u64);
-            inner.dropped.fetch_add(skipped, Ordering::Relaxed);
-            Ok(())
-        })
-        .await
-        .map_err(journal_error)?
+        self.ask(|reply| Request::Acknowledge(done, tally, reply))
+            .await
     }
 
-    /// Reads the counters (and the oldest op's age, from disk).
+    /// Reads the counters.
     pub async fn stats(&self) -> JournalStats {
-        let oldest = self
-            .pending(1)
-            .await
-            .ok()
-            .and_then(|ops| ops.into_iter().next());
-        let state = self
-            .inner
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let shared = &self.handle.shared;
+        let index = shared.index();
+        let oldest = index.ops.values().next().map(|op| op.recorded_at);
         JournalStats {
-            depth: state.depth,
-            bytes: state.bytes,
-            oldest_age: oldest.and_then(|op| SystemTime::now().duration_since(op.recorded_at).ok()),
-            replayed: self.inner.replayed.load(Ordering::Relaxed),
-            dropped: self.inner.dropped.load(Ordering::Relaxed),
-            collapsed: self.inner.collapsed.load(Ordering::Relaxed),
+            depth: index.depth(),
+            bytes: index.bytes,
+            oldest_age: oldest.and_then(|at| SystemTime::now().duration_since(at).ok()),
+            replayed: shared.replayed.load(Ordering::Relaxed),
+            obsolete: shared.obsolete.load(Ordering::Relaxed),
+            rejected: shared.rejected.load(Ordering::Relaxed),
+            unreadable: shared.unreadable.load(Ordering::Relaxed),
+            dropped: shared.dropped.load(Ordering::Relaxed),
+            collapsed: shared.collapsed.load(Ordering::Relaxed),
+            io_errors: shared.io_errors.load(Ordering::Relaxed),
+            writable: shared.writable.load(Ordering::Relaxed),
         }
     }
 
     /// The settings the journal was opened with.
     pub fn config(&self) -> &JournalConfig {
-        &self.inner.config
+        &self.handle.shared.config
     }
 }
 
 #[async_trait]
 impl Journal for DiskJournal {
-    async fn record(&self, op: JournalOp) -> Result<(), CacheError> {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || Self::record_blocking(&inner, &op))
-            .await
-            .map_err(journal_error)?
+    async fn record(&self, op: JournalOp) -> Result<Recorded, CacheError> {
+        self.ask(|reply| Request::Record(op, reply)).await
     }
 
     fn depth(&self) -> u64 {
-        self.inner.depth.load(Ordering::Acquire)
+        self.handle.shared.depth.load(Ordering::Acquire)
     }
+
+    fn hides(&self, key: &CacheKey, entry: &Entry) -> bool {
+        self.handle.shared.index().hides(key.as_str(), entry)
+    }
+}
+
+/// The writer thread: owns the database, applies requests in arrival order,
+/// commits concurrent records together.
+struct Writer {
+    db: Option<Database>,
+    shared: Arc<Shared>,
+    last_reopen: Instant,
+}
+
+/// One record planned into a transaction (`None`: not recorded, full).
+struct Planned {
+    reply: Reply<Recorded>,
+    recorded: Option<Recorded>,
+}
+
+impl Writer {
+    fn run(mut self, inbox: mpsc::Receiver<Request>) {
+        while let Ok(first) = inbox.recv() {
+            let mut records = Vec::new();
+            let mut next = Some(first);
+            while let Some(request) = next.take() {
+                match request {
+                    Request::Record(op, reply) => {
+                        records.push((op, reply));
+                        if records.len() < GROUP_MAX {
+                            next = inbox.try_recv().ok();
+                        }
+                    }
+                    other => {
+                        // Keep arrival order: commit the records before it.
+                        self.record_group(std::mem::take(&mut records));
+                        self.serve(other);
+                        next = inbox.try_recv().ok();
+                    }
+                }
+            }
+            self.record_group(records);
+        }
+        // Every handle is gone: the database (and its file lock) drop here.
+    }
+
+    /// The open database, reopening it after an I/O error (at most every
+    /// [`REOPEN_EVERY`]).
+    fn database(&mut self) -> Result<&Database, CacheError> {
+        if self.db.is_none() && self.last_reopen.elapsed() >= REOPEN_EVERY {
+            self.last_reopen = Instant::now();
+            match open_database(&self.shared.config).and_then(|db| Ok((load_index(&db)?, db))) {
+                Ok((index, db)) => {
+                    let depth = index.depth();
+                    *self.shared.index_mut() = index;
+                    self.shared.depth.store(depth, Ordering::Release);
+                    self.shared.writable.store(true, Ordering::Relaxed);
+                    tracing::warn!(path = %self.shared.config.path.display(), depth, "journal reopened after an I/O error");
+                    self.db = Some(db);
+                }
+                Err(error) => {
+                    tracing::error!(path = %self.shared.config.path.display(), %error, "journal could not be reopened; records fail until it can");
+                }
+            }
+        }
+        self.db.as_ref().ok_or_else(|| {
+            journal_error("the journal's disk failed and it could not be reopened yet")
+        })
+    }
+
+    /// After a failed write: redb refuses everything from now on, so the
+    /// database is dropped and reopened (now, or on a later request).
+    fn failed(&mut self, error: &CacheError) {
+        self.shared.io_errors.fetch_add(1, Ordering::Relaxed);
+        self.shared.writable.store(false, Ordering::Relaxed);
+        tracing::error!(path = %self.shared.config.path.display(), %error, "journal write failed; reopening the journal");
+        self.db = None;
+        self.last_reopen = Instant::now() - REOPEN_EVERY;
+        // Re-read what is durable, or, if that fails, keep the index as it
+        // was: its depth keeps new writes behind the backlog.
+        let _ = self.database();
+    }
+
+    fn serve(&mut self, request: Request) {
+        match request {
+            Request::Record(op, reply) => self.record_group(vec![(op, reply)]),
+            Request::Pending(limit, reply) => {
+                let result = self.read_pending(limit);
+                if let Err(error) = &result {
+                    self.failed(error);
+                }
+                let _ = reply.send(result);
+            }
+            Request::Acknowledge(done, tally, reply) => {
+                let result = self.acknowledge(&done, tally);
+                if let Err(error) = &result {
+                    self.failed(error);
+                }
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    fn read_pending(&mut self, limit: usize) -> Result<Vec<RecordedOp>, CacheError> {
+        use redb::ReadableDatabase;
+        let db = self.database()?;
+        let txn = db.begin_read().map_err(journal_error)?;
+        let ops = txn.open_table(OPS).map_err(journal_error)?;
+        let mut out = Vec::new();
+        for item in ops.iter().map_err(journal_error)?.take(limit) {
+            let (seq, value) = item.map_err(journal_error)?;
+            out.push(decode(seq.value(), value.value()));
+        }
+        Ok(out)
+    }
+
+    fn acknowledge(&mut self, done: &[RecordedOp], tally: ReplayTally) -> Result<(), CacheError> {
+        let db = self.database()?;
+        let txn = db.begin_write().map_err(journal_error)?;
+        {
+            let mut ops = txn.open_table(OPS).map_err(journal_error)?;
+            for record in done {
+                ops.remove(record.seq).map_err(journal_error)?;
+            }
+        }
+        txn.commit().map_err(journal_error)?;
+        let shared = &self.shared;
+        {
+            let mut index = shared.index_mut();
+            for record in done {
+                index.remove(record.seq);
+            }
+            shared.depth.store(index.depth(), Ordering::Release);
+        }
+        shared.replayed.fetch_add(tally.replayed, Ordering::Relaxed);
+        shared.obsolete.fetch_add(tally.obsolete, Ordering::Relaxed);
+        shared.rejected.fetch_add(tally.rejected, Ordering::Relaxed);
+        shared
+            .unreadable
+            .fetch_add(tally.unreadable, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Records a group of ops in one transaction (one fsync) and answers each.
+    fn record_group(&mut self, records: Vec<(JournalOp, Reply<Recorded>)>) {
+        if records.is_empty() {
+            return;
+        }
+        match self.commit_group(records) {
+            Ok(planned) => {
+                let depth = self.shared.depth.load(Ordering::Acquire);
+                for planned in planned {
+                    let _ = planned.reply.send(planned.recorded.ok_or_else(|| {
+                        journal_error("the journal is full: the write was not recorded")
+                    }));
+                }
+                // Once per order of magnitude: loud enough to notice, not a flood.
+                if is_power_of_ten(depth) {
+                    tracing::warn!(path = %self.shared.config.path.display(), depth, "journal growing: the master is not taking writes from this node");
+                }
+            }
+            Err((error, replies)) => {
+                for reply in replies {
+                    let _ = reply.send(Err(journal_error(error.to_string())));
+                }
+                self.failed(&error);
+            }
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn commit_group(
+        &mut self,
+        records: Vec<(JournalOp, Reply<Recorded>)>,
+    ) -> Result<Vec<Planned>, (CacheError, Vec<Reply<Recorded>>)> {
+        let shared = self.shared.clone();
+        let db = match self.database() {
+            Ok(db) => db,
+            Err(error) => return Err((error, records.into_iter().map(|(_, r)| r).collect())),
+        };
+        let mut planned = Vec::with_capacity(records.len());
+        let mut replies_on_error = Vec::new();
+        let result = (|| -> Result<(), CacheError> {
+            let txn = db.begin_write().map_err(journal_error)?;
+            {
+                let mut ops = txn.open_table(OPS).map_err(journal_error)?;
+                let mut index = shared.index_mut();
+                for (op, reply) in records {
+                    let recorded = plan(&shared, &mut index, &mut ops, op);
+                    match recorded {
+                        Ok(recorded) => planned.push(Planned { reply, recorded }),
+                        Err(error) => {
+                            replies_on_error.push(reply);
+                            return Err(error);
+                        }
+                    }
+                }
+                shared.depth.store(index.depth(), Ordering::Release);
+            }
+            txn.commit().map_err(journal_error)
+        })();
+        match result {
+            Ok(()) => Ok(planned),
+            Err(error) => {
+                // Nothing of the group is durable; the index is rebuilt from
+                // disk by the reopen.
+                let mut replies: Vec<_> = planned.into_iter().map(|p| p.reply).collect();
+                replies.extend(replies_on_error);
+                Err((error, replies))
+            }
+        }
+    }
+}
+
+/// Adds one op to the open transaction and the index: supersedes the key's
+/// older op, and applies the journal's bounds. `None`: a set that does not
+/// fit a full journal, and has no older op to replace, is not recorded.
+fn plan(
+    shared: &Shared,
+    index: &mut Index,
+    ops: &mut redb::Table<'_, u64, &[u8]>,
+    op: JournalOp,
+) -> Result<Option<Recorded>, CacheError> {
+    let config = &shared.config;
+    let now = SystemTime::now();
+    let fits = |index: &Index, freed: (u64, u64), len: u64| {
+        index.depth() - freed.0 < config.max_entries
+            && index.bytes - freed.1 + len <= config.max_bytes
+    };
+    let older = op
+        .key()
+        .and_then(|key| index.by_key.get(key.as_str()).copied())
+        .and_then(|seq| index.ops.get(&seq).map(|o| (seq, o.len)));
+    let freed = older.map_or((0, 0), |(_, len)| (1, len));
+    let mut recorded = Recorded::Kept;
+    let mut op = op;
+    let mut encoded = encode(&op, now);
+    if !matches!(op, JournalOp::Clear) && !fits(index, freed, encoded.len() as u64) {
+        if let JournalOp::Set { key, entry } = &op {
+            shared.dropped.fetch_add(1, Ordering::Relaxed);
+            if older.is_none() {
+                tracing::warn!(depth = index.depth(), %key, "journal full: a set was not recorded");
+                return Ok(None);
+            }
+            // The newest op for a key must win, full or not: the older op of
+            // the key is replaced by a delete as of this write, so neither
+            // it nor an older value on the master survives the replay.
+            tracing::warn!(depth = index.depth(), %key, "journal full: a set is recorded as a delete of its key");
+            recorded = Recorded::AsInvalidation;
+            op = JournalOp::Delete {
+                key: key.clone(),
+                at: entry.meta().stored_at,
+            };
+            encoded = encode(&op, now);
+        }
+    }
+    let collapse = matches!(op, JournalOp::Clear) || !fits(index, freed, encoded.len() as u64);
+    if collapse {
+        if !matches!(op, JournalOp::Clear) {
+            shared.collapsed.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("journal full: collapsed into one clear-on-recovery marker");
+            if matches!(op, JournalOp::Set { .. }) {
+                recorded = Recorded::AsInvalidation;
+            }
+            op = JournalOp::Clear;
+            encoded = encode(&op, now);
+        }
+        ops.retain(|_, _| false).map_err(journal_error)?;
+        index.clear();
+    } else if let Some((seq, _)) = older {
+        ops.remove(seq).map_err(journal_error)?;
+        index.remove(seq);
+    }
+    let seq = index.next_seq.max(1);
+    ops.insert(seq, encoded.as_ref()).map_err(journal_error)?;
+    index.insert(
+        seq,
+        IndexedOp {
+            recorded_at: now,
+            len: encoded.len() as u64,
+            what: Pending::of(Some(&op)),
+        },
+    );
+    Ok(Some(recorded))
 }

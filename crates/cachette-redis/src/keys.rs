@@ -1,8 +1,10 @@
 //! How cachette lays out its data in Redis.
 //!
 //! Everything of one cache lives under its namespace (e.g. `cachette:default:`):
-//! entries under `{ns}k:{key}`, tag index sets under `{ns}t:{tag}`. Clearing a
-//! cache removes `{ns}*` and nothing else.
+//! entries under `{ns}k:{key}`, tag index sets under `{ns}t:{tag}`, delete
+//! tombstones under `{ns}d:{key}` and the purge mark at `{ns}p` (see the
+//! scripts). Clearing a cache removes `{ns}*` and nothing else; settings
+//! refuse namespaces where one is a prefix of another.
 
 pub use cachette_core::escape_glob;
 
@@ -25,6 +27,16 @@ impl Keys {
 
     pub(crate) fn entry(&self, key: &str) -> String {
         format!("{}k:{key}", self.namespace)
+    }
+
+    /// The tombstone a delete of `key` leaves on the master.
+    pub(crate) fn tombstone(&self, key: &str) -> String {
+        format!("{}d:{key}", self.namespace)
+    }
+
+    /// The namespace's purge mark: the version of its latest purge.
+    pub(crate) fn purge_mark(&self) -> String {
+        format!("{}p", self.namespace)
     }
 
     pub(crate) fn tag(&self, tag: &str) -> String {

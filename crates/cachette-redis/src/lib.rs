@@ -76,6 +76,9 @@ pub struct RedisStats {
     pub bus_subscriptions: u64,
     /// Failed attempts to resolve the master through Sentinel.
     pub resolve_errors: u64,
+    /// The master's clock minus this node's, in ms, as last measured (write
+    /// versions are stamped in the master's clock; see docs/operations.md).
+    pub clock_offset_ms: i64,
     /// The journal's counters, if journaling is on.
     pub journal: Option<JournalStats>,
 }
@@ -249,10 +252,7 @@ impl RedisTiers {
         if !self.space.bus {
             return;
         }
-        let targets = bus::Targets {
-            memory,
-            local: self.local_tier(),
-        };
+        let targets = bus::Targets { memory };
         let task = tokio::spawn(bus::run_subscriber(Arc::downgrade(&self.space), targets));
         self.space.tasks.add(task.abort_handle());
     }
@@ -313,6 +313,7 @@ impl RedisTiers {
             bus_received: space.bus_received.load(Ordering::Relaxed),
             bus_subscriptions: space.bus_subscriptions.load(Ordering::Relaxed),
             resolve_errors: space.conns.resolve_errors.load(Ordering::Relaxed),
+            clock_offset_ms: space.conns.clock_offset_ms(),
             journal,
         }
     }

@@ -1,28 +1,81 @@
 //! The replayer: when the master answers again, the journal's operations are
 //! applied to it in order, in pipelined batches at a bounded rate, and removed.
+//!
+//! Each op has its own outcome. An op the master answers with an error reply
+//! (a TTL it rejects, `WRONGTYPE`, `OOM` under `noeviction`) is *rejected*: it
+//! would fail the same way on every retry, so it is dropped, counted and
+//! logged, and the ops after it replay. Only a transport failure (the master
+//! is unreachable, or answers "not now": `LOADING`, `BUSY`, `READONLY`...)
+//! stops the replay, to be retried; re-applying the ops of a batch is safe,
+//! because every write and delete carries its version and the scripts refuse
+//! older ones.
 
 use std::{
     sync::Weak,
     time::{Duration, Instant, SystemTime},
 };
 
-use cachette_core::{CacheError, JournalOp, unix_millis};
+use cachette_core::{CacheError, JournalOp};
 
 use crate::{
     DiskJournal, RedisTier, Role,
-    journal::RecordedOp,
+    journal::{RecordedOp, ReplayTally},
     node::redis_error,
     shared::Space,
-    tier::{bus_message, ttl_arg, wire_value},
+    tier::{bus_message, script_reply},
 };
 
-/// Applies a run of sets and deletes as one pipeline of script calls.
-async fn apply_pipelined(tier: &RedisTier, run: &[&RecordedOp]) -> Result<u64, CacheError> {
+/// What the master did with one op.
+#[derive(Debug)]
+enum Outcome {
+    /// Applied.
+    Applied,
+    /// Not applied, and rightly: newer data, a later delete or purge, or the
+    /// entry expired while it waited. Nothing is lost.
+    Obsolete,
+    /// Refused with an error reply that a retry would get again.
+    Rejected(String),
+}
+
+/// Whether an error reply means "not now" (retry later) rather than "never".
+fn is_transient(code: &str) -> bool {
+    matches!(
+        code,
+        "LOADING"
+            | "BUSY"
+            | "TRYAGAIN"
+            | "MASTERDOWN"
+            | "READONLY"
+            | "NOSCRIPT"
+            | "CLUSTERDOWN"
+            | "MOVED"
+            | "ASK"
+            | "NOREPLICAS"
+    )
+}
+
+/// The error reply of a failed tier call, if it was one the master would
+/// give again on every retry.
+fn persistent_rejection(error: &CacheError) -> Option<String> {
+    let CacheError::Backend { source, .. } = error else {
+        return None;
+    };
+    let redis = source.downcast_ref::<redis::RedisError>()?;
+    let code = redis.code()?;
+    (!is_transient(code)).then(|| redis.to_string())
+}
+
+/// Applies a run of sets and deletes as one pipeline of script calls; one
+/// outcome per op, or an error when the pipeline itself failed.
+async fn apply_pipelined(
+    tier: &RedisTier,
+    run: &[&RecordedOp],
+) -> Result<Vec<Outcome>, CacheError> {
     let shared = &tier.space;
     let node = tier.node()?;
     let mut conn = node.exclusive().await?;
     // Load both scripts once so the pipeline can use EVALSHA.
-    for script in [&shared.scripts.set, &shared.scripts.delete_if_older] {
+    for script in [&shared.scripts.set, &shared.scripts.delete] {
         script
             .prepare_invoke()
             .load_async(&mut conn)
@@ -31,57 +84,112 @@ async fn apply_pipelined(tier: &RedisTier, run: &[&RecordedOp]) -> Result<u64, C
     }
     let now = SystemTime::now();
     let mut pipe = redis::pipe();
-    let mut applied = 0;
+    pipe.ignore_errors();
+    // For each op: whether it went into the pipeline (one reply) or was
+    // decided here.
+    let mut sent = Vec::with_capacity(run.len());
     for record in run {
         match &record.op {
             Some(JournalOp::Set { key, entry }) => {
                 let ttl = entry.remaining_ttl(now);
                 if ttl.is_zero() {
-                    continue; // expired while waiting: never resurrected
+                    sent.push(false); // expired while waiting: never resurrected
+                    continue;
                 }
-                let tags = &entry.meta().tags;
-                let cmd = pipe
-                    .cmd("EVALSHA")
-                    .arg(shared.scripts.set.get_hash())
-                    .arg(1 + tags.len())
-                    .arg(shared.keys.entry(key.as_str()));
-                for tag in tags {
-                    cmd.arg(shared.keys.tag(tag));
-                }
-                cmd.arg(wire_value(entry).as_ref())
-                    .arg(ttl_arg(ttl))
-                    .arg("")
-                    .ignore();
-                applied += 1;
+                pipe.invoke_script(&tier.set_invocation(key, entry, ttl, ""));
+                sent.push(true);
             }
             Some(JournalOp::Delete { key, at }) => {
-                pipe.cmd("EVALSHA")
-                    .arg(shared.scripts.delete_if_older.get_hash())
-                    .arg(1)
-                    .arg(shared.keys.entry(key.as_str()))
-                    .arg(unix_millis(*at).to_be_bytes().as_slice())
-                    .ignore();
+                pipe.invoke_script(&tier.delete_invocation(key.as_str(), *at));
                 if shared.bus {
                     pipe.cmd("PUBLISH")
                         .arg(shared.keys.bus_channel())
                         .arg(bus_message(&shared.node_id, 'd', key.as_str()))
                         .ignore();
                 }
-                applied += 1;
+                sent.push(true);
             }
-            _ => {}
+            _ => sent.push(false),
         }
     }
-    if applied > 0 {
-        pipe.query_async::<()>(&mut conn)
-            .await
-            .map_err(redis_error)?;
+    let replies: Vec<redis::Value> = if sent.iter().any(|s| *s) {
+        pipe.query_async(&mut conn).await.map_err(redis_error)?
+    } else {
+        Vec::new()
+    };
+    let mut replies = replies.into_iter();
+    let mut outcomes = Vec::with_capacity(run.len());
+    for was_sent in sent {
+        if !was_sent {
+            outcomes.push(Outcome::Obsolete);
+            continue;
+        }
+        let outcome = match replies.next() {
+            Some(redis::Value::ServerError(error)) if is_transient(error.code()) => {
+                return Err(CacheError::backend(
+                    "redis",
+                    format!("the master answered {}: retrying later", error.code()),
+                ));
+            }
+            Some(redis::Value::ServerError(error)) => Outcome::Rejected(format!(
+                "{} {}",
+                error.code(),
+                error.details().unwrap_or_default()
+            )),
+            Some(reply) => match script_reply(&reply) {
+                Some((-1, _)) => Outcome::Obsolete,
+                Some(_) => Outcome::Applied,
+                None => Outcome::Rejected(format!("unexpected reply {reply:?}")),
+            },
+            None => {
+                return Err(CacheError::backend(
+                    "redis",
+                    "the pipeline returned fewer replies than commands",
+                ));
+            }
+        };
+        outcomes.push(outcome);
     }
-    Ok(applied)
+    Ok(outcomes)
 }
 
-/// Replays everything the journal holds, or fails at the first error (what
-/// was applied before it is acknowledged).
+/// Runs one invalidation sweep from the journal.
+async fn apply_sweep(tier: &RedisTier, op: &JournalOp) -> Result<Outcome, CacheError> {
+    use cachette_core::Backend;
+    let result = match op {
+        JournalOp::InvalidatePrefix { prefix } => tier.invalidate_prefix(prefix).await,
+        JournalOp::InvalidatePattern { pattern } => tier.invalidate_pattern(pattern).await,
+        JournalOp::InvalidateTag { tag } => tier.invalidate_tag(tag).await,
+        JournalOp::Clear => tier.clear().await,
+        other => {
+            return Ok(Outcome::Rejected(format!(
+                "the replayer has no sweep for {other:?}"
+            )));
+        }
+    };
+    match result {
+        Ok(()) => Ok(Outcome::Applied),
+        Err(error) => match persistent_rejection(&error) {
+            Some(reason) => Ok(Outcome::Rejected(reason)),
+            None => Err(error),
+        },
+    }
+}
+
+/// Counts an op's outcome, and logs a rejection (with what the op was).
+fn tally(tally: &mut ReplayTally, record: &RecordedOp, outcome: &Outcome) {
+    match outcome {
+        Outcome::Applied => tally.replayed += 1,
+        Outcome::Obsolete => tally.obsolete += 1,
+        Outcome::Rejected(reason) => {
+            tally.rejected += 1;
+            tracing::error!(seq = record.seq, op = ?record.op, %reason, "the master rejected a journaled op: dropped (a retry would fail the same way)");
+        }
+    }
+}
+
+/// Replays everything the journal holds, or stops at the first transport
+/// failure (what was decided before it is acknowledged).
 pub(crate) async fn replay(tier: &RedisTier, journal: &DiskJournal) -> Result<(), CacheError> {
     let config = journal.config().clone();
     loop {
@@ -91,65 +199,62 @@ pub(crate) async fn replay(tier: &RedisTier, journal: &DiskJournal) -> Result<()
         }
         let started = Instant::now();
         let mut done: Vec<RecordedOp> = Vec::with_capacity(batch.len());
-        let mut replayed = 0;
+        let mut counts = ReplayTally::default();
         let mut run: Vec<&RecordedOp> = Vec::new();
         let mut failure = None;
-        for record in &batch {
-            match &record.op {
-                Some(JournalOp::Set { .. } | JournalOp::Delete { .. }) => run.push(record),
-                other => {
-                    // An invalidation sweep cannot be pipelined: flush the run first.
-                    if !run.is_empty() {
-                        match apply_pipelined(tier, &run).await {
-                            Ok(_) => {
-                                replayed += run.len() as u64;
-                                done.extend(run.drain(..).cloned());
-                            }
-                            Err(error) => {
-                                failure = Some(error);
-                                break;
-                            }
-                        }
-                    }
-                    let result = match other {
-                        Some(JournalOp::InvalidatePrefix { prefix }) => {
-                            cachette_core::Backend::invalidate_prefix(tier, prefix).await
-                        }
-                        Some(JournalOp::InvalidateTag { tag }) => {
-                            cachette_core::Backend::invalidate_tag(tier, tag).await
-                        }
-                        Some(JournalOp::Clear) => cachette_core::Backend::clear(tier).await,
-                        _ => Ok(()), // unreadable record: skipped
-                    };
-                    match result {
-                        Ok(()) => {
-                            if other.is_some() {
-                                replayed += 1;
-                            }
+        let mut records = batch.iter().peekable();
+        while let Some(record) = records.next() {
+            let Some(op) = &record.op else {
+                counts.unreadable += 1;
+                tracing::error!(
+                    seq = record.seq,
+                    "a journaled op is unreadable (corrupt or from a newer version): dropped"
+                );
+                done.push(record.clone());
+                continue;
+            };
+            let pipelined = matches!(op, JournalOp::Set { .. } | JournalOp::Delete { .. });
+            if pipelined {
+                run.push(record);
+            }
+            // Flush the run before a sweep (sweeps cannot be pipelined, and
+            // order matters), and at the end of the batch.
+            let flush = !pipelined || records.peek().is_none();
+            if flush && !run.is_empty() {
+                match apply_pipelined(tier, &run).await {
+                    Ok(outcomes) => {
+                        for (record, outcome) in run.drain(..).zip(outcomes) {
+                            tally(&mut counts, record, &outcome);
                             done.push(record.clone());
                         }
-                        Err(error) => {
-                            failure = Some(error);
-                            break;
-                        }
+                    }
+                    Err(error) => {
+                        failure = Some(error);
+                        break;
                     }
                 }
             }
-        }
-        if failure.is_none() && !run.is_empty() {
-            match apply_pipelined(tier, &run).await {
-                Ok(_) => {
-                    replayed += run.len() as u64;
-                    done.extend(run.drain(..).cloned());
+            if !pipelined {
+                match apply_sweep(tier, op).await {
+                    Ok(outcome) => {
+                        tally(&mut counts, record, &outcome);
+                        done.push(record.clone());
+                    }
+                    Err(error) => {
+                        failure = Some(error);
+                        break;
+                    }
                 }
-                Err(error) => failure = Some(error),
             }
         }
         let count = done.len();
-        journal.acknowledge(done, replayed).await?;
+        journal.acknowledge(done, counts).await?;
         if count > 0 {
             tracing::info!(
-                replayed = count,
+                done = count,
+                replayed = counts.replayed,
+                obsolete = counts.obsolete,
+                rejected = counts.rejected,
                 left = cachette_core::Journal::depth(journal),
                 "journal replayed to the master"
             );

@@ -1,37 +1,89 @@
 //! Lua scripts: one round trip per write, and the comparisons that keep an
-//! older write (a journal replay, a slow node) from replacing a newer one.
+//! older write (a journal replay, a slow node, a set that timed out and
+//! arrives late) from replacing a newer value or undoing a delete.
 //!
-//! An encoded entry starts with the magic `CHTE`, a version byte, a kind byte,
-//! a flags byte, then `stored_at` as 8 big-endian bytes (Lua indices 8..15).
-//! Comparing those bytes one by one compares the timestamps. Counters are
-//! stored as plain integers (so `INCRBY` works) and carry no timestamp.
+//! **One clock.** Every write and delete carries a *version*: the Unix
+//! milliseconds at which it was issued, as the writing node estimates the
+//! master's clock (its own clock plus the offset it measured from earlier
+//! replies, which carry the master's `TIME`). The scripts clamp a version at
+//! the master's present, so a node whose clock runs ahead cannot make its
+//! writes win over later ones; the residual error is the offset estimate's
+//! (a few milliseconds on a LAN). Entries are stored as `CHTV`, the version
+//! as 8 big-endian bytes, then the entry's own encoding (`CHTE`...); values
+//! written by earlier versions (plain `CHTE`) are read with their
+//! `stored_at` as version. Counters are plain integers (so `INCRBY` works)
+//! and carry no version.
+//!
+//! **Traces of invalidations.** A delete on the master leaves a tombstone
+//! `{ns}d:{key}` holding its version; a prefix, pattern, tag purge or clear
+//! raises the namespace's purge mark `{ns}p`. Both live for the *tombstone
+//! window*. A write older than the key's tombstone or the purge mark is
+//! refused; so is a write older than the window itself (its delete may have
+//! left no trace any more), which only costs a miss.
 
 use redis::Script;
 
-/// `KEYS[1]` entry key, `KEYS[2..]` tag sets; `ARGV[1]` value, `ARGV[2]` TTL
-/// in ms (`0`: no expiry), `ARGV[3]` `nx` to store only if absent. Stores
-/// unless the stored entry is newer (or present, with `nx`); indexes the key
-/// in each tag set, whose TTL is extended to cover the entry. Returns 1 when
-/// stored, 0 otherwise.
-pub(crate) const SET: &str = r"
-local cur = redis.call('GET', KEYS[1])
-if ARGV[3] == 'nx' and cur then return 0 end
-local new = ARGV[1]
-if cur and string.len(cur) >= 15 and string.sub(cur, 1, 4) == 'CHTE'
-   and string.len(new) >= 15 and string.sub(new, 1, 4) == 'CHTE' then
-  for i = 8, 15 do
-    local a, b = string.byte(cur, i), string.byte(new, i)
-    if a > b then return 0 end
-    if a < b then break end
-  end
+/// The version of a stored value (Lua), 0 when it has none (a counter).
+const VERSION_OF: &str = r"
+local function version_of(v)
+  if not v then return 0 end
+  local head = string.sub(v, 1, 4)
+  local from
+  if head == 'CHTV' and string.len(v) >= 12 then from = 5
+  elseif head == 'CHTE' and string.len(v) >= 15 then from = 8
+  else return 0 end
+  local n = 0
+  for i = from, from + 7 do n = n * 256 + string.byte(v, i) end
+  return n
 end
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function pack(n)
+  local out = {}
+  for i = 8, 1, -1 do
+    out[i] = string.char(n % 256)
+    n = math.floor(n / 256)
+  end
+  return table.concat(out)
+end
+";
+
+/// `KEYS[1]` entry key, `KEYS[2]` its tombstone, `KEYS[3]` the namespace's
+/// purge mark, `KEYS[4..]` tag sets; `ARGV[1]` value, `ARGV[2]` TTL in ms
+/// (`0`: no expiry), `ARGV[3]` `nx` to store only if absent, `ARGV[4]` the
+/// write's version, `ARGV[5]` the tombstone window in ms, `ARGV[6]` `v` to
+/// store the value versioned (entries) or `` as is (counters).
+///
+/// Stores unless the stored value, the key's tombstone or the purge mark is
+/// newer, or the version is older than the window; indexes the key in each
+/// tag set, whose TTL is extended to cover the entry. Returns
+/// `{status, master_now_ms}`: 1 stored, 0 not stored (`nx` and present),
+/// -1 refused as older.
+pub(crate) fn set_script() -> String {
+    format!(
+        "{VERSION_OF}{}",
+        r"
+local now = now_ms()
+local version = math.min(tonumber(ARGV[4]), now)
+local cur = redis.call('GET', KEYS[1])
+if ARGV[3] == 'nx' and cur then return {0, now} end
+if version < now - tonumber(ARGV[5])
+   or version < version_of(cur)
+   or version < (tonumber(redis.call('GET', KEYS[2])) or 0)
+   or version < (tonumber(redis.call('GET', KEYS[3])) or 0) then
+  return {-1, now}
+end
+local value = ARGV[1]
+if ARGV[6] == 'v' then value = 'CHTV' .. pack(version) .. value end
 local ttl = tonumber(ARGV[2])
 if ttl > 0 then
-  redis.call('SET', KEYS[1], new, 'PX', ttl)
+  redis.call('SET', KEYS[1], value, 'PX', ttl)
 else
-  redis.call('SET', KEYS[1], new)
+  redis.call('SET', KEYS[1], value)
 end
-for i = 2, #KEYS do
+for i = 4, #KEYS do
   redis.call('SADD', KEYS[i], KEYS[1])
   local left = redis.call('PTTL', KEYS[i])
   if ttl == 0 then
@@ -40,23 +92,51 @@ for i = 2, #KEYS do
     redis.call('PEXPIRE', KEYS[i], ttl)
   end
 end
-return 1
-";
+return {1, now}
+"
+    )
+}
 
-/// `KEYS[1]` entry key; `ARGV[1]` the delete's time as 8 big-endian bytes of
-/// Unix milliseconds. Removes the entry unless it was stored after the
-/// delete. Returns the number of keys removed.
-pub(crate) const DELETE_IF_NOT_NEWER: &str = r"
-local cur = redis.call('GET', KEYS[1])
-if cur and string.len(cur) >= 15 and string.sub(cur, 1, 4) == 'CHTE' then
-  for i = 1, 8 do
-    local a, b = string.byte(cur, i + 7), string.byte(ARGV[1], i)
-    if a > b then return 0 end
-    if a < b then break end
-  end
+/// `KEYS[1]` entry key, `KEYS[2]` its tombstone; `ARGV[1]` the delete's
+/// version, `ARGV[2]` the tombstone window in ms. Removes the entry unless
+/// it was stored after the delete, and leaves (or raises) the tombstone.
+/// Returns `{removed, master_now_ms}`.
+pub(crate) fn delete_script() -> String {
+    format!(
+        "{VERSION_OF}{}",
+        r"
+local now = now_ms()
+local version = math.min(tonumber(ARGV[1]), now)
+local window = tonumber(ARGV[2])
+local removed = 0
+if version >= version_of(redis.call('GET', KEYS[1])) then
+  removed = redis.call('UNLINK', KEYS[1])
 end
-return redis.call('UNLINK', KEYS[1])
-";
+if version >= (tonumber(redis.call('GET', KEYS[2])) or 0) and version > now - window then
+  redis.call('SET', KEYS[2], version, 'PX', window)
+end
+return {removed, now}
+"
+    )
+}
+
+/// `KEYS[1]` the namespace's purge mark; `ARGV[1]` the purge's version,
+/// `ARGV[2]` the tombstone window in ms. Raises the mark (run after the
+/// sweep: writes older than the purge are refused from then on). Returns
+/// `{0, master_now_ms}`.
+pub(crate) fn purge_mark_script() -> String {
+    format!(
+        "{VERSION_OF}{}",
+        r"
+local now = now_ms()
+local version = math.min(tonumber(ARGV[1]), now)
+if version >= (tonumber(redis.call('GET', KEYS[1])) or 0) then
+  redis.call('SET', KEYS[1], version, 'PX', tonumber(ARGV[2]))
+end
+return {0, now}
+"
+    )
+}
 
 /// `KEYS[1]` counter key; `ARGV[1]` delta. Nil when the key is missing, an
 /// error reply `NOTCOUNTER` when it holds something else, else the new value
@@ -68,19 +148,36 @@ if not string.match(cur, '^%-?%d+$') then return redis.error_reply('NOTCOUNTER')
 return redis.call('INCRBY', KEYS[1], ARGV[1])
 ";
 
+/// `KEYS[1]` a tag index, `KEYS[2..]` members read from it. Removes each
+/// member and takes it out of the index, atomically, so that a member stored
+/// again meanwhile is either removed with its index entry or kept with it.
+/// Returns the number of entries removed.
+pub(crate) const PURGE_TAG_CHUNK: &str = r"
+local removed = 0
+for i = 2, #KEYS do
+  removed = removed + redis.call('UNLINK', KEYS[i])
+  redis.call('SREM', KEYS[1], KEYS[i])
+end
+return removed
+";
+
 #[derive(Debug)]
 pub(crate) struct Scripts {
     pub(crate) set: Script,
-    pub(crate) delete_if_older: Script,
+    pub(crate) delete: Script,
+    pub(crate) purge_mark: Script,
     pub(crate) incr: Script,
+    pub(crate) purge_tag_chunk: Script,
 }
 
 impl Default for Scripts {
     fn default() -> Self {
         Self {
-            set: Script::new(SET),
-            delete_if_older: Script::new(DELETE_IF_NOT_NEWER),
+            set: Script::new(&set_script()),
+            delete: Script::new(&delete_script()),
+            purge_mark: Script::new(&purge_mark_script()),
             incr: Script::new(INCR),
+            purge_tag_chunk: Script::new(PURGE_TAG_CHUNK),
         }
     }
 }

@@ -5,10 +5,12 @@
 use std::{
     sync::{
         Arc, Mutex, PoisonError, RwLock,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant, SystemTime},
 };
+
+use cachette_core::unix_millis;
 
 use tokio::{
     sync::{Notify, watch},
@@ -54,6 +56,10 @@ pub(crate) struct Connections {
     pub(crate) master_generation: watch::Sender<u64>,
     pub(crate) failovers: AtomicU64,
     pub(crate) resolve_errors: AtomicU64,
+    /// The master's clock minus this node's, in ms, as last measured from a
+    /// script reply (0 until the first one): versions are stamped in the
+    /// master's clock.
+    clock_offset_ms: AtomicI64,
     pub(crate) tasks: Tasks,
 }
 
@@ -77,6 +83,7 @@ impl Connections {
             master_generation: generation,
             failovers: AtomicU64::new(0),
             resolve_errors: AtomicU64::new(0),
+            clock_offset_ms: AtomicI64::new(0),
             tasks: Tasks::default(),
         }
     }
@@ -115,6 +122,35 @@ impl Connections {
             tracing::info!(master = %addr, "Redis master found");
         }
         self.master_generation.send_modify(|g| *g += 1);
+    }
+
+    /// `local` (this node's clock) in the master's clock, as Unix ms.
+    pub(crate) fn master_clock(&self, local: SystemTime) -> u64 {
+        let offset = self.clock_offset_ms.load(Ordering::Relaxed);
+        let local = unix_millis(local);
+        if offset >= 0 {
+            local.saturating_add(offset.unsigned_abs())
+        } else {
+            local.saturating_sub(offset.unsigned_abs())
+        }
+    }
+
+    /// Learns the master's clock from a reply that carried its `TIME`
+    /// (`master_now`), for a request sent at `sent` and answered now: the
+    /// master read its clock about half-way through the round trip.
+    pub(crate) fn observe_master_clock(&self, master_now: i64, sent: Instant) {
+        let half_trip = sent.elapsed() / 2;
+        let Some(midpoint) = SystemTime::now().checked_sub(half_trip) else {
+            return;
+        };
+        let local = i64::try_from(unix_millis(midpoint)).unwrap_or(i64::MAX);
+        self.clock_offset_ms
+            .store(master_now.saturating_sub(local), Ordering::Relaxed);
+    }
+
+    /// The offset last measured (master minus this node), in ms.
+    pub(crate) fn clock_offset_ms(&self) -> i64 {
+        self.clock_offset_ms.load(Ordering::Relaxed)
     }
 
     pub(crate) fn master_timeout(&self) -> Duration {

@@ -48,12 +48,46 @@ pub(crate) fn wire_value(entry: &Entry) -> Bytes {
     }
 }
 
-/// The TTL argument of the scripts: milliseconds, `0` for no expiry.
+/// The longest TTL sent to Redis: 2^31 seconds (RFC 9111 §1.2.2 caps
+/// delta-seconds there). Far longer values are rejected by `SET PX` (the
+/// scripts' Lua numbers lose integer precision past 2^53), so an uncapped
+/// TTL would make the write fail every time, and block a journal replay.
+pub(crate) const MAX_TTL: Duration = Duration::from_secs(1 << 31);
+
+/// The TTL argument of the scripts: milliseconds, `0` for no expiry, at most
+/// [`MAX_TTL`].
 pub(crate) fn ttl_arg(ttl: Duration) -> u64 {
     if ttl == Duration::MAX {
         0
     } else {
-        u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+        u64::try_from(ttl.min(MAX_TTL).as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+}
+
+/// Whether a stored value is versioned (`CHTV` + 8 bytes + the entry).
+const VERSIONED: &[u8; 4] = b"CHTV";
+const VERSION_HEADER: usize = 12;
+
+/// The entry bytes of a stored value: without the version header, if any.
+fn entry_bytes(raw: Vec<u8>) -> Bytes {
+    let raw = Bytes::from(raw);
+    if raw.len() >= VERSION_HEADER && raw.starts_with(VERSIONED) {
+        raw.slice(VERSION_HEADER..)
+    } else {
+        raw
+    }
+}
+
+/// The `{status, master_now_ms}` reply of the scripts.
+pub(crate) fn script_reply(value: &redis::Value) -> Option<(i64, i64)> {
+    match value {
+        redis::Value::Array(items) => match items.as_slice() {
+            [redis::Value::Int(status), redis::Value::Int(now)] => Some((*status, *now)),
+            _ => None,
+        },
+        _ => None,
     }
 }
 
@@ -168,7 +202,10 @@ impl RedisTier {
         }
     }
 
-    /// Removes the entries indexed under `tag`, and the index.
+    /// Removes the entries indexed under `tag`, and exactly those members from
+    /// the index: an entry tagged while the purge runs stays indexed (removing
+    /// the whole index would make it unreachable by any later purge of the
+    /// tag). The index key itself expires with its newest entry.
     pub(crate) async fn purge_tag(&self, node: &Node, tag: &str) -> Result<u64, CacheError> {
         let mut conn = node.exclusive().await?;
         let index = self.space.keys.tag(tag);
@@ -179,9 +216,14 @@ impl RedisTier {
             .map_err(|e| self.fail(e))?;
         let mut removed = 0;
         for chunk in members.chunks(500) {
-            let n: u64 = redis::cmd("UNLINK")
-                .arg(chunk)
-                .query_async(&mut conn)
+            // One script per chunk: an entry cannot be re-stored (and
+            // re-indexed) between its removal and its removal from the index.
+            let mut invocation = self.space.scripts.purge_tag_chunk.key(&index);
+            for member in chunk {
+                invocation.key(member.as_slice());
+            }
+            let n: u64 = invocation
+                .invoke_async(&mut conn)
                 .await
                 .map_err(|e| self.fail(e))?;
             removed += n;
@@ -191,12 +233,100 @@ impl RedisTier {
                 removed: n,
             });
         }
-        let _: u64 = redis::cmd("UNLINK")
-            .arg(&index)
-            .query_async(&mut conn)
+        Ok(removed)
+    }
+
+    /// The tombstone window in ms, for the scripts.
+    pub(crate) fn window_ms(&self) -> u64 {
+        u64::try_from(self.space.conns.config.tombstone_ttl.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
+    /// Prepares the set script for `entry` (keys and arguments), as a write
+    /// issued when the entry was stored.
+    pub(crate) fn set_invocation(
+        &self,
+        key: &CacheKey,
+        entry: &Entry,
+        ttl: Duration,
+        mode: &str,
+    ) -> redis::ScriptInvocation<'_> {
+        let keys = &self.space.keys;
+        let mut invocation = self.space.scripts.set.key(keys.entry(key.as_str()));
+        invocation
+            .key(keys.tombstone(key.as_str()))
+            .key(keys.purge_mark());
+        for tag in &entry.meta().tags {
+            invocation.key(keys.tag(tag));
+        }
+        let versioned = !matches!(entry.payload(), Payload::Counter(_));
+        invocation
+            .arg(wire_value(entry).as_ref())
+            .arg(ttl_arg(ttl))
+            .arg(mode)
+            .arg(self.space.conns.master_clock(entry.meta().stored_at))
+            .arg(self.window_ms())
+            .arg(if versioned { "v" } else { "" });
+        invocation
+    }
+
+    /// Prepares the delete script: a delete issued at `at` (this node's clock).
+    pub(crate) fn delete_invocation(
+        &self,
+        key: &str,
+        at: SystemTime,
+    ) -> redis::ScriptInvocation<'_> {
+        let keys = &self.space.keys;
+        let mut invocation = self.space.scripts.delete.key(keys.entry(key));
+        invocation
+            .key(keys.tombstone(key))
+            .arg(self.space.conns.master_clock(at))
+            .arg(self.window_ms());
+        invocation
+    }
+
+    /// Runs a script that answers `{status, master_now_ms}`, learning the
+    /// master's clock from the reply.
+    async fn run_script(
+        &self,
+        conn: &mut (impl redis::aio::ConnectionLike + Send),
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<i64, redis::RedisError> {
+        let sent = std::time::Instant::now();
+        let reply: redis::Value = invocation.invoke_async(conn).await?;
+        let (status, now) = script_reply(&reply).ok_or_else(|| {
+            redis::RedisError::from((
+                redis::ErrorKind::UnexpectedReturnType,
+                "unexpected script reply",
+            ))
+        })?;
+        if self.role == Role::Master {
+            self.space.conns.observe_master_clock(now, sent);
+        }
+        Ok(status)
+    }
+
+    /// Raises the namespace's purge mark, before a purge's sweep on the
+    /// master: from then on, a write issued before the purge is refused, and
+    /// the sweep removes those already stored.
+    async fn mark_purge(&self, node: &Node) -> Result<(), CacheError> {
+        if self.role != Role::Master {
+            return Ok(());
+        }
+        let mut conn = node.shared.clone();
+        let mut invocation = self
+            .space
+            .scripts
+            .purge_mark
+            .key(self.space.keys.purge_mark());
+        invocation
+            .arg(self.space.conns.master_clock(SystemTime::now()))
+            .arg(self.window_ms());
+        self.run_script(&mut conn, &invocation)
             .await
             .map_err(|e| self.fail(e))?;
-        Ok(removed)
+        Ok(())
     }
 
     async fn write(
@@ -208,19 +338,11 @@ impl RedisTier {
     ) -> Result<bool, CacheError> {
         let node = self.node()?;
         let mut conn = node.shared.clone();
-        let mut invocation = self
-            .space
-            .scripts
-            .set
-            .key(self.space.keys.entry(key.as_str()));
-        for tag in &entry.meta().tags {
-            invocation.key(self.space.keys.tag(tag));
-        }
-        invocation
-            .arg(wire_value(entry).as_ref())
-            .arg(ttl_arg(ttl))
-            .arg(mode);
-        match invocation.invoke_async::<i64>(&mut conn).await {
+        let invocation = self.set_invocation(key, entry, ttl, mode);
+        match self.run_script(&mut conn, &invocation).await {
+            Ok(-1) if mode != "nx" => Err(CacheError::Superseded {
+                tier: self.role.as_str().to_owned(),
+            }),
             Ok(stored) => Ok(stored == 1),
             Err(error) if self.role == Role::Local && is_readonly(&error) => {
                 // A read-only replica cannot hold this node's own writes; the
@@ -267,7 +389,7 @@ impl Backend for RedisTier {
             };
             return Ok(Some(Arc::new(Entry::counter(value, meta))));
         }
-        Ok(Some(Arc::new(Entry::decode(Bytes::from(raw))?)))
+        Ok(Some(Arc::new(Entry::decode(entry_bytes(raw))?)))
     }
 
     async fn set(
@@ -320,17 +442,28 @@ impl Backend for RedisTier {
     async fn delete(&self, key: &CacheKey) -> Result<bool, CacheError> {
         let node = self.node()?;
         let mut conn = node.shared.clone();
-        let removed: i64 = redis::cmd("UNLINK")
-            .arg(self.space.keys.entry(key.as_str()))
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| self.fail(e))?;
+        let removed = if self.role == Role::Master {
+            // The tombstone keeps a write issued before this delete (a set
+            // that timed out and is replayed, or arrives late) from bringing
+            // the value back.
+            let invocation = self.delete_invocation(key.as_str(), SystemTime::now());
+            self.run_script(&mut conn, &invocation)
+                .await
+                .map_err(|e| self.fail(e))?
+        } else {
+            redis::cmd("UNLINK")
+                .arg(self.space.keys.entry(key.as_str()))
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.fail(e))?
+        };
         self.publish(&mut conn, 'd', key.as_str()).await;
         Ok(removed > 0)
     }
 
     async fn invalidate_prefix(&self, prefix: &str) -> Result<(), CacheError> {
         let node = self.node()?;
+        self.mark_purge(&node).await?;
         Self::sweep(&node, self.role, &self.space.keys.entry_pattern(prefix)).await?;
         let mut conn = node.shared.clone();
         self.publish(&mut conn, 'p', prefix).await;
@@ -339,6 +472,7 @@ impl Backend for RedisTier {
 
     async fn invalidate_pattern(&self, pattern: &str) -> Result<(), CacheError> {
         let node = self.node()?;
+        self.mark_purge(&node).await?;
         Self::sweep(&node, self.role, &self.space.keys.entry_glob(pattern)).await?;
         let mut conn = node.shared.clone();
         self.publish(&mut conn, 'g', pattern).await;
@@ -347,6 +481,7 @@ impl Backend for RedisTier {
 
     async fn invalidate_tag(&self, tag: &str) -> Result<(), CacheError> {
         let node = self.node()?;
+        self.mark_purge(&node).await?;
         self.purge_tag(&node, tag).await?;
         let mut conn = node.shared.clone();
         self.publish(&mut conn, 't', tag).await;
@@ -355,7 +490,10 @@ impl Backend for RedisTier {
 
     async fn clear(&self) -> Result<(), CacheError> {
         let node = self.node()?;
+        self.mark_purge(&node).await?;
         Self::sweep(&node, self.role, &self.space.keys.all_pattern()).await?;
+        // The sweep removed the mark with everything else.
+        self.mark_purge(&node).await?;
         let mut conn = node.shared.clone();
         self.publish(&mut conn, 'c', "").await;
         Ok(())

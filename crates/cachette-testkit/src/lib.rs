@@ -429,3 +429,61 @@ impl Drop for Sentinels {
         }
     }
 }
+
+/// A small tmpfs mounted on a temporary directory, to make a disk run full
+/// for real (ENOSPC), unmounted on drop. Mounting needs root, which the
+/// project's test command has; [`Tmpfs::mount`] says `None` otherwise.
+#[derive(Debug)]
+pub struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `bytes` (rounded up to pages), or `None` when this
+    /// process may not mount (not root).
+    pub fn mount(bytes: u64) -> Option<Self> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        mounted.then_some(Self { dir })
+    }
+
+    /// Where it is mounted.
+    pub fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Writes a file until the filesystem is full; returns its path (remove
+    /// it to free the space).
+    pub fn fill(&self) -> PathBuf {
+        let path = self.dir.path().join("filler");
+        let mut file = std::fs::File::create(&path).expect("create the filler");
+        let chunk = vec![0xA5u8; 64 * 1024];
+        while file
+            .write_all(&chunk)
+            .and_then(|()| file.sync_all())
+            .is_ok()
+        {}
+        // The last partial chunk, byte-sized pieces, until nothing fits.
+        while file
+            .write_all(&chunk[..512])
+            .and_then(|()| file.sync_all())
+            .is_ok()
+        {}
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
