@@ -280,8 +280,8 @@ async fn an_op_the_master_always_rejects_does_not_block_the_journal() {
     let cache = redis.tiered("f6", None);
     master.kill();
     let ttl = Duration::from_secs(60);
-    // A TTL far beyond what SET PX takes (an origin's max-age=1e14): capped.
-    let forever = entry("kept for ages", Duration::from_secs(100_000_000_000_000));
+    // A TTL far beyond what SET PX takes (an origin's max-age=1e15): capped.
+    let forever = entry("kept for ages", Duration::from_secs(1_000_000_000_000_000));
     assert_eq!(cache.set(&key("ages"), forever).await.journaled.len(), 1);
     assert_eq!(
         cache
