@@ -128,6 +128,23 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
         Ok(Some(next))
     }
 
+    /// Gives what `key` holds a new lifetime: its entry with `meta` (the
+    /// entry's own tags are kept). Returns whether the key held something.
+    /// Backends shared between nodes make this atomic (Redis: the entry is
+    /// replaced only if no other write landed since it was read), so a touch
+    /// never writes an older copy over a newer value. The default reads then
+    /// writes.
+    async fn touch(&self, key: &CacheKey, meta: EntryMeta) -> Result<bool, CacheError> {
+        let Some(entry) = self.get(key).await? else {
+            return Ok(false);
+        };
+        let meta = meta.with_tags(entry.meta().tags.iter().cloned());
+        let touched = Arc::new(entry.with_meta(meta));
+        let ttl = touched.remaining_ttl(std::time::SystemTime::now());
+        self.set(key, touched, ttl).await?;
+        Ok(true)
+    }
+
     /// Removes every key of this backend's namespace (and nothing else).
     async fn clear(&self) -> Result<(), CacheError>;
 

@@ -10,8 +10,8 @@ use std::{
 
 use crate::{
     Admission, Backend, BreakerConfig, BreakerState, CacheCounters, CacheError, CacheKey,
-    CircuitBreaker, Entry, Journal, JournalOp, ProbeGuard, Recorded, StatsSnapshot, TierInfo,
-    TierSnapshot, TierStats,
+    CircuitBreaker, Entry, EntryMeta, Journal, JournalOp, ProbeGuard, Recorded, StatsSnapshot,
+    TierInfo, TierSnapshot, TierStats,
 };
 
 /// How [`Tiered`] wraps the calls to one tier.
@@ -709,6 +709,33 @@ impl Tiered {
             .checked_sub(1)
             .ok_or_else(|| CacheError::backend("tiered", "the cache has no tiers"))?;
         Ok((index, &self.inner.tiers[index]))
+    }
+
+    /// Reads `key` from the authoritative tier only (the master), for
+    /// operations that must start from the shared value rather than this
+    /// node's copy (`incr_version`). An entry whose lifetime is over is
+    /// `None`.
+    pub async fn get_authoritative(
+        &self,
+        key: &CacheKey,
+    ) -> Result<Option<Arc<Entry>>, CacheError> {
+        let (_, tier) = self.authority()?;
+        let entry = Self::call(tier, false, tier.backend.get(key)).await?;
+        Ok(entry.filter(|e| !e.remaining_ttl(SystemTime::now()).is_zero()))
+    }
+
+    /// Gives `key` a new lifetime (`meta`) on the authoritative tier, where
+    /// it is atomic, and drops the copies in the tiers above (the next read
+    /// promotes the touched entry): a touch never writes this node's
+    /// possibly stale copy over another node's newer value. Returns whether
+    /// the key exists.
+    pub async fn touch(&self, key: &CacheKey, meta: EntryMeta) -> Result<bool, CacheError> {
+        let (index, tier) = self.authority()?;
+        let touched = Self::call(tier, false, tier.backend.touch(key, meta)).await?;
+        for upper in &self.inner.tiers[..index] {
+            let _ = Self::call(upper, false, upper.backend.delete(key)).await;
+        }
+        Ok(touched)
     }
 
     /// Copies a value the authoritative tier just wrote into the tiers above it.

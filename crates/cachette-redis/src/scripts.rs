@@ -54,7 +54,9 @@ end
 /// purge mark, `KEYS[4..]` tag sets; `ARGV[1]` value, `ARGV[2]` TTL in ms
 /// (`0`: no expiry), `ARGV[3]` `nx` to store only if absent, `ARGV[4]` the
 /// write's version, `ARGV[5]` the tombstone window in ms, `ARGV[6]` `v` to
-/// store the value versioned (entries) or `` as is (counters).
+/// store the value versioned (entries) or `` as is (counters). With
+/// `ARGV[3]` = `cas` (a touch), stores only if the current value's version
+/// is `ARGV[7]`, and keeps that version (-2 otherwise).
 ///
 /// Stores unless the stored value, the key's tombstone or the purge mark is
 /// newer, or the version is older than the window; indexes the key in each
@@ -69,7 +71,11 @@ local now = now_ms()
 local version = math.min(tonumber(ARGV[4]), now)
 local cur = redis.call('GET', KEYS[1])
 if ARGV[3] == 'nx' and cur then return {0, now} end
-if version < now - tonumber(ARGV[5])
+if ARGV[3] == 'cas' then
+  -- A touch: replace exactly the value that was read, keeping its version.
+  if not cur or version_of(cur) ~= tonumber(ARGV[7]) then return {-2, now} end
+  version = tonumber(ARGV[7])
+elseif version < now - tonumber(ARGV[5])
    or version < version_of(cur)
    or version < (tonumber(redis.call('GET', KEYS[2])) or 0)
    or version < (tonumber(redis.call('GET', KEYS[3])) or 0) then

@@ -70,6 +70,21 @@ pub(crate) fn ttl_arg(ttl: Duration) -> u64 {
 const VERSIONED: &[u8; 4] = b"CHTV";
 const VERSION_HEADER: usize = 12;
 
+/// The version a stored value carries (as the scripts read it): the
+/// `CHTV` header, or an older entry's `stored_at`; 0 for anything else.
+fn stored_version(raw: &[u8]) -> u64 {
+    let bytes = if raw.len() >= VERSION_HEADER && raw.starts_with(VERSIONED) {
+        raw.get(4..12)
+    } else if raw.len() >= 15 && raw.starts_with(&cachette_core::codec::MAGIC) {
+        raw.get(7..15)
+    } else {
+        None
+    };
+    bytes
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map_or(0, u64::from_be_bytes)
+}
+
 /// The entry bytes of a stored value: without the version header, if any.
 fn entry_bytes(raw: Vec<u8>) -> Bytes {
     let raw = Bytes::from(raw);
@@ -437,6 +452,65 @@ impl Backend for RedisTier {
             }
             Err(error) => Err(self.fail(error)),
         }
+    }
+
+    async fn touch(&self, key: &CacheKey, meta: EntryMeta) -> Result<bool, CacheError> {
+        let node = self.node()?;
+        let mut conn = node.shared.clone();
+        let redis_key = self.space.keys.entry(key.as_str());
+        // Replace exactly what was read; if another write lands in between,
+        // read again (a few times: a touch races only with writes of the key).
+        for _ in 0..4 {
+            let raw: Option<Vec<u8>> = redis::cmd("GET")
+                .arg(&redis_key)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.fail(e))?;
+            let Some(raw) = raw else { return Ok(false) };
+            if parse_counter(&raw).is_some() {
+                // A counter's lifetime is the key's TTL.
+                let ttl = Entry::value(Bytes::new(), meta.clone()).remaining_ttl(SystemTime::now());
+                let touched: i64 = match ttl_arg(ttl) {
+                    0 => {
+                        redis::cmd("PERSIST")
+                            .arg(&redis_key)
+                            .query_async(&mut conn)
+                            .await
+                    }
+                    ms => {
+                        redis::cmd("PEXPIRE")
+                            .arg(&redis_key)
+                            .arg(ms)
+                            .query_async(&mut conn)
+                            .await
+                    }
+                }
+                .map_err(|e| self.fail(e))?;
+                return Ok(touched == 1 || ttl_arg(ttl) == 0);
+            }
+            let version = stored_version(&raw);
+            let entry = Entry::decode(entry_bytes(raw))?;
+            let touched =
+                entry.with_meta(meta.clone().with_tags(entry.meta().tags.iter().cloned()));
+            let ttl = touched.remaining_ttl(SystemTime::now());
+            if ttl.is_zero() {
+                return Ok(true);
+            }
+            let mut invocation = self.set_invocation(key, &touched, ttl, "cas");
+            invocation.arg(version);
+            match self
+                .run_script(&mut conn, &invocation)
+                .await
+                .map_err(|e| self.fail(e))?
+            {
+                -2 => continue,
+                _ => return Ok(true),
+            }
+        }
+        Err(CacheError::backend(
+            BACKEND,
+            format!("touch of `{key}` kept racing with other writes of the key"),
+        ))
     }
 
     async fn delete(&self, key: &CacheKey) -> Result<bool, CacheError> {

@@ -543,24 +543,19 @@ impl Cache {
         let opts = opts.into();
         within(opts.deadline, async {
             let stored = self.make_key(key, opts.version)?;
-            let Some(entry) = self.entry(&stored).await else {
-                return Ok(false);
-            };
-            let mut touch_opts = opts.clone();
-            touch_opts.tags = entry.meta().tags.clone();
-            match self.meta(&touch_opts) {
-                Some(meta) => {
-                    let _ = self
-                        .inner
-                        .tiered
-                        .set(&stored, Arc::new(entry.with_meta(meta)))
-                        .await;
-                }
+            if self.inner.tiered.tier_names().next().is_none() {
+                return Ok(false); // a dummy cache holds nothing
+            }
+            match self.meta(&opts) {
+                // On the shared tier, atomically: never this node's copy
+                // written back over another node's newer value.
+                Some(meta) => self.inner.tiered.touch(&stored, meta).await,
                 None => {
+                    let existed = self.entry(&stored).await.is_some();
                     let _ = self.inner.tiered.delete(&stored).await;
+                    Ok(existed)
                 }
             }
-            Ok(true)
         })
         .await
     }
@@ -672,9 +667,12 @@ impl Cache {
                 .ok_or_else(|| CacheError::Overflow(key.to_owned()))?;
             let old_key = self.make_key(key, Some(version))?;
             let new_key = self.make_key(key, Some(new_version))?;
+            // The shared value, not this node's possibly stale copy.
             let entry = self
-                .entry(&old_key)
-                .await
+                .inner
+                .tiered
+                .get_authoritative(&old_key)
+                .await?
                 .ok_or_else(|| CacheError::KeyNotFound(key.to_owned()))?;
             let _ = self.inner.tiered.set(&new_key, entry).await;
             let _ = self.inner.tiered.delete(&old_key).await;
