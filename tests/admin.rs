@@ -239,3 +239,48 @@ async fn stats_and_prometheus_metrics_report_the_counters() {
             .contains("cachette_hits_total{cache=\"default\"} 2")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_only_journaled_is_accepted_not_reported_applied() {
+    let mut redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let settings = Settings::from_toml_str(
+        "admin-test.toml",
+        &format!(
+            r#"[admin]
+token = "{TOKEN}"
+[redis.main]
+url = "{}"
+master_timeout = "200ms"
+connect_timeout = "200ms"
+
+[caches.default]
+tiers = ["memory", "master"]
+[caches.default.journal]
+path = "{}"
+probe_interval = "1h"
+"#,
+            redis.url(),
+            dir.path().join("journal").display()
+        ),
+    )
+    .unwrap();
+    let caches = Caches::from_settings(settings).await.unwrap();
+    let admin = caches.admin_router();
+    let applied = send(&admin, purge_request(Some(TOKEN), r#"{"tag": "t"}"#)).await;
+    assert_eq!(applied.status, StatusCode::OK);
+    assert_eq!(json(&applied)["applied"], true);
+
+    redis.kill();
+    let journaled = send(&admin, purge_request(Some(TOKEN), r#"{"tag": "t"}"#)).await;
+    assert_eq!(
+        journaled.status,
+        StatusCode::ACCEPTED,
+        "journaled for the master, not applied there: {:?}",
+        journaled.body
+    );
+    let body = json(&journaled);
+    assert_eq!(body["complete"], true, "nothing is lost");
+    assert_eq!(body["applied"], false);
+    assert_eq!(body["tiers"][1][1]["outcome"], "journaled", "{body}");
+}

@@ -334,9 +334,13 @@ async fn purge(State(state): State<Arc<AdminState>>, headers: HeaderMap, body: B
     let alias = request.cache.as_deref().unwrap_or("default");
     match state.caches.purge(alias, &target).await {
         Ok(report) => {
-            tracing::info!(cache = alias, purged = %target, complete = report.complete, "admin purge");
-            let code = if report.complete {
+            tracing::info!(cache = alias, purged = %target, complete = report.complete, applied = report.applied, "admin purge");
+            // 200: applied on every tier; 202: journaled for a tier that is
+            // down (nothing lost, not applied yet); 503: a tier lost it.
+            let code = if report.applied {
                 StatusCode::OK
+            } else if report.complete {
+                StatusCode::ACCEPTED
             } else {
                 StatusCode::SERVICE_UNAVAILABLE
             };

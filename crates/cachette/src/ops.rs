@@ -446,6 +446,10 @@ pub struct PurgeReport {
     pub tiers: Vec<(String, TierOutcome)>,
     /// Every tier took it or journaled it: nothing is lost.
     pub complete: bool,
+    /// Every tier took it now. A journaled purge is complete but not
+    /// applied: it reaches the tier (and, through the bus, the other nodes)
+    /// when the tier answers again.
+    pub applied: bool,
 }
 
 impl PurgeReport {
@@ -474,6 +478,7 @@ impl PurgeReport {
             cache: cache.to_owned(),
             purged: purge.to_string(),
             complete: report.is_complete(),
+            applied: report.is_complete() && report.journaled.is_empty(),
             tiers,
         }
     }

@@ -85,7 +85,7 @@ fn target(args: &PurgeArgs) -> Result<Purge, Failure> {
 
 fn finish(report: &PurgeReport, removed: Option<String>) -> Outcome {
     print!("{}", render::purge(report, removed));
-    if report.complete && report.tiers.iter().all(|(_, o)| *o == TierOutcome::Done) {
+    if report.applied {
         return Ok(());
     }
     let pending: Vec<String> = report
