@@ -7,15 +7,17 @@
 //! memory tier's TTL cap bounds staleness even if that fails.
 
 use std::{
-    pin::pin,
     sync::{Arc, Weak, atomic::Ordering},
     time::Duration,
 };
 
 use cachette_core::{Backend, CacheKey};
-use futures_core::Stream;
 
-use crate::{RedisTier, Role, shared::Space};
+use crate::{
+    RedisTier, Role,
+    liveness::{Heard, Subscription},
+    shared::Space,
+};
 
 /// What the subscriber applies an invalidation to: this node's memory tier,
 /// and its replica when it has one. The replica tier is made per message
@@ -53,7 +55,10 @@ async fn apply(space: &Arc<Space>, targets: &Targets, kind: &str, argument: &str
 }
 
 /// Subscribes to the namespace's channel on the current master, follows master
-/// switches, and applies what other nodes publish.
+/// switches, and applies what other nodes publish. A subscription that ends,
+/// or misses a heartbeat (a silent network drop), is lost: the memory tier
+/// is cleared at once (invalidations may have been missed) and again on the
+/// next successful subscription.
 pub(crate) async fn run_subscriber(shared: Weak<Space>, targets: Targets) {
     let mut backoff = Duration::from_millis(50);
     loop {
@@ -69,6 +74,7 @@ pub(crate) async fn run_subscriber(shared: Weak<Space>, targets: Targets) {
         generation.mark_unchanged();
         let channel = strong.keys.bus_channel();
         let node_id = strong.node_id.clone();
+        let heartbeat = strong.conns.config.heartbeat;
         let timeout = strong
             .conns
             .config
@@ -76,14 +82,13 @@ pub(crate) async fn run_subscriber(shared: Weak<Space>, targets: Targets) {
             .max(Duration::from_millis(500));
         drop(strong);
 
-        let subscribed = tokio::time::timeout(timeout, async {
-            let mut pubsub = node.client.get_async_pubsub().await?;
-            pubsub.subscribe(&channel).await?;
-            Ok::<_, redis::RedisError>(pubsub)
-        })
+        let subscribed = tokio::time::timeout(
+            timeout,
+            Subscription::open(&node.client, &channel, heartbeat),
+        )
         .await;
-        let pubsub = match subscribed {
-            Ok(Ok(pubsub)) => pubsub,
+        let mut subscription = match subscribed {
+            Ok(Ok(subscription)) => subscription,
             Ok(Err(error)) => {
                 tracing::debug!(%error, "bus subscription failed; retrying");
                 tokio::time::sleep(backoff).await;
@@ -99,22 +104,22 @@ pub(crate) async fn run_subscriber(shared: Weak<Space>, targets: Targets) {
         backoff = Duration::from_millis(50);
         // Whatever was published while we were not subscribed is lost: drop
         // what this node's memory holds rather than serve it stale.
-        if let Err(error) = targets.memory.clear().await {
-            tracing::warn!(%error, "could not clear the memory tier after (re)subscribing to the bus");
-        }
+        clear_memory(&targets, "after (re)subscribing to the bus").await;
         if let Some(strong) = shared.upgrade() {
             strong.bus_subscriptions.fetch_add(1, Ordering::Relaxed);
         }
         tracing::info!(master = %node.addr, %channel, "subscribed to the invalidation bus; memory tier cleared");
 
-        let mut stream = pin!(pubsub.into_on_message());
         loop {
-            let next = std::future::poll_fn(|cx| stream.as_mut().poll_next(cx));
             tokio::select! {
-                message = next => {
-                    let Some(message) = message else {
-                        tracing::warn!("invalidation bus connection dropped; resubscribing");
-                        break;
+                heard = subscription.next() => {
+                    let message = match heard {
+                        Heard::Message(message) => message,
+                        Heard::Lost(why) => {
+                            tracing::warn!(why, "invalidation bus subscription lost; memory tier cleared, resubscribing");
+                            clear_memory(&targets, "after losing the bus").await;
+                            break;
+                        }
                     };
                     let payload: String = message.get_payload().unwrap_or_default();
                     let mut parts = payload.splitn(3, '\n');
@@ -139,5 +144,11 @@ pub(crate) async fn run_subscriber(shared: Weak<Space>, targets: Targets) {
                 }
             }
         }
+    }
+}
+
+async fn clear_memory(targets: &Targets, when: &str) {
+    if let Err(error) = targets.memory.clear().await {
+        tracing::warn!(%error, when, "could not clear the memory tier");
     }
 }

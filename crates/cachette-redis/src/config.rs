@@ -137,6 +137,11 @@ pub struct RedisConfig {
     /// that waited longer than this are dropped at replay: a miss, never
     /// resurrected data.
     pub tombstone_ttl: Duration,
+    /// How often the bus and Sentinel subscriptions are checked with a
+    /// `PING` (default 1 s). One not answered within this long counts as a
+    /// lost subscription (the bus then clears the memory tier and
+    /// resubscribes): a silent network drop is noticed within two beats.
+    pub heartbeat: Duration,
 }
 
 impl RedisConfig {
@@ -154,6 +159,7 @@ impl RedisConfig {
             sentinel_poll: Duration::from_secs(2),
             node_id: random_node_id(),
             tombstone_ttl: Duration::from_secs(600),
+            heartbeat: Duration::from_secs(1),
         }
     }
 

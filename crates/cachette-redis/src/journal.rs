@@ -684,10 +684,11 @@ impl Writer {
                 }
             }
             Err((error, replies)) => {
+                // Recover (and rebuild the index) before anyone hears of it.
+                self.failed(&error);
                 for reply in replies {
                     let _ = reply.send(Err(journal_error(error.to_string())));
                 }
-                self.failed(&error);
             }
         }
     }

@@ -28,6 +28,7 @@ mod bus;
 mod config;
 mod journal;
 pub mod keys;
+mod liveness;
 mod node;
 mod replay;
 mod scripts;

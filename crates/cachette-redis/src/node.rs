@@ -42,7 +42,8 @@ impl Node {
         connect_timeout: Duration,
         pool_size: usize,
     ) -> Result<Self, CacheError> {
-        let client = redis::Client::open(url).map_err(redis_error)?;
+        let info = crate::liveness::connection_info(url).map_err(redis_error)?;
+        let client = redis::Client::open(info.clone()).map_err(redis_error)?;
         let addr = match &client.get_connection_info().addr() {
             redis::ConnectionAddr::Tcp(host, port) => format!("{host}:{port}"),
             redis::ConnectionAddr::TcpTls { host, port, .. } => format!("{host}:{port}"),
@@ -56,14 +57,16 @@ impl Node {
             .set_max_delay(Duration::from_millis(500));
         let shared =
             ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(redis_error)?;
-        let mut pool_config = deadpool_redis::Config::from_url(url);
-        let mut pool_settings = deadpool_redis::PoolConfig::new(pool_size.max(1));
-        pool_settings.timeouts.wait = Some(connect_timeout.max(Duration::from_millis(500)));
-        pool_settings.timeouts.create = Some(connect_timeout);
-        pool_settings.timeouts.recycle = Some(connect_timeout);
-        pool_config.pool = Some(pool_settings);
-        let pool = pool_config
-            .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+        // Built from the connection info (not the URL) so that the pool's
+        // connections keep the TCP keepalive settings.
+        let manager = deadpool_redis::Manager::new(info).map_err(redis_error)?;
+        let pool = deadpool_redis::Pool::builder(manager)
+            .max_size(pool_size.max(1))
+            .runtime(deadpool_redis::Runtime::Tokio1)
+            .wait_timeout(Some(connect_timeout.max(Duration::from_millis(500))))
+            .create_timeout(Some(connect_timeout))
+            .recycle_timeout(Some(connect_timeout))
+            .build()
             .map_err(|e| CacheError::backend(BACKEND, e))?;
         Ok(Self {
             addr,

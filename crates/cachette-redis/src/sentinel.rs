@@ -14,6 +14,8 @@ use std::{
     time::Duration,
 };
 
+use crate::liveness::{self, Heard, Subscription};
+
 use cachette_core::CacheError;
 
 use crate::{
@@ -25,7 +27,7 @@ use crate::{
 
 /// Asks one sentinel for the master of `service`.
 async fn ask_sentinel(url: &str, service: &str) -> Result<(String, u16), CacheError> {
-    let client = redis::Client::open(url).map_err(redis_error)?;
+    let client = liveness::client(url).map_err(redis_error)?;
     let mut conn = client
         .get_multiplexed_async_connection()
         .await
@@ -175,30 +177,38 @@ pub(crate) async fn run_resolver(shared: Weak<Connections>) {
     }
 }
 
-/// Listens for `+switch-master` on one sentinel and wakes the resolver.
+/// Listens for `+switch-master` on one sentinel and wakes the resolver. A
+/// subscription that dies silently (no heartbeat answer) is reopened, and the
+/// resolver is asked once: an event may have been missed meanwhile.
 pub(crate) async fn run_event_listener(shared: Weak<Connections>, sentinel_url: String) {
     loop {
+        let Some(heartbeat) = shared.upgrade().map(|s| s.config.heartbeat) else {
+            return;
+        };
         let listen = async {
-            let client = redis::Client::open(sentinel_url.as_str()).map_err(redis_error)?;
-            let mut pubsub = client.get_async_pubsub().await.map_err(redis_error)?;
-            pubsub
-                .subscribe("+switch-master")
+            let client = liveness::client(&sentinel_url).map_err(redis_error)?;
+            let mut subscription = Subscription::open(&client, "+switch-master", heartbeat)
                 .await
                 .map_err(redis_error)?;
-            let stream = pubsub.into_on_message();
-            let mut stream = pin!(stream);
-            while let Some(message) =
-                std::future::poll_fn(|cx| futures_core::Stream::poll_next(stream.as_mut(), cx))
-                    .await
-            {
-                let Some(strong) = shared.upgrade() else {
-                    return Ok(());
-                };
-                let payload: String = message.get_payload().unwrap_or_default();
-                tracing::info!(sentinel = %sentinel_url, event = %payload, "sentinel reported +switch-master");
-                strong.resolve.notify_one();
+            loop {
+                match subscription.next().await {
+                    Heard::Message(message) => {
+                        let Some(strong) = shared.upgrade() else {
+                            return Ok(());
+                        };
+                        let payload: String = message.get_payload().unwrap_or_default();
+                        tracing::info!(sentinel = %sentinel_url, event = %payload, "sentinel reported +switch-master");
+                        strong.resolve.notify_one();
+                    }
+                    Heard::Lost(why) => {
+                        tracing::warn!(sentinel = %sentinel_url, why, "sentinel event subscription lost; resubscribing");
+                        if let Some(strong) = shared.upgrade() {
+                            strong.resolve.notify_one();
+                        }
+                        return Ok::<(), CacheError>(());
+                    }
+                }
             }
-            Ok::<(), CacheError>(())
         };
         if let Err(error) = listen.await {
             tracing::debug!(sentinel = %sentinel_url, %error, "sentinel event subscription failed; retrying");
@@ -225,7 +235,7 @@ pub(crate) async fn verify_local(shared: Arc<Connections>) {
         let mut known = None;
         for url in sentinels {
             let query = async {
-                let client = redis::Client::open(url.as_str()).ok()?;
+                let client = liveness::client(url).ok()?;
                 let mut conn = client.get_multiplexed_async_connection().await.ok()?;
                 let replicas: Vec<std::collections::HashMap<String, String>> =
                     redis::cmd("SENTINEL")

@@ -595,7 +595,7 @@ async fn a_full_disk_does_not_break_the_journal_for_good() {
     );
     assert_eq!(full.failed.len(), 1);
     let stats = redis.journal().unwrap().stats().await;
-    assert!(stats.io_errors >= 1, "{stats:?}");
+    assert!(stats.io_errors >= 1, "{stats:?} {full:?}");
 
     // The master is back; the backlog cannot be replayed (the disk is full),
     // and a delete goes to the master directly.
@@ -623,5 +623,32 @@ async fn a_full_disk_does_not_break_the_journal_for_good() {
         master_body(&redis, "victim").await,
         None,
         "the journaled set did not undo the later delete"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_network_drop_clears_memory_instead_of_serving_stale_forever() {
+    let master = RedisServer::start();
+    let link = cachette_testkit::BlackholeProxy::start(master.port());
+    let mut cfg = config(Topology::single(link.url()), "fc:");
+    cfg.heartbeat = Duration::from_millis(200);
+    let node_a = connect(cfg).await;
+    let memory = MemoryTier::default();
+    let cache_a = node_a.tiered("fc", Some(Arc::new(memory.clone())));
+    wait_bus(&node_a, 1).await;
+    let node_b = connect(config(Topology::single(master.url()), "fc:")).await;
+    let cache_b = node_b.tiered("fc", None);
+    let ttl = Duration::from_secs(600);
+    assert!(cache_a.set(&key("k"), entry("v1", ttl)).await.is_complete());
+
+    // The network between node A and Redis drops packets: no FIN, no RST.
+    link.blackhole();
+    assert!(cache_b.delete(&key("k")).await.is_complete());
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            memory.get(&key("k")).await.unwrap().is_none()
+        })
+        .await,
+        "the lost subscription is noticed and memory cleared"
     );
 }

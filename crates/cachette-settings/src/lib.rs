@@ -292,6 +292,12 @@ pub struct RedisSettings {
     pub sentinel_poll: Option<HumanDuration>,
     /// Publish and apply invalidations across nodes (default true).
     pub bus: Option<bool>,
+    /// How often the bus and Sentinel subscriptions are checked with a
+    /// `PING` (default 1 s).
+    pub heartbeat: Option<HumanDuration>,
+    /// How long delete tombstones and purge marks stay on the master
+    /// (default 10 min).
+    pub tombstone_ttl: Option<HumanDuration>,
 }
 
 impl RedisSettings {

@@ -487,3 +487,109 @@ impl Drop for Tmpfs {
             .status();
     }
 }
+
+/// A TCP proxy on loopback that can turn into a black hole: after
+/// [`BlackholeProxy::blackhole`] it stops forwarding in both directions but
+/// keeps every connection open (no FIN, no RST), as a network partition or
+/// a dead host does. New connections are accepted and hear nothing either.
+#[derive(Debug)]
+pub struct BlackholeProxy {
+    port: u16,
+    blackhole: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl BlackholeProxy {
+    /// Forwards a free port to `127.0.0.1:target`.
+    pub fn start(target: u16) -> Self {
+        use std::sync::{Arc, atomic::AtomicBool};
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+        let port = listener.local_addr().expect("local addr").port();
+        listener.set_nonblocking(true).expect("nonblocking");
+        let blackhole = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (hole, halt) = (blackhole.clone(), stop.clone());
+        thread::spawn(move || {
+            use std::sync::atomic::Ordering;
+            while !halt.load(Ordering::Relaxed) {
+                let Ok((client, _)) = listener.accept() else {
+                    thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                let _ = client.set_nonblocking(false);
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                for (from, to) in [
+                    (client.try_clone(), server.try_clone()),
+                    (server.try_clone(), client.try_clone()),
+                ] {
+                    let (Ok(from), Ok(to)) = (from, to) else {
+                        continue;
+                    };
+                    let (hole, halt) = (hole.clone(), halt.clone());
+                    thread::spawn(move || pump(from, to, &hole, &halt));
+                }
+            }
+        });
+        Self {
+            port,
+            blackhole,
+            stop,
+        }
+    }
+
+    /// The proxy's port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:{port}/0`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Stops forwarding, silently, for good.
+    pub fn blackhole(&self) {
+        self.blackhole
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+fn pump(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    hole: &std::sync::atomic::AtomicBool,
+    halt: &std::sync::atomic::AtomicBool,
+) {
+    use std::sync::atomic::Ordering;
+    let _ = from.set_read_timeout(Some(Duration::from_millis(20)));
+    let mut buf = [0u8; 16 * 1024];
+    while !halt.load(Ordering::Relaxed) {
+        if hole.load(Ordering::Relaxed) {
+            // Read nothing, send nothing, close nothing.
+            thread::sleep(Duration::from_millis(20));
+            continue;
+        }
+        match from.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+impl Drop for BlackholeProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}

@@ -356,6 +356,12 @@ async fn redis_for(
     if let Some(v) = redis.bus {
         config.bus = v;
     }
+    if let Some(v) = redis.heartbeat {
+        config.heartbeat = v.0;
+    }
+    if let Some(v) = redis.tombstone_ttl {
+        config.tombstone_ttl = v.0;
+    }
     config.journal = journal;
     let tiers = cachette_redis::RedisTiers::connect(config)
         .await

@@ -1,0 +1,114 @@
+//! Noticing a connection that died silently: a partition without RST (a
+//! black hole, a host that lost power) leaves a socket "established"
+//! forever, and a subscriber waiting on it never hears of it.
+//!
+//! Two layers: TCP keepalive (and, on Linux, `TCP_USER_TIMEOUT`) on every
+//! connection, so the kernel gives up on a peer that stopped answering; and
+//! an application heartbeat on subscriptions (a `PING` on the subscribed
+//! connection every `heartbeat`), because keepalive does not see a peer
+//! whose kernel answers while the server behind it does not (a stopped
+//! process, a proxy that stopped forwarding).
+
+use std::{pin::Pin, time::Duration};
+
+use futures_core::Stream;
+use redis::{
+    ConnectionInfo, IntoConnectionInfo, Msg, RedisResult,
+    aio::{PubSubSink, PubSubStream},
+    io::tcp::{TcpSettings, socket2::TcpKeepalive},
+};
+
+/// Keepalive probes start after this much silence, one per
+/// [`KEEPALIVE_INTERVAL`], and the connection is dropped after
+/// [`KEEPALIVE_RETRIES`] unanswered ones (about 8 s in all).
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(5);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+const KEEPALIVE_RETRIES: u32 = 3;
+
+fn tcp_settings() -> TcpSettings {
+    let keepalive = TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_RETRIES);
+    let settings = TcpSettings::default()
+        .set_nodelay(true)
+        .set_keepalive(keepalive);
+    // Unacknowledged writes (a request sent into a black hole) also give up.
+    #[cfg(target_os = "linux")]
+    let settings =
+        settings.set_user_timeout(KEEPALIVE_IDLE + KEEPALIVE_INTERVAL * KEEPALIVE_RETRIES);
+    settings
+}
+
+/// The connection info of `url` with keepalive on.
+pub(crate) fn connection_info(url: &str) -> RedisResult<ConnectionInfo> {
+    Ok(url.into_connection_info()?.set_tcp_settings(tcp_settings()))
+}
+
+/// A client for `url` whose connections have keepalive on.
+pub(crate) fn client(url: &str) -> RedisResult<redis::Client> {
+    redis::Client::open(connection_info(url)?)
+}
+
+/// What a watched subscription produced.
+pub(crate) enum Heard {
+    /// A message.
+    Message(Msg),
+    /// The connection ended, or missed a heartbeat: treat the subscription
+    /// as lost (whatever was published meanwhile is gone).
+    Lost(&'static str),
+}
+
+/// A subscription with a heartbeat.
+pub(crate) struct Subscription {
+    sink: PubSubSink,
+    stream: Pin<Box<PubSubStream>>,
+    heartbeat: tokio::time::Interval,
+    every: Duration,
+}
+
+impl Subscription {
+    /// Subscribes to `channel` on `client`.
+    pub(crate) async fn open(
+        client: &redis::Client,
+        channel: &str,
+        heartbeat: Duration,
+    ) -> RedisResult<Self> {
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub.subscribe(channel).await?;
+        let (sink, stream) = pubsub.split();
+        let every = heartbeat.max(Duration::from_millis(10));
+        let mut heartbeat = tokio::time::interval(every);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        heartbeat.reset();
+        Ok(Self {
+            sink,
+            stream: Box::pin(stream),
+            heartbeat,
+            every,
+        })
+    }
+
+    /// The next message, or the news that the subscription is lost: the
+    /// stream ended, or a `PING` on it was not answered within the
+    /// heartbeat.
+    pub(crate) async fn next(&mut self) -> Heard {
+        loop {
+            let message = std::future::poll_fn(|cx| self.stream.as_mut().poll_next(cx));
+            tokio::select! {
+                message = message => {
+                    return match message {
+                        Some(message) => Heard::Message(message),
+                        None => Heard::Lost("the connection closed"),
+                    };
+                }
+                _ = self.heartbeat.tick() => {
+                    let pong = tokio::time::timeout(self.every, self.sink.ping::<redis::Value>()).await;
+                    if !matches!(pong, Ok(Ok(_))) {
+                        return Heard::Lost("a heartbeat PING was not answered");
+                    }
+                }
+            }
+        }
+    }
+}
