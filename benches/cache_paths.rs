@@ -6,7 +6,10 @@
 //! - `layer_hit`: a memory-tier hit through `CacheLayer` as an in-process
 //!   `tower::Service` call, beside the same axum route without the layer;
 //! - `redis_hit`: `Tiered::get` answered by a Redis tier (a real
-//!   `redis-server` on loopback; skipped when it is not installed).
+//!   `redis-server` on loopback; skipped when it is not installed);
+//! - `memory_after_purges`: a memory-tier hit in a tier of 10,000 entries,
+//!   fresh and right after 5,000 tag and prefix purges (purges must leave
+//!   no work behind for reads: review finding 21).
 //!
 //! `cargo bench --bench cache_paths [-- filter]`. docs/benchmarks.md has
 //! numbers and the load tests over real sockets.
@@ -203,11 +206,46 @@ fn redis_hit(c: &mut Criterion) {
     drop(redis);
 }
 
+fn memory_after_purges(c: &mut Criterion) {
+    use cachette::Backend;
+    let rt = runtime();
+    let memory = MemoryTier::with_max_bytes(256 << 20);
+    let ttl = Duration::from_secs(3600);
+    let key = |i: usize| CacheKey::new(format!("GET:bench.local/item/{i}")).unwrap();
+    rt.block_on(async {
+        for i in 0..10_000 {
+            let meta = EntryMeta::new(SystemTime::now(), ttl).with_tags([format!("t{}", i % 100)]);
+            let entry = Arc::new(Entry::value(Bytes::from_static(b"v"), meta));
+            memory.set(&key(i), entry, ttl).await.unwrap();
+        }
+    });
+    let hot = key(9_999);
+    let mut group = c.benchmark_group("memory_after_purges");
+    group.bench_function("hit, no purge pending", |b| {
+        b.iter(|| memory.get_now(black_box(&hot)))
+    });
+    rt.block_on(async {
+        for i in 0..5_000 {
+            memory.invalidate_tag(&format!("absent-{i}")).await.unwrap();
+            if i % 50 == 0 {
+                memory
+                    .invalidate_prefix(&format!("GET:bench.local/none/{i}"))
+                    .await
+                    .unwrap();
+            }
+        }
+    });
+    group.bench_function("hit, right after 5,000 purges", |b| {
+        b.iter(|| memory.get_now(black_box(&hot)))
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    targets = codec, keys, layer_hit, redis_hit
+    targets = codec, keys, layer_hit, redis_hit, memory_after_purges
 }
 criterion_main!(benches);

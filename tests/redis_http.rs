@@ -15,7 +15,7 @@ use std::{
 
 use axum::{Router, body::Body, extract::Path, routing::get};
 use cachette::{
-    CacheKey, CacheLayer, Entry, EntryMeta, MemoryTier,
+    Backend, CacheKey, CacheLayer, Entry, EntryMeta, MemoryTier,
     redis::{JournalConfig, RedisConfig, RedisTiers, Topology},
 };
 use cachette_testkit::{RedisServer, Sentinels};
@@ -231,4 +231,116 @@ async fn with_every_redis_down_the_origin_answers_and_the_breaker_keeps_it_fast(
         added < Duration::from_millis(5),
         "added latency per request with every Redis down: {added:?}"
     );
+}
+
+async fn wait_for_bus(redis: &RedisTiers) {
+    for _ in 0..100 {
+        if redis.stats().await.bus_subscriptions >= 1 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the bus did not subscribe");
+}
+
+/// A page that varies on `Accept-Language`, answering with the language and
+/// the call number; POST updates it.
+fn varying_app(layer: CacheLayer, counter: &Counter) -> Router {
+    let calls = counter.clone();
+    Router::new()
+        .route(
+            "/page",
+            get(move |headers: http::HeaderMap| {
+                let n = calls.hit();
+                async move {
+                    let lang = headers
+                        .get("accept-language")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("none")
+                        .to_owned();
+                    (
+                        [
+                            ("cache-control", "max-age=600"),
+                            ("vary", "accept-language"),
+                        ],
+                        format!("{lang} {n}"),
+                    )
+                }
+            })
+            .post(|| async { "updated" }),
+        )
+        .layer(layer)
+}
+
+async fn commandstat(url: &str, command: &str) -> u64 {
+    let mut conn = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidating_a_varying_url_sweeps_no_keyspace_and_needs_no_marker() {
+    let master = RedisServer::start();
+    let redis = RedisTiers::connect(redis_config(Topology::single(master.url()), "h5:"))
+        .await
+        .unwrap();
+    let memory = MemoryTier::default();
+    let cache = redis.tiered("h5", Some(Arc::new(memory.clone())));
+    let counter = Counter::default();
+    let app = varying_app(CacheLayer::new(cache.clone()), &counter);
+    wait_for_bus(&redis).await;
+    let store_variants = || async {
+        for lang in ["fr", "de"] {
+            send(&app, get_with("/page", &[("accept-language", lang)])).await;
+            let again = send(&app, get_with("/page", &[("accept-language", lang)])).await;
+            assert!(again.is_hit(), "{}", again.cache_status());
+        }
+    };
+    let post_and_check = || async {
+        let post = Request::post("http://test.local/page")
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(send(&app, post).await.status, 200);
+        let calls = counter.get();
+        for lang in ["fr", "de"] {
+            let reply = send(&app, get_with("/page", &[("accept-language", lang)])).await;
+            assert!(
+                !reply.is_hit(),
+                "the {lang} variant was invalidated: {}",
+                reply.cache_status()
+            );
+        }
+        assert_eq!(counter.get(), calls + 2);
+    };
+
+    // An anonymous POST on a varying URL finds its variants without a
+    // keyspace sweep (each SCAN is linear in the keyspace, on every node).
+    store_variants().await;
+    let scans = commandstat(&master.url(), "scan").await;
+    post_and_check().await;
+    assert_eq!(
+        commandstat(&master.url(), "scan").await,
+        scans,
+        "no SCAN of the keyspace for a POST"
+    );
+
+    // The marker is gone (evicted in memory and in Redis, or unreadable at
+    // this moment): the invalidation still reaches the variants.
+    store_variants().await;
+    let marker_key = CacheKey::new("GET:test.local/page").unwrap();
+    memory.delete(&marker_key).await.unwrap();
+    redis.master_tier().delete(&marker_key).await.unwrap();
+    post_and_check().await;
 }

@@ -19,6 +19,23 @@ pub fn stable_hash(bytes: &[u8]) -> u64 {
     hash
 }
 
+/// Tags starting with this are cachette's own (users' tags must not): the
+/// tag every `Vary` variant of a URL carries, so that invalidating the URL
+/// reaches its variants through the tag index, without reading the
+/// `Variants` marker (which may be evicted or unreachable at that moment)
+/// and without a keyspace sweep.
+pub const VARIANTS_TAG_PREFIX: &str = "#vary:";
+
+/// The tag of the `Vary` variants of the response stored under `primary`.
+pub fn variants_tag(primary: &CacheKey) -> String {
+    format!("{VARIANTS_TAG_PREFIX}{primary}")
+}
+
+/// Whether `tag` is a variants tag (see [`variants_tag`]).
+pub fn is_variants_tag(tag: &str) -> bool {
+    tag.starts_with(VARIANTS_TAG_PREFIX)
+}
+
 /// A cache key: a readable, immutable string that is cheap to clone.
 ///
 /// Keys stay readable (`GET:example.com/users/1?page=2`) so that invalidation

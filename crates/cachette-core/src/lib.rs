@@ -24,7 +24,9 @@ pub use entry::{Entry, EntryMeta, Freshness, Payload, StoredResponse};
 pub use error::{BoxError, CacheError, DecodeError};
 pub use glob::{escape_glob, glob_match};
 pub use journal::{Journal, JournalOp, Recorded, unix_millis};
-pub use key::{CacheKey, MAX_KEY_LEN, stable_hash};
+pub use key::{
+    CacheKey, MAX_KEY_LEN, VARIANTS_TAG_PREFIX, is_variants_tag, stable_hash, variants_tag,
+};
 pub use single_flight::{Role, SingleFlight};
 pub use stats::{
     CacheCounters, CacheCountersSnapshot, Counter, LatencyHistogram, LatencySnapshot,

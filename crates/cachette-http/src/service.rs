@@ -257,23 +257,20 @@ async fn lookup(cache: &Tiered, primary: &CacheKey, headers: &HeaderMap) -> Look
     }
 }
 
-/// Removes the stored responses for a primary key, every `Vary` variant included.
+/// Removes the stored responses for a primary key, every `Vary` variant
+/// included: the variants carry the primary's variants tag, so they are
+/// found through the tag index (no keyspace sweep, and no need to read the
+/// `Variants` marker first, which may be evicted or unreachable).
 pub(crate) async fn invalidate_primary(
     cache: &Tiered,
     primary: &CacheKey,
 ) -> cachette_core::WriteReport {
-    let had_variants = matches!(
-        cache.get(primary).await,
-        Some(hit) if matches!(hit.entry.payload(), Payload::Variants(_))
-    );
     let mut report = cache.delete(primary).await;
-    if had_variants {
-        report.merge(
-            cache
-                .invalidate_prefix(&KeyOptions::variants_prefix(primary))
-                .await,
-        );
-    }
+    report.merge(
+        cache
+            .invalidate_tag(&cachette_core::variants_tag(primary))
+            .await,
+    );
     report
 }
 
@@ -741,9 +738,12 @@ async fn store(
 ) -> (Arc<Entry>, Filled) {
     let Storable {
         response,
-        meta,
+        mut meta,
         vary,
     } = storable;
+    if !vary.is_empty() {
+        meta.tags.push(cachette_core::variants_tag(primary));
+    }
     let entry = Arc::new(Entry::response(response, meta));
     if vary.is_empty() {
         let _ = layer.cache.set(primary, entry.clone()).await;

@@ -25,6 +25,8 @@
 //! # }
 //! ```
 
+mod tags;
+
 use std::{
     sync::Arc,
     time::{Duration, Instant},
@@ -36,8 +38,11 @@ use cachette_core::{
 use moka::{
     Expiry,
     future::Cache,
+    notification::RemovalCause,
     ops::compute::{CompResult, Op},
 };
+
+use crate::tags::TagIndex;
 
 /// The default capacity: 64 MiB.
 pub const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
@@ -98,6 +103,8 @@ impl MemoryTierBuilder {
 
     /// Builds the tier.
     pub fn build(self) -> MemoryTier {
+        let tags = Arc::new(TagIndex::default());
+        let unindex = tags.clone();
         let cache = Cache::builder()
             .name("cachette-memory")
             .max_capacity(self.max_bytes)
@@ -105,10 +112,16 @@ impl MemoryTierBuilder {
                 u32::try_from(key.as_str().len() + value.entry.weight()).unwrap_or(u32::MAX)
             })
             .expire_after(PerEntryTtl)
-            .support_invalidation_closures()
+            .eviction_listener(move |key: Arc<CacheKey>, value: Stored, cause| {
+                // A replaced entry's key is registered again by its successor.
+                if cause != RemovalCause::Replaced {
+                    unindex.remove(&key, &value.entry.meta().tags);
+                }
+            })
             .build();
         MemoryTier {
             cache,
+            tags,
             max_ttl: self.max_ttl,
             max_bytes: self.max_bytes,
         }
@@ -119,6 +132,7 @@ impl MemoryTierBuilder {
 #[derive(Clone)]
 pub struct MemoryTier {
     cache: Cache<CacheKey, Stored>,
+    tags: Arc<TagIndex>,
     max_ttl: Option<Duration>,
     max_bytes: u64,
 }
@@ -181,14 +195,19 @@ impl MemoryTier {
         }
     }
 
-    fn invalidate_if(
-        &self,
-        predicate: impl Fn(&CacheKey, &Stored) -> bool + Send + Sync + 'static,
-    ) -> Result<(), CacheError> {
-        self.cache
-            .invalidate_entries_if(predicate)
-            .map(|_| ())
-            .map_err(|e| CacheError::backend("memory", e))
+    /// Removes every entry whose key matches, now: one pass over the tier
+    /// (prefix and pattern purges are administrative; nothing is left for
+    /// later reads to evaluate).
+    async fn invalidate_matching(&self, matches: impl Fn(&CacheKey) -> bool) {
+        let keys: Vec<Arc<CacheKey>> = self
+            .cache
+            .iter()
+            .filter(|(key, _)| matches(key))
+            .map(|(key, _)| key)
+            .collect();
+        for key in keys {
+            self.cache.invalidate(&*key).await;
+        }
     }
 }
 
@@ -231,6 +250,7 @@ impl Backend for MemoryTier {
             self.cache.invalidate(key).await;
             return Ok(());
         }
+        self.tags.add(key, &entry.meta().tags);
         self.cache.insert(key.clone(), Stored { entry, ttl }).await;
         Ok(())
     }
@@ -240,18 +260,29 @@ impl Backend for MemoryTier {
     }
 
     async fn invalidate_prefix(&self, prefix: &str) -> Result<(), CacheError> {
-        let prefix = prefix.to_owned();
-        self.invalidate_if(move |key, _| key.starts_with(&prefix))
+        self.invalidate_matching(|key| key.starts_with(prefix))
+            .await;
+        Ok(())
     }
 
     async fn invalidate_tag(&self, tag: &str) -> Result<(), CacheError> {
-        let tag = tag.to_owned();
-        self.invalidate_if(move |_, stored| stored.entry.meta().tags.contains(&tag))
+        for key in self.tags.take(tag) {
+            let tagged = self
+                .cache
+                .get(&key)
+                .await
+                .is_some_and(|stored| stored.entry.meta().tags.iter().any(|t| t == tag));
+            if tagged {
+                self.cache.invalidate(&key).await;
+            }
+        }
+        Ok(())
     }
 
     async fn invalidate_pattern(&self, pattern: &str) -> Result<(), CacheError> {
-        let pattern = pattern.to_owned();
-        self.invalidate_if(move |key, _| glob_match(&pattern, key.as_str()))
+        self.invalidate_matching(|key| glob_match(pattern, key.as_str()))
+            .await;
+        Ok(())
     }
 
     async fn add(
@@ -264,7 +295,9 @@ impl Backend for MemoryTier {
         if ttl.is_zero() {
             return Ok(false);
         }
-        // moka's entry API runs the insertion once per key, atomically.
+        // moka's entry API runs the insertion once per key, atomically. The
+        // registration comes first (harmless if the key was present).
+        self.tags.add(key, &entry.meta().tags);
         let stored = self
             .cache
             .entry(key.clone())
@@ -312,6 +345,9 @@ impl Backend for MemoryTier {
     }
 
     async fn clear(&self) -> Result<(), CacheError> {
+        // Forget the registrations first: an entry stored meanwhile registers
+        // again, and one stored before is removed with the rest.
+        self.tags.clear();
         self.cache.invalidate_all();
         Ok(())
     }

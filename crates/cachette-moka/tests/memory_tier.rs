@@ -170,3 +170,49 @@ async fn capacity_is_bounded_in_bytes() {
         memory.entry_count()
     );
 }
+
+#[tokio::test]
+async fn tag_purges_follow_replaced_evicted_and_removed_entries() {
+    let memory = MemoryTier::default();
+    let ttl = Duration::from_secs(60);
+    memory
+        .set(&key("a"), value(b"1", ttl, &["old"]), ttl)
+        .await
+        .unwrap();
+    // Replaced by an entry with another tag: the old tag no longer reaches it.
+    memory
+        .set(&key("a"), value(b"2", ttl, &["new"]), ttl)
+        .await
+        .unwrap();
+    memory.invalidate_tag("old").await.unwrap();
+    assert!(memory.get(&key("a")).await.unwrap().is_some());
+    memory.invalidate_tag("new").await.unwrap();
+    assert!(memory.get(&key("a")).await.unwrap().is_none());
+    // Removed, then stored again untagged: a later purge of the tag keeps it.
+    memory
+        .set(&key("b"), value(b"1", ttl, &["t"]), ttl)
+        .await
+        .unwrap();
+    memory.delete(&key("b")).await.unwrap();
+    memory
+        .set(&key("b"), value(b"2", ttl, &[]), ttl)
+        .await
+        .unwrap();
+    memory.invalidate_tag("t").await.unwrap();
+    assert!(memory.get(&key("b")).await.unwrap().is_some());
+    // A purge takes effect at once, with nothing left pending for reads.
+    for i in 0..100 {
+        let k = key(&format!("c{i}"));
+        memory
+            .set(&k, value(b"c", ttl, &["bulk"]), ttl)
+            .await
+            .unwrap();
+    }
+    memory.invalidate_tag("bulk").await.unwrap();
+    memory.invalidate_prefix("c1").await.unwrap();
+    for i in 0..100 {
+        assert!(memory.get(&key(&format!("c{i}"))).await.unwrap().is_none());
+    }
+    memory.run_pending_tasks().await;
+    assert_eq!(memory.entry_count(), 1, "only `b` is left");
+}

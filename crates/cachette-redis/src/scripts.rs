@@ -154,18 +154,35 @@ if not string.match(cur, '^%-?%d+$') then return redis.error_reply('NOTCOUNTER')
 return redis.call('INCRBY', KEYS[1], ARGV[1])
 ";
 
-/// `KEYS[1]` a tag index, `KEYS[2..]` members read from it. Removes each
-/// member and takes it out of the index, atomically, so that a member stored
-/// again meanwhile is either removed with its index entry or kept with it.
-/// Returns the number of entries removed.
-pub(crate) const PURGE_TAG_CHUNK: &str = r"
+/// `KEYS[1]` a tag index, `KEYS[2..]` members read from it; `ARGV[1]` the
+/// purge's version, `ARGV[2]` the tombstone window in ms (`0`: leave no
+/// tombstones), `ARGV[3]` the namespace. Removes each member and takes it
+/// out of the index, atomically, so that a member stored again meanwhile is
+/// either removed with its index entry or kept with it; each removed member
+/// leaves a tombstone, as a delete does. Returns the number removed.
+pub(crate) fn purge_tag_chunk_script() -> String {
+    format!(
+        "{VERSION_OF}{}",
+        r"
+local version = math.min(tonumber(ARGV[1]), now_ms())
+local window = tonumber(ARGV[2])
+local entries = ARGV[3] .. 'k:'
 local removed = 0
 for i = 2, #KEYS do
   removed = removed + redis.call('UNLINK', KEYS[i])
   redis.call('SREM', KEYS[1], KEYS[i])
+  if window > 0 and string.sub(KEYS[i], 1, string.len(entries)) == entries then
+    local tomb = ARGV[3] .. 'd:' .. string.sub(KEYS[i], string.len(entries) + 1)
+    local old = tonumber(redis.call('GET', tomb)) or 0
+    if version > old then
+      redis.call('SET', tomb, version, 'PX', window)
+    end
+  end
 end
 return removed
-";
+"
+    )
+}
 
 #[derive(Debug)]
 pub(crate) struct Scripts {
@@ -183,7 +200,7 @@ impl Default for Scripts {
             delete: Script::new(&delete_script()),
             purge_mark: Script::new(&purge_mark_script()),
             incr: Script::new(INCR),
-            purge_tag_chunk: Script::new(PURGE_TAG_CHUNK),
+            purge_tag_chunk: Script::new(&purge_tag_chunk_script()),
         }
     }
 }

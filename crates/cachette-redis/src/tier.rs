@@ -237,6 +237,15 @@ impl RedisTier {
             for member in chunk {
                 invocation.key(member.as_slice());
             }
+            let window = if self.role == Role::Master {
+                self.window_ms()
+            } else {
+                0
+            };
+            invocation
+                .arg(self.space.conns.master_clock(SystemTime::now()))
+                .arg(window)
+                .arg(self.space.keys.namespace());
             let n: u64 = invocation
                 .invoke_async(&mut conn)
                 .await
@@ -555,7 +564,12 @@ impl Backend for RedisTier {
 
     async fn invalidate_tag(&self, tag: &str) -> Result<(), CacheError> {
         let node = self.node()?;
-        self.mark_purge(&node).await?;
+        // A URL's variants are removed like deletes (each leaves a
+        // tombstone); raising the namespace's purge mark on every unsafe
+        // request would refuse every fill in flight at that moment.
+        if !cachette_core::is_variants_tag(tag) {
+            self.mark_purge(&node).await?;
+        }
         self.purge_tag(&node, tag).await?;
         let mut conn = node.shared.clone();
         self.publish(&mut conn, 't', tag).await;
