@@ -13,7 +13,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    hash::{BuildHasher, Hash, Hasher},
+    hash::BuildHasher,
     sync::{Mutex, PoisonError},
 };
 
@@ -38,9 +38,7 @@ impl Default for TagIndex {
 
 impl TagIndex {
     fn shard(&self, tag: &str) -> std::sync::MutexGuard<'_, HashMap<String, HashSet<CacheKey>>> {
-        let mut hasher = self.hasher.build_hasher();
-        tag.hash(&mut hasher);
-        let index = usize::try_from(hasher.finish() % SHARDS as u64).unwrap_or(0);
+        let index = usize::try_from(self.hasher.hash_one(tag) % SHARDS as u64).unwrap_or(0);
         self.shards[index]
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
