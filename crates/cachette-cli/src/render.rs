@@ -76,13 +76,22 @@ pub(crate) fn journal_line(journal: &JournalReport) -> String {
         .oldest_age_secs
         .map_or_else(String::new, |secs| format!(", oldest {} old", age(secs)));
     format!(
-        "journal {}: depth {} ({}){oldest}; replayed {}, dropped {}, collapsed {}",
+        "journal {}: depth {} ({}){oldest}; replayed {}, obsolete {}, rejected {}, unreadable {}, dropped {}, collapsed {}, disk errors {}{}",
         journal.path,
         journal.depth,
         bytes(journal.bytes),
         journal.replayed,
+        journal.obsolete,
+        journal.rejected,
+        journal.unreadable,
         journal.dropped,
-        journal.collapsed
+        journal.collapsed,
+        journal.io_errors,
+        if journal.writable {
+            ""
+        } else {
+            " (NOT WRITABLE: records fail)"
+        }
     )
 }
 

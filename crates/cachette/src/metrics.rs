@@ -191,7 +191,31 @@ pub fn describe_metrics() {
     describe_counter!(
         "cachette_journal_dropped_total",
         Unit::Count,
-        "Journal sets dropped (journal full) or unreadable ops skipped"
+        "Sets that did not fit the full journal"
+    );
+    describe_counter!(
+        "cachette_journal_obsolete_total",
+        Unit::Count,
+        "Journal ops the replay did not need (newer data on the master, a later delete or purge, expired)"
+    );
+    describe_counter!(
+        "cachette_journal_rejected_total",
+        Unit::Count,
+        "Journal ops the master rejected with a persistent error (dropped, logged)"
+    );
+    describe_counter!(
+        "cachette_journal_unreadable_total",
+        Unit::Count,
+        "Journal ops whose bytes could not be read back (dropped, logged)"
+    );
+    describe_counter!(
+        "cachette_journal_io_errors_total",
+        Unit::Count,
+        "Failed journal disk writes (each reopened the journal)"
+    );
+    describe_gauge!(
+        "cachette_journal_writable",
+        "1 when the journal can record, 0 after a disk error it has not recovered from"
     );
     describe_counter!(
         "cachette_journal_collapsed_total",
@@ -296,6 +320,16 @@ impl Report {
                 counter!("cachette_journal_replayed_total", &cache()).absolute(journal.replayed);
                 counter!("cachette_journal_dropped_total", &cache()).absolute(journal.dropped);
                 counter!("cachette_journal_collapsed_total", &cache()).absolute(journal.collapsed);
+                counter!("cachette_journal_obsolete_total", &cache()).absolute(journal.obsolete);
+                counter!("cachette_journal_rejected_total", &cache()).absolute(journal.rejected);
+                counter!("cachette_journal_unreadable_total", &cache())
+                    .absolute(journal.unreadable);
+                counter!("cachette_journal_io_errors_total", &cache()).absolute(journal.io_errors);
+                gauge!("cachette_journal_writable", &cache()).set(if journal.writable {
+                    1.0
+                } else {
+                    0.0
+                });
             }
             if let Some(redis) = &cache.redis {
                 let cache = || [("cache", alias.clone())];

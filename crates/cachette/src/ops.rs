@@ -181,12 +181,24 @@ pub struct JournalReport {
     pub bytes: u64,
     /// Age of the oldest waiting op, seconds.
     pub oldest_age_secs: Option<f64>,
-    /// Ops replayed since this process started.
+    /// Ops applied to the master by the replay since this process started.
     pub replayed: u64,
-    /// Sets dropped (journal full) or unreadable ops skipped.
+    /// Ops the replay did not need to apply (newer data on the master, a
+    /// later delete or purge, or expired): nothing lost.
+    pub obsolete: u64,
+    /// Ops the master rejected with an error a retry would get again:
+    /// dropped, each logged.
+    pub rejected: u64,
+    /// Ops whose bytes could not be read back: dropped, each logged.
+    pub unreadable: u64,
+    /// Sets that did not fit the full journal.
     pub dropped: u64,
     /// Times the journal collapsed into one clear-on-recovery marker.
     pub collapsed: u64,
+    /// Failed disk writes (each reopened the journal).
+    pub io_errors: u64,
+    /// Whether the journal can record now.
+    pub writable: bool,
 }
 
 fn micros(d: Duration) -> u64 {
@@ -294,8 +306,13 @@ impl Cache {
                 bytes: j.bytes,
                 oldest_age_secs: j.oldest_age.map(|age| age.as_secs_f64()),
                 replayed: j.replayed,
+                obsolete: j.obsolete,
+                rejected: j.rejected,
+                unreadable: j.unreadable,
                 dropped: j.dropped,
                 collapsed: j.collapsed,
+                io_errors: j.io_errors,
+                writable: j.writable,
             });
             report.redis = Some(RedisReport {
                 master: stats.master,
