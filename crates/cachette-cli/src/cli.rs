@@ -56,6 +56,11 @@ pub struct ProxyArgs {
     /// within stale-if-error).
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub upstream_timeout: Duration,
+    /// A front proxy (IP or CIDR range; repeat for several) whose
+    /// X-Forwarded-* / Forwarded headers are passed on. From any other
+    /// client they are dropped: they are not part of the cache key.
+    #[arg(long = "trusted-proxy", value_name = "IP[/BITS]")]
+    pub trusted_proxies: Vec<String>,
 }
 
 /// `cachette check`.

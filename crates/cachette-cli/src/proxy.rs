@@ -1,10 +1,18 @@
 //! The caching reverse proxy: [`CacheLayer`] in front of a forwarding
 //! service.
 //!
+//! Before the cache sees a request, [`normalize`] makes what is keyed and
+//! what is forwarded the same request: hop-by-hop headers (those named in
+//! `Connection` too) are removed, an absolute-form target's authority
+//! replaces `Host` (RFC 9112 §3.2.2), and the forwarding headers a client
+//! could use to steer the origin unkeyed (`X-Forwarded-*`, `Forwarded`,
+//! `X-Original-URL`, method overrides...) are dropped unless the client is a
+//! trusted front proxy ([`Upstream::trust`]). Otherwise the cache would
+//! store the answer to one request under another request's key.
+//!
 //! The forwarder sends every method, path, query and header to the upstream
-//! over a pooled keep-alive client, with hop-by-hop headers removed (RFC 9110
-//! §7.6.1) and `Via` and `X-Forwarded-For`/`-Proto` added; bodies stream both
-//! ways. An unreachable upstream is a `502` and a slow one a `504`, which
+//! over a pooled keep-alive client, with `Via` added and `X-Forwarded-For`,
+//! `-Proto` and `-Host` set by the proxy; bodies stream both ways. An unreachable upstream is a `502` and a slow one a `504`, which
 //! the layer answers with a stale entry inside stale-if-error. What is stored
 //! and for how long is exactly the layer's RFC 9111 shared-cache behaviour.
 //!
@@ -47,6 +55,125 @@ use hyper_util::{
 /// The `Via` pseudonym of this proxy (RFC 9110 §7.6.3).
 const VIA: &str = "1.1 cachette";
 
+/// Request fields that tell an origin where a request came from or what it
+/// "really" is. From an untrusted client they are dropped: they are not part
+/// of the cache key, so a client that sets them would choose the answer
+/// stored for everyone.
+const FORWARDING_FIELDS: &[&str] = &[
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+    "x-forwarded-scheme",
+    "x-real-ip",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-host",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// Addresses whose forwarding headers are believed (front proxies, load
+/// balancers): single addresses or CIDR ranges.
+#[derive(Debug, Clone, Default)]
+pub struct TrustedProxies(Vec<(std::net::IpAddr, u8)>);
+
+impl TrustedProxies {
+    /// Parses `10.0.0.0/8`, `192.168.1.5`, `::1`, `fd00::/8`.
+    pub fn parse<I, S>(items: I) -> Result<Self, String>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let mut nets = Vec::new();
+        for item in items {
+            let item = item.as_ref().trim();
+            let (addr, bits) = match item.split_once('/') {
+                Some((addr, bits)) => (addr, Some(bits)),
+                None => (item, None),
+            };
+            let addr: std::net::IpAddr = addr.parse().map_err(|_| {
+                format!("--trusted-proxy `{item}` is not an IP address or CIDR range")
+            })?;
+            let max = if addr.is_ipv4() { 32 } else { 128 };
+            let bits = match bits {
+                Some(bits) => bits
+                    .parse::<u8>()
+                    .ok()
+                    .filter(|b| *b <= max)
+                    .ok_or_else(|| {
+                        format!("--trusted-proxy `{item}`: the prefix length must be 0..={max}")
+                    })?,
+                None => max,
+            };
+            nets.push((addr, bits));
+        }
+        Ok(Self(nets))
+    }
+
+    /// Whether `ip` is trusted.
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        self.0.iter().any(|(net, bits)| match (net, ip) {
+            (std::net::IpAddr::V4(net), std::net::IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(*bits)).unwrap_or(0);
+                u32::from(*net) & mask == u32::from(ip) & mask
+            }
+            (std::net::IpAddr::V6(net), std::net::IpAddr::V6(ip)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(*bits)).unwrap_or(0);
+                u128::from(*net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        })
+    }
+}
+
+/// Makes the request the cache keys and the request the upstream gets the
+/// same one (see the module docs). Returns the problem when the request
+/// cannot be made unambiguous (several `Host` fields, or one that is not a
+/// valid authority).
+pub fn normalize(
+    request: &mut Request<Body>,
+    trusted: &TrustedProxies,
+) -> Result<(), &'static str> {
+    let client = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip());
+    let uri = request.uri().clone();
+    let headers = request.headers_mut();
+    strip_hop_by_hop(headers);
+    if headers.get_all(header::HOST).iter().count() > 1 {
+        return Err("several Host fields");
+    }
+    if let Some(authority) = uri.authority() {
+        // Absolute form: the target's authority is the request's (RFC 9112
+        // §3.2.2), whatever Host says.
+        let host = HeaderValue::from_str(authority.as_str()).map_err(|_| "bad authority")?;
+        headers.insert(header::HOST, host);
+    } else if let Some(host) = headers.get(header::HOST) {
+        host.to_str()
+            .ok()
+            .and_then(|h| h.parse::<Authority>().ok())
+            .ok_or("Host is not a valid authority")?;
+    }
+    if !client.is_some_and(|ip| trusted.contains(ip)) {
+        for name in FORWARDING_FIELDS {
+            headers.remove(*name);
+        }
+    }
+    Ok(())
+}
+
 /// Where requests go: the upstream's scheme, authority and base path, and
 /// the pooled client.
 #[derive(Clone)]
@@ -56,6 +183,7 @@ pub struct Upstream {
     authority: Authority,
     base_path: Arc<str>,
     timeout: Duration,
+    trusted: Arc<TrustedProxies>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -65,6 +193,7 @@ impl std::fmt::Debug for Upstream {
             .field("authority", &self.authority)
             .field("base_path", &self.base_path)
             .field("timeout", &self.timeout)
+            .field("trusted", &self.trusted)
             .finish()
     }
 }
@@ -106,7 +235,18 @@ impl Upstream {
             authority,
             base_path: Arc::from(base_path),
             timeout,
+            trusted: Arc::default(),
         })
+    }
+
+    /// Believes the forwarding headers (`X-Forwarded-*`, `Forwarded`...) of
+    /// requests from these addresses (front proxies that set them); from
+    /// anyone else they are dropped. Such a proxy must set them the same way
+    /// for every request that shares a cache key, or the origin must `Vary`
+    /// on them.
+    pub fn trust(mut self, trusted: TrustedProxies) -> Self {
+        self.trusted = Arc::new(trusted);
+        self
     }
 
     fn target(&self, uri: &Uri) -> Result<Uri, http::Error> {
@@ -140,6 +280,8 @@ impl Upstream {
         };
         strip_hop_by_hop(&mut parts.headers);
         append(&mut parts.headers, header::VIA, VIA);
+        // The forwarding headers are the proxy's own unless a trusted front
+        // proxy set them (`normalize` dropped a client's).
         if let Some(ip) = client_addr {
             append_forwarded_for(&mut parts.headers, &ip.to_string());
         }
@@ -147,6 +289,11 @@ impl Upstream {
             parts
                 .headers
                 .insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        }
+        if !parts.headers.contains_key("x-forwarded-host") {
+            if let Some(host) = parts.headers.get(header::HOST).cloned() {
+                parts.headers.insert("x-forwarded-host", host);
+            }
         }
         // The client's own HTTP version is between it and us.
         parts.version = http::Version::HTTP_11;
@@ -269,11 +416,25 @@ impl tower::Service<Request<Body>> for Forward {
     }
 }
 
-/// The proxy's router: every request goes through `layer`, then to `upstream`.
+/// The proxy's router: every request is [normalized](normalize), goes
+/// through `layer`, then to `upstream`.
 pub fn router(upstream: Upstream, layer: CacheLayer) -> Router {
+    let trusted = upstream.trusted.clone();
     let service = tower::ServiceBuilder::new()
         .layer(layer)
         .service(Forward::new(upstream));
+    let service = tower::service_fn(move |mut request: Request<Body>| {
+        let mut service = service.clone();
+        let normalized = normalize(&mut request, &trusted);
+        async move {
+            match normalized {
+                Ok(()) => tower::Service::call(&mut service, request)
+                    .await
+                    .map(|response| response.map(Body::new)),
+                Err(problem) => Ok::<_, Infallible>(short(StatusCode::BAD_REQUEST, problem)),
+            }
+        }
+    });
     Router::new().fallback_service(service)
 }
 

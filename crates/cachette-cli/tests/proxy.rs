@@ -166,10 +166,9 @@ async fn end_to_end_headers_are_forwarded_and_hop_by_hop_ones_stripped() {
     assert!(seen.contains("x-app: yes"), "{seen}");
     assert!(seen.contains("accept-language: fr"), "{seen}");
     assert!(seen.contains("via: 1.1 cachette"), "{seen}");
-    assert!(
-        seen.contains("x-forwarded-for: 203.0.113.9, 127.0.0.1"),
-        "{seen}"
-    );
+    // A client's own X-Forwarded-For is not believed (it is not trusted):
+    // the proxy sets the field to the client's address.
+    assert!(seen.contains("x-forwarded-for: 127.0.0.1\n"), "{seen}");
     assert!(seen.contains("x-forwarded-proto: http"), "{seen}");
     for hop in ["x-client-hop", "keep-alive", "proxy-authorization", "te:"] {
         assert!(!seen.contains(hop), "{hop} reached the upstream: {seen}");
@@ -316,4 +315,142 @@ async fn unreachable_upstream_is_502_or_stale_within_stale_if_error() {
     );
     let other = client.get(&format!("{proxy}/never-stored"), &[]).await;
     assert_eq!(other.status, StatusCode::BAD_GATEWAY);
+}
+
+/// An upstream page that shows what it was asked with, varies on
+/// `Accept-Language`, and may be stored for a minute.
+fn echo_app() -> Router {
+    Router::new().route(
+        "/echo",
+        get(|headers: HeaderMap| async move {
+            let show = |name: &str| {
+                headers
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("none")
+                    .to_owned()
+            };
+            (
+                [("cache-control", "max-age=60"), ("vary", "accept-language")],
+                format!(
+                    "host={} lang={} xfh={} xfp={} original={}",
+                    show("host"),
+                    show("accept-language"),
+                    show("x-forwarded-host"),
+                    show("x-forwarded-proto"),
+                    show("x-original-url")
+                ),
+            )
+        }),
+    )
+}
+
+/// Sends `raw` (a whole HTTP/1.1 request with `Connection: close`) and
+/// returns the whole answer as text.
+async fn raw_request(proxy: &str, raw: &str) -> String {
+    use std::io::{Read, Write};
+    let addr = proxy.trim_start_matches("http://").to_owned();
+    let raw = raw.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        stream.write_all(raw.as_bytes()).unwrap();
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).unwrap();
+        String::from_utf8_lossy(&answer).into_owned()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absolute_form_target_cannot_poison_another_host() {
+    let upstream = UpstreamServer::start(echo_app());
+    let proxy = start_proxy(&upstream.url(), memory_layer()).await;
+    let attack = raw_request(
+        &proxy,
+        "GET http://victim.test/echo HTTP/1.1\r\nHost: attacker.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        attack.contains("host=victim.test"),
+        "one authority, the target's: {attack}"
+    );
+    let client = HttpClient::new();
+    let victim = client
+        .get(&format!("{proxy}/echo"), &[("host", "victim.test")])
+        .await;
+    assert!(
+        !victim.text().contains("attacker"),
+        "the victim got the attacker's page: {}",
+        victim.text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_nominated_header_cannot_pick_the_variant() {
+    let upstream = UpstreamServer::start(echo_app());
+    let proxy = start_proxy(&upstream.url(), memory_layer()).await;
+    let client = HttpClient::new();
+    let attack = raw_request(
+        &proxy,
+        "GET /echo HTTP/1.1\r\nHost: shop.test\r\nAccept-Language: fr\r\nConnection: close, accept-language\r\n\r\n",
+    )
+    .await;
+    assert!(attack.contains("lang=none"), "{attack}");
+    let victim = client
+        .get(
+            &format!("{proxy}/echo"),
+            &[("host", "shop.test"), ("accept-language", "fr")],
+        )
+        .await;
+    assert!(
+        victim.text().contains("lang=fr"),
+        "the fr variant is the fr page: {}",
+        victim.text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_headers_from_clients_are_dropped_unless_trusted() {
+    let upstream = UpstreamServer::start(echo_app());
+    let proxy = start_proxy(&upstream.url(), memory_layer()).await;
+    let client = HttpClient::new();
+    let attack = client
+        .get(
+            &format!("{proxy}/echo"),
+            &[
+                ("host", "shop.test"),
+                ("x-forwarded-host", "evil.test"),
+                ("x-forwarded-proto", "https"),
+                ("x-original-url", "/admin"),
+            ],
+        )
+        .await;
+    assert_eq!(
+        attack.text(),
+        "host=shop.test lang=none xfh=shop.test xfp=http original=none",
+        "the proxy sets the forwarding headers it owns and drops the rest"
+    );
+    let victim = client
+        .get(&format!("{proxy}/echo"), &[("host", "shop.test")])
+        .await;
+    assert!(!victim.text().contains("evil"), "{}", victim.text());
+
+    // Behind a trusted front proxy (here: loopback), they are passed on.
+    let upstream = Upstream::new(&upstream.url(), Duration::from_secs(5))
+        .unwrap()
+        .trust(cachette_cli::proxy::TrustedProxies::parse(["127.0.0.0/8"]).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let trusting = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(serve(listener, router(upstream, memory_layer())));
+    let fronted = client
+        .get(
+            &format!("{trusting}/echo"),
+            &[("host", "shop.test"), ("x-forwarded-proto", "https")],
+        )
+        .await;
+    assert!(fronted.text().contains("xfp=https"), "{}", fronted.text());
 }
