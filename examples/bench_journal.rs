@@ -9,6 +9,7 @@
 //! ```
 //! The journal dir defaults to a temporary directory (use one on the disk
 //! you deploy on: fsync cost is the disk's).
+#![allow(clippy::expect_used)]
 
 use std::{
     sync::Arc,
