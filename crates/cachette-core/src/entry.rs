@@ -9,6 +9,11 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 
 use crate::{DecodeError, codec};
 
+/// The largest age or delta-seconds value cachette works with: 2^31 s (68
+/// years). RFC 9111 §1.2.2: a recipient must treat a larger delta-seconds
+/// as this value; arithmetic on times then never overflows.
+pub const MAX_DELTA: Duration = Duration::from_secs(1 << 31);
+
 /// What an entry holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -137,9 +142,9 @@ impl EntryMeta {
         self
     }
 
-    /// Sets the age the entry had when stored.
+    /// Sets the age the entry had when stored (at most [`MAX_DELTA`]).
     pub fn with_initial_age(mut self, age: Duration) -> Self {
-        self.initial_age = age;
+        self.initial_age = age.min(MAX_DELTA);
         self
     }
 
@@ -293,12 +298,13 @@ impl Entry {
             .unwrap_or(Duration::ZERO)
     }
 
-    /// The entry's current age: its age when stored plus its time in cache.
+    /// The entry's current age: its age when stored plus its time in cache
+    /// (saturating: a hostile `Age` cannot overflow it).
     pub fn age(&self, now: SystemTime) -> Duration {
-        self.meta.initial_age
-            + now
-                .duration_since(self.meta.stored_at)
-                .unwrap_or(Duration::ZERO)
+        self.meta.initial_age.saturating_add(
+            now.duration_since(self.meta.stored_at)
+                .unwrap_or(Duration::ZERO),
+        )
     }
 
     /// Approximate memory held by the entry, used to bound the memory tier by bytes.

@@ -20,7 +20,7 @@ mod tiered;
 
 pub use backend::{Backend, TierInfo};
 pub use breaker::{Admission, BreakerConfig, BreakerState, CircuitBreaker, ProbeGuard};
-pub use entry::{Entry, EntryMeta, Freshness, Payload, StoredResponse};
+pub use entry::{Entry, EntryMeta, Freshness, MAX_DELTA, Payload, StoredResponse};
 pub use error::{BoxError, CacheError, DecodeError};
 pub use glob::{escape_glob, glob_match};
 pub use journal::{Journal, JournalOp, Recorded, unix_millis};

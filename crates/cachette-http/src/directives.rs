@@ -8,6 +8,20 @@
 
 use http::HeaderValue;
 
+/// 2^31, the largest delta-seconds value (RFC 9111 §1.2.2).
+pub(crate) const MAX_DELTA_SECONDS: u64 = 1 << 31;
+
+/// Parses delta-seconds (`1*DIGIT`), capped at [`MAX_DELTA_SECONDS`].
+pub(crate) fn delta_seconds(text: &str) -> Option<u64> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(
+        text.parse::<u64>()
+            .map_or(MAX_DELTA_SECONDS, |n| n.min(MAX_DELTA_SECONDS)),
+    )
+}
+
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Directives(Vec<(String, Option<String>)>);
 
@@ -35,13 +49,15 @@ impl Directives {
         self.0.iter().any(|(n, _)| n == name)
     }
 
-    /// A delta-seconds argument; an unparsable one counts as absent.
+    /// A delta-seconds argument, at most 2^31 (RFC 9111 §1.2.2: a larger
+    /// value, even one that overflows any integer, means 2^31); an
+    /// unparsable one counts as absent.
     pub(crate) fn seconds(&self, name: &str) -> Option<u64> {
         self.0
             .iter()
             .find(|(n, _)| n == name)
             .and_then(|(_, arg)| arg.as_deref())
-            .and_then(|arg| arg.parse().ok())
+            .and_then(delta_seconds)
     }
 
     pub(crate) fn remove(&mut self, names: &[&str]) {

@@ -82,11 +82,68 @@ pub(crate) fn allows_authorized(config: &Config, stored: &StoredResponse) -> boo
     cc.has("public") || cc.has("s-maxage") || cc.has("must-revalidate")
 }
 
-fn response_parts(status: StatusCode, headers: HeaderMap) -> response::Parts {
+/// The response as http-cache-semantics sees it: `Age` reduced to one
+/// valid value (the first member of the first line: RFC 9111 §5.1 allows
+/// no list, and a recipient uses the first) and every delta-seconds capped
+/// at 2^31 (§1.2.2), so that no header value can make the library's time
+/// arithmetic overflow.
+fn response_parts(status: StatusCode, mut headers: HeaderMap) -> response::Parts {
+    let age = headers
+        .get(header::AGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .and_then(|v| crate::directives::delta_seconds(v.trim()));
+    headers.remove(header::AGE);
+    if let Some(age) = age {
+        headers.insert(header::AGE, HeaderValue::from(age));
+    }
+    let capped: Vec<HeaderValue> = headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .map(cap_delta_seconds)
+        .collect();
+    if !capped.is_empty() {
+        headers.remove(header::CACHE_CONTROL);
+        for value in capped {
+            headers.append(header::CACHE_CONTROL, value);
+        }
+    }
     let (mut parts, ()) = http::Response::new(()).into_parts();
     parts.status = status;
     parts.headers = headers;
     parts
+}
+
+/// A `Cache-Control` line with each `name=digits` argument above 2^31
+/// replaced by 2^31.
+fn cap_delta_seconds(value: &HeaderValue) -> HeaderValue {
+    let Ok(text) = value.to_str() else {
+        return value.clone();
+    };
+    let mut changed = false;
+    let items: Vec<String> = text
+        .split(',')
+        .map(|item| {
+            if let Some((name, arg)) = item.split_once('=') {
+                let arg = arg.trim();
+                if arg.len() > 10 && arg.bytes().all(|b| b.is_ascii_digit()) {
+                    changed = true;
+                    return format!("{}={}", name.trim(), crate::directives::MAX_DELTA_SECONDS);
+                }
+                if let Some(n) = crate::directives::delta_seconds(arg) {
+                    if n == crate::directives::MAX_DELTA_SECONDS && arg != n.to_string() {
+                        changed = true;
+                        return format!("{}={n}", name.trim());
+                    }
+                }
+            }
+            item.to_owned()
+        })
+        .collect();
+    if !changed {
+        return value.clone();
+    }
+    HeaderValue::from_str(&items.join(",")).unwrap_or_else(|_| value.clone())
 }
 
 /// Decides whether an origin response is stored, and for how long.
@@ -158,8 +215,11 @@ pub(crate) fn evaluate(
     // RFC 9111 §4.2.3: the initial age is the larger of the Age header and the
     // apparent age (response time minus Date). http-cache-semantics counts only
     // the former, so correct the remaining lifetime here.
-    let header_age = policy.age(now);
-    let lifetime = policy.time_to_live(now) + header_age;
+    let header_age = policy.age(now).min(cachette_core::MAX_DELTA);
+    let lifetime = policy
+        .time_to_live(now)
+        .min(cachette_core::MAX_DELTA)
+        .saturating_add(header_age);
     let apparent_age = headers
         .get(header::DATE)
         .and_then(|d| httpdate::parse_http_date(d.to_str().ok()?).ok())
@@ -277,4 +337,87 @@ pub(crate) fn revalidated(
         now,
     )
     .ok()
+}
+
+#[cfg(test)]
+mod properties {
+    #![allow(clippy::unwrap_used)]
+
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use cachette_core::Entry;
+    use http::{HeaderMap, HeaderValue, StatusCode, header};
+    use proptest::prelude::*;
+
+    use super::{evaluate, revalidated};
+    use crate::Config;
+
+    /// Header values as hostile origins write them: huge and negative
+    /// numbers, lists, junk, dates of every form.
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<u64>().prop_map(|n| n.to_string()),
+            "[0-9]{1,40}",
+            "-[0-9]{1,20}",
+            "[0-9]{1,25}, [0-9]{1,25}",
+            "[ -~]{0,40}",
+            (0u64..=u64::MAX).prop_map(|s| httpdate::fmt_http_date(
+                UNIX_EPOCH + Duration::from_secs(s % 253_402_300_799)
+            )),
+        ]
+    }
+
+    fn directives() -> impl Strategy<Value = String> {
+        let directive = prop_oneof![
+            value().prop_map(|v| format!("max-age={v}")),
+            value().prop_map(|v| format!("s-maxage={v}")),
+            value().prop_map(|v| format!("stale-while-revalidate={v}")),
+            value().prop_map(|v| format!("stale-if-error={v}")),
+            Just("must-revalidate".to_owned()),
+            Just("public".to_owned()),
+            Just("no-cache".to_owned()),
+        ];
+        proptest::collection::vec(directive, 0..4).prop_map(|d| d.join(", "))
+    }
+
+    proptest! {
+        #[test]
+        fn no_header_value_makes_the_policy_or_an_entry_panic(
+            age in value(),
+            cc in directives(),
+            cdn in directives(),
+            expires in value(),
+            date in value(),
+            later in 0u64..=u64::MAX,
+        ) {
+            let mut headers = HeaderMap::new();
+            for (name, text) in [
+                (header::AGE, &age),
+                (header::CACHE_CONTROL, &cc),
+                (header::EXPIRES, &expires),
+                (header::DATE, &date),
+            ] {
+                if let Ok(v) = HeaderValue::from_str(text) {
+                    headers.insert(name, v);
+                }
+            }
+            if let Ok(v) = HeaderValue::from_str(&cdn) {
+                headers.insert("cdn-cache-control", v);
+            }
+            headers.insert(header::ETAG, HeaderValue::from_static("\"v\""));
+            let config = Config::default();
+            let (request, ()) = http::Request::get("http://h/p").body(()).unwrap().into_parts();
+            let now = SystemTime::now();
+            if let Ok(storable) = evaluate(&config, &request, StatusCode::OK, &headers, bytes::Bytes::new(), now) {
+                let entry = Entry::response(storable.response.clone(), storable.meta.clone());
+                for offset in [0, 1, later % (1 << 40), later] {
+                    let then = now.checked_add(Duration::from_secs(offset)).unwrap_or(now);
+                    let _ = entry.age(then);
+                    let _ = entry.remaining_ttl(then);
+                    let _ = entry.freshness(then);
+                }
+                let _ = revalidated(&config, &request, &storable.response, &storable.meta, &headers, now);
+            }
+        }
+    }
 }
