@@ -55,3 +55,102 @@ async fn a_huge_age_neither_panics_nor_overflows_later_serves() {
     let listed = fetch(&app, "/listed").await;
     assert!(!listed.is_hit(), "{}", listed.cache_status());
 }
+
+/// A route whose calls listed in `stall_calls` (1-based) send their head and
+/// then never send a byte of body; other calls answer at once.
+fn stalling_app(
+    counter: &Counter,
+    stall_calls: &'static [usize],
+    cache_control: &'static str,
+) -> Router {
+    use axum::body::Body;
+    use http_body_util::channel::Channel;
+    let calls = counter.clone();
+    Router::new().route(
+        "/stall",
+        get(move || {
+            let n = calls.hit();
+            async move {
+                let body = if stall_calls.contains(&n) {
+                    let (sender, body) = Channel::<bytes::Bytes, std::convert::Infallible>::new(1);
+                    // Held open, never written: the body stalls, no EOF.
+                    tokio::spawn(async move {
+                        let _sender = sender;
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                    });
+                    Body::new(body)
+                } else {
+                    Body::from(format!("call {n}"))
+                };
+                ([("cache-control", cache_control), ("etag", "\"e\"")], body)
+            }
+        }),
+    )
+}
+
+async fn bounded(app: &Router, uri: &str) -> Reply {
+    tokio::time::timeout(Duration::from_secs(5), fetch(app, uri))
+        .await
+        .expect("the request finished: a stalled origin body must not hang a URL")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_whose_body_stalls_does_not_hang_the_url() {
+    let counter = Counter::default();
+    let app = stalling_app(&counter, &[1], "max-age=60").layer(
+        layer()
+            .body_idle_timeout(Duration::from_millis(500))
+            .fill_timeout(Duration::from_secs(1))
+            .lock_timeout(Duration::from_millis(200)),
+    );
+    let leader = {
+        let app = app.clone();
+        tokio::spawn(async move { bounded(&app, "/stall").await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // A coalesced follower gives up on the stuck fill and asks the origin
+    // itself, without storing.
+    let follower = bounded(&app, "/stall").await;
+    assert_eq!(follower.status, 200);
+    assert_eq!(follower.text(), "call 2");
+    assert!(
+        follower.cache_status().contains("lock-timeout"),
+        "{}",
+        follower.cache_status()
+    );
+    // The leader's fill ends with a timeout instead of never.
+    let leader = leader.await.unwrap();
+    assert_eq!(leader.status, 504, "{}", leader.cache_status());
+    // The key is free again: the next miss fills and stores normally.
+    let next = bounded(&app, "/stall").await;
+    assert_eq!(next.text(), "call 3");
+    assert!(bounded(&app, "/stall").await.is_hit());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_background_refresh_whose_body_stalls_releases_the_key() {
+    let counter = Counter::default();
+    let app = stalling_app(&counter, &[2], "max-age=1, stale-while-revalidate=1").layer(
+        layer()
+            .origin_timeout(Duration::from_secs(1))
+            .body_idle_timeout(Duration::from_millis(300))
+            .fill_timeout(Duration::from_millis(600))
+            .lock_timeout(Duration::from_millis(200)),
+    );
+    assert_eq!(bounded(&app, "/stall").await.text(), "call 1");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Stale within stale-while-revalidate: served, and a refresh starts whose
+    // body stalls.
+    let stale = bounded(&app, "/stall").await;
+    assert!(
+        stale.cache_status().contains("stale-while-revalidate"),
+        "{}",
+        stale.cache_status()
+    );
+    // Past the window, requests for the key are misses that must not wait on
+    // the stuck refresh.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let after = bounded(&app, "/stall").await;
+    assert_eq!(after.status, 200, "{}", after.cache_status());
+    assert_eq!(after.text(), "call 3");
+}

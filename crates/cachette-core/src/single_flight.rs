@@ -120,6 +120,58 @@ impl<T: Clone> SingleFlight<T> {
         (value, role)
     }
 
+    /// [`run`](Self::run), but a caller that would wait for another caller's
+    /// computation waits at most `wait`; then it gets `None` and goes its own
+    /// way (a leader that hangs must not hang everyone behind it). A caller
+    /// that becomes the leader is never timed out here: its computation
+    /// bounds itself.
+    pub async fn run_or_give_up<F, Fut>(
+        &self,
+        key: &CacheKey,
+        wait: std::time::Duration,
+        compute: F,
+    ) -> Option<(T, Role)>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = T>,
+    {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let cell = {
+            let mut calls = self.calls.lock().unwrap_or_else(PoisonError::into_inner);
+            calls.entry(key.clone()).or_default().clone()
+        };
+        let _forget = Forget {
+            flights: self,
+            key,
+            cell: &cell,
+        };
+        let leader = AtomicBool::new(false);
+        let init = cell.get_or_init(|| {
+            leader.store(true, Ordering::Relaxed);
+            compute()
+        });
+        let mut init = std::pin::pin!(init);
+        let give_up = tokio::time::sleep(wait);
+        let mut give_up = std::pin::pin!(give_up);
+        // Polled by hand: whether the timer applies is decided at every
+        // poll (a caller may become the leader while it waits).
+        std::future::poll_fn(|cx| {
+            if let std::task::Poll::Ready(value) = init.as_mut().poll(cx) {
+                let role = if leader.load(Ordering::Relaxed) {
+                    Role::Leader
+                } else {
+                    Role::Follower
+                };
+                return std::task::Poll::Ready(Some((value.clone(), role)));
+            }
+            if !leader.load(Ordering::Relaxed) && give_up.as_mut().poll(cx).is_ready() {
+                return std::task::Poll::Ready(None);
+            }
+            std::task::Poll::Pending
+        })
+        .await
+    }
+
     /// Computations currently under way.
     pub fn in_flight(&self) -> usize {
         self.calls
@@ -133,6 +185,34 @@ impl<T: Clone> SingleFlight<T> {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_follower_gives_up_on_a_hung_leader_and_a_leader_is_never_timed_out() {
+        let flights = Arc::new(SingleFlight::<u8>::new());
+        let key = CacheKey::new("k").unwrap();
+        let leader = {
+            let (flights, key) = (flights.clone(), key.clone());
+            tokio::spawn(async move {
+                flights
+                    .run_or_give_up(&key, Duration::from_millis(10), || async {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        1
+                    })
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let gave_up = flights
+            .run_or_give_up(&key, Duration::from_millis(30), || async { 2 })
+            .await;
+        assert_eq!(gave_up, None, "the follower stopped waiting");
+        assert_eq!(
+            leader.await.unwrap(),
+            Some((1, Role::Leader)),
+            "past its own wait"
+        );
+        assert_eq!(flights.in_flight(), 0);
+    }
 
     #[tokio::test]
     async fn cancelled_leader_hands_over_and_map_is_cleaned() {

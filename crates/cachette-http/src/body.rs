@@ -111,11 +111,21 @@ pub(crate) enum Collected<B: Body> {
     },
     /// The body failed while being read.
     Failed(B::Error),
+    /// The body paused longer than the idle timeout, or was not complete by
+    /// the deadline.
+    TimedOut,
 }
 
 /// Reads `body` into memory unless it grows past `limit` bytes, in which case
 /// reading stops and the caller streams the rest. Trailers are not kept.
-pub(crate) async fn collect_limited<B>(body: B, limit: usize) -> Collected<B>
+/// Each chunk must arrive within `idle`, and the whole read end by
+/// `deadline`.
+pub(crate) async fn collect_limited<B>(
+    body: B,
+    limit: usize,
+    idle: std::time::Duration,
+    deadline: tokio::time::Instant,
+) -> Collected<B>
 where
     B: Body<Data = Bytes>,
 {
@@ -129,7 +139,13 @@ where
     let mut chunks: VecDeque<Bytes> = VecDeque::new();
     let mut total = 0usize;
     loop {
-        match body.frame().await {
+        let wait = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .min(idle);
+        let Ok(frame) = tokio::time::timeout(wait, body.frame()).await else {
+            return Collected::TimedOut;
+        };
+        match frame {
             None => break,
             Some(Err(error)) => return Collected::Failed(error),
             Some(Ok(frame)) => {

@@ -36,6 +36,9 @@ pub(crate) struct Config {
     pub(crate) tags_header: Option<HeaderName>,
     pub(crate) unless: Option<Unless>,
     pub(crate) origin_timeout: Option<Duration>,
+    pub(crate) fill_timeout: Duration,
+    pub(crate) body_idle_timeout: Duration,
+    pub(crate) lock_timeout: Duration,
     pub(crate) coalesce: bool,
 }
 
@@ -74,6 +77,9 @@ impl Default for Config {
             tags_header: Some(CACHE_TAG),
             unless: None,
             origin_timeout: None,
+            fill_timeout: Duration::from_secs(60),
+            body_idle_timeout: Duration::from_secs(30),
+            lock_timeout: Duration::from_secs(10),
             coalesce: true,
         }
     }
@@ -248,6 +254,29 @@ impl CacheLayer {
     /// served inside its `stale-if-error` window, else `504 Gateway Timeout`.
     pub fn origin_timeout(self, timeout: Duration) -> Self {
         self.with(|c| c.origin_timeout = Some(timeout))
+    }
+
+    /// The longest an origin call that may be stored takes, head and body
+    /// (up to `max_body_bytes`) together (default 60 s). Past it the call
+    /// counts as failed (stale-if-error, else `504`): a body that trickles
+    /// forever cannot hold a key's fill, or a background refresh, for good.
+    pub fn fill_timeout(self, timeout: Duration) -> Self {
+        self.with(|c| c.fill_timeout = timeout)
+    }
+
+    /// The longest pause between two chunks of an origin body being read to
+    /// store it (default 30 s); a longer pause fails the call as
+    /// [`fill_timeout`](Self::fill_timeout) does.
+    pub fn body_idle_timeout(self, timeout: Duration) -> Self {
+        self.with(|c| c.body_idle_timeout = timeout)
+    }
+
+    /// How long a coalesced request waits for another request's origin call
+    /// for the same key (default 10 s). Past it, it makes its own origin
+    /// call and does not store the result (pingora's cache-lock semantics):
+    /// a hung fill delays its followers by this much, never for good.
+    pub fn lock_timeout(self, timeout: Duration) -> Self {
+        self.with(|c| c.lock_timeout = timeout)
     }
 
     /// Whether concurrent misses for one key make one origin call (default on).

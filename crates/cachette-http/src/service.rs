@@ -444,24 +444,47 @@ where
     tracing::debug!(cache = layer.cache.name(), key = %primary, outcome = fwd.as_str());
     let client_headers = parts.headers.clone();
     if !layer.config.coalesce || authorized {
-        let (response, _) = fetch(inner, layer, parts, body, &primary, stale, fwd).await;
+        let (response, _) = fetch(inner, layer, parts, body, &primary, stale, fwd, true).await;
         return response;
     }
 
     // Coalesce: one origin call per key; the others wait for its result.
     let mut leader_request = Some((inner, parts, body));
     let mut own_response = None;
-    let (filled, role) = layer
+    let flight = layer
         .flights
         .fills
-        .run(&fill_key, || async {
+        .run_or_give_up(&fill_key, layer.config.lock_timeout, || async {
             let (inner, parts, body) = leader_request.take()?;
-            let (response, filled) =
-                fetch(inner, layer, parts, body, &primary, stale.clone(), fwd).await;
+            let (response, filled) = fetch(
+                inner,
+                layer,
+                parts,
+                body,
+                &primary,
+                stale.clone(),
+                fwd,
+                true,
+            )
+            .await;
             own_response = Some(response);
             filled
         })
         .await;
+    let Some((filled, role)) = flight else {
+        // Another request's origin call for this key has not finished within
+        // the lock timeout: go to the origin ourselves, without storing (the
+        // stuck fill, if it ever finishes, stores its own result).
+        tracing::debug!(key = %primary, "coalesced fill took longer than the lock timeout; own uncached origin call");
+        let Some((inner, parts, body)) = leader_request.take() else {
+            return Ok(plain_response(
+                StatusCode::BAD_GATEWAY,
+                "origin call was lost\n",
+            ));
+        };
+        let (response, _) = fetch(inner, layer, parts, body, &primary, stale, fwd, false).await;
+        return response;
+    };
     if role == Role::Leader {
         if let Some(response) = own_response {
             return response;
@@ -503,7 +526,7 @@ where
             "origin call was lost\n",
         ));
     };
-    let (response, _) = fetch(inner, layer, parts, body, &primary, stale, fwd).await;
+    let (response, _) = fetch(inner, layer, parts, body, &primary, stale, fwd, true).await;
     response
 }
 
@@ -541,7 +564,11 @@ fn stale_if_error<B>(
 type Fetched<B, E> = (Result<Response<CacheBody<B>>, E>, Option<Filled>);
 
 /// One origin call for a cacheable GET: revalidates `stale` when it has
-/// validators, stores what may be stored, and falls back to stale on errors.
+/// validators, stores what may be stored (unless `storing` is false: then the
+/// answer streams through), and falls back to stale on errors. The head and
+/// the body read for storing are bounded by `fill_timeout` together, and each
+/// body chunk by `body_idle_timeout`.
+#[allow(clippy::too_many_arguments)]
 async fn fetch<S, ReqBody, ResBody>(
     mut inner: S,
     layer: &CacheLayer,
@@ -550,6 +577,7 @@ async fn fetch<S, ReqBody, ResBody>(
     primary: &CacheKey,
     stale: Option<Arc<Entry>>,
     fwd: Forward,
+    storing: bool,
 ) -> Fetched<ResBody, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
@@ -564,7 +592,11 @@ where
     for name in CONDITIONAL_REQUEST_HEADERS {
         origin_headers.remove(name);
     }
-    let stale_stored = stale.as_ref().and_then(|e| e.as_response());
+    // Revalidate only what this call may store again.
+    let stale_stored = stale
+        .as_ref()
+        .and_then(|e| e.as_response())
+        .filter(|_| storing);
     if let Some(stored) = stale_stored {
         if let Some(etag) = stored.etag() {
             origin_headers.insert(header::IF_NONE_MATCH, etag.clone());
@@ -575,11 +607,12 @@ where
     }
     parts.headers = origin_headers;
     let head = parts.clone();
+    let deadline = tokio::time::Instant::now() + config.fill_timeout;
     let call = call_ready(&mut inner, Request::from_parts(parts, body));
-    let outcome = match config.origin_timeout {
-        Some(limit) => tokio::time::timeout(limit, call).await.map_err(|_| limit),
-        None => Ok(call.await),
-    };
+    let limit = config
+        .origin_timeout
+        .map_or(config.fill_timeout, |t| t.min(config.fill_timeout));
+    let outcome = tokio::time::timeout(limit, call).await.map_err(|_| limit);
     let response = match outcome {
         Ok(Ok(response)) => response,
         Ok(Err(error)) => {
@@ -650,6 +683,10 @@ where
         return (Ok(origin_response(response, layer, &status)), None);
     }
 
+    if !storing {
+        status.detail = Some("lock-timeout");
+        return (Ok(origin_response(response, layer, &status)), None);
+    }
     let (res_parts, res_body) = response.into_parts();
     // Storability depends on the head only: a response that will not be
     // stored streams through at once instead of being buffered first.
@@ -669,7 +706,30 @@ where
             return (Ok(origin_response(response, layer, &status)), None);
         }
     };
-    match collect_limited(res_body, config.max_body_bytes).await {
+    match collect_limited(
+        res_body,
+        config.max_body_bytes,
+        config.body_idle_timeout,
+        deadline,
+    )
+    .await
+    {
+        Collected::TimedOut => {
+            count(&counters.origin_errors);
+            tracing::warn!(key = %primary, "origin body stalled (idle or fill timeout)");
+            if let Some((response, filled)) =
+                stale_if_error(layer, stale.as_ref(), &client, Some(504))
+            {
+                return (Ok(response), Some(filled));
+            }
+            status.fwd_status = Some(504);
+            let response = with_status(
+                plain_response(StatusCode::GATEWAY_TIMEOUT, "origin body timed out\n"),
+                layer,
+                &status,
+            );
+            (Ok(response), None)
+        }
         Collected::Failed(error) => {
             count(&counters.origin_errors);
             tracing::warn!(key = %primary, %error, "origin body failed");
@@ -805,10 +865,12 @@ fn spawn_refresh<S, ReqBody, ResBody>(
     }
     tokio::spawn(async move {
         let layer = &*state;
+        // Bounded twice over: the fetch by the fill timeout, and waiting on
+        // another request's fill for the key by the lock timeout.
         let _ = layer
             .flights
             .fills
-            .run(&key, || async {
+            .run_or_give_up(&key, layer.config.lock_timeout, || async {
                 let (_, filled) = fetch(
                     inner,
                     layer,
@@ -817,6 +879,7 @@ fn spawn_refresh<S, ReqBody, ResBody>(
                     &primary,
                     Some(stale),
                     Forward::Stale,
+                    true,
                 )
                 .await;
                 filled

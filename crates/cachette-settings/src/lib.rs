@@ -172,6 +172,12 @@ pub struct HttpSettings {
     pub heuristic_freshness: Option<f32>,
     /// Origin calls slower than this count as errors.
     pub origin_timeout: Option<HumanDuration>,
+    /// Head and body of an origin call being stored, together (default 60 s).
+    pub fill_timeout: Option<HumanDuration>,
+    /// Longest pause between body chunks of a call being stored (default 30 s).
+    pub body_idle_timeout: Option<HumanDuration>,
+    /// How long a coalesced request waits for another's origin call (default 10 s).
+    pub lock_timeout: Option<HumanDuration>,
     /// Store responses with `Set-Cookie` after removing it.
     pub strip_set_cookie: Option<bool>,
     /// The name in `Cache-Status` (default `cachette`).

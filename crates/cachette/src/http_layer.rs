@@ -34,6 +34,15 @@ pub(crate) fn layer_for(cache: &Cache) -> CacheLayer {
     if let Some(fraction) = http.heuristic_freshness {
         layer = layer.heuristic_freshness(fraction);
     }
+    if let Some(timeout) = d(&http.fill_timeout) {
+        layer = layer.fill_timeout(timeout);
+    }
+    if let Some(timeout) = d(&http.body_idle_timeout) {
+        layer = layer.body_idle_timeout(timeout);
+    }
+    if let Some(timeout) = d(&http.lock_timeout) {
+        layer = layer.lock_timeout(timeout);
+    }
     if let Some(timeout) = d(&http.origin_timeout) {
         layer = layer.origin_timeout(timeout);
     }
