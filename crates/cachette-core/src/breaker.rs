@@ -90,13 +90,18 @@ pub enum Admission {
 #[derive(Debug)]
 pub struct ProbeGuard<'a> {
     breaker: Option<&'a CircuitBreaker>,
+    /// When this probe was claimed: only this probe is handed back (not a
+    /// newer one that took over after this one expired).
+    claimed_at: u64,
 }
 
 impl<'a> ProbeGuard<'a> {
     /// Guards `admission` on `breaker` (does nothing unless it is a probe).
+    /// Call right after [`CircuitBreaker::admit`].
     pub fn new(breaker: &'a CircuitBreaker, admission: Admission) -> Self {
         Self {
             breaker: (admission == Admission::Probe).then_some(breaker),
+            claimed_at: breaker.opened_at_ms.load(Ordering::Acquire),
         }
     }
 
@@ -109,7 +114,7 @@ impl<'a> ProbeGuard<'a> {
 impl Drop for ProbeGuard<'_> {
     fn drop(&mut self) {
         if let Some(breaker) = self.breaker {
-            breaker.abandon_probe();
+            breaker.abandon_probe_claimed_at(self.claimed_at);
         }
     }
 }
@@ -169,16 +174,31 @@ impl CircuitBreaker {
     /// open again, and the next caller may probe at once (a cancelled call
     /// says nothing about the tier's health).
     pub fn abandon_probe(&self) {
+        self.abandon_probe_claimed_at(self.opened_at_ms.load(Ordering::Acquire));
+    }
+
+    /// [`abandon_probe`](Self::abandon_probe) for the probe claimed at
+    /// `claimed_at`; nothing if another probe has taken over since.
+    fn abandon_probe_claimed_at(&self, claimed_at: u64) {
+        if self.state.load(Ordering::Acquire) != HALF_OPEN {
+            return;
+        }
+        let open_ms = u64::try_from(self.config.open_for.as_millis()).unwrap_or(u64::MAX);
+        let now = millis_since_start();
+        // Backdate the claim so that the next caller may probe at once.
         if self
-            .state
-            .compare_exchange(HALF_OPEN, OPEN, Ordering::AcqRel, Ordering::Acquire)
+            .opened_at_ms
+            .compare_exchange(
+                claimed_at,
+                now.saturating_sub(open_ms),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
             .is_ok()
         {
-            let open_ms = u64::try_from(self.config.open_for.as_millis()).unwrap_or(u64::MAX);
-            self.opened_at_ms.store(
-                millis_since_start().saturating_sub(open_ms),
-                Ordering::Release,
-            );
+            let _ =
+                self.state
+                    .compare_exchange(HALF_OPEN, OPEN, Ordering::AcqRel, Ordering::Acquire);
         }
     }
 

@@ -136,6 +136,13 @@ impl EntryMeta {
         self
     }
 
+    /// The same lifetime, stamped as written at `now`: for a copy that is a
+    /// new write (moving a value to a new key), which must order as one.
+    pub fn written_at(mut self, now: SystemTime) -> Self {
+        self.stored_at = now;
+        self
+    }
+
     /// Keeps the entry at least until `until` (e.g. so it can be revalidated).
     pub fn keep_at_least_until(mut self, until: SystemTime) -> Self {
         self.keep_until = self.keep_until.max(until);

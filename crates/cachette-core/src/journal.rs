@@ -108,4 +108,16 @@ pub trait Journal: Send + Sync + std::fmt::Debug + 'static {
         let _ = (key, entry);
         false
     }
+
+    /// Whether the latest op waiting for `key` is a write: the tier then
+    /// holds something older than what this node wrote, and [`Tiered`]
+    /// does not serve the tier's copy. Called only while
+    /// [`depth`](Self::depth) is not zero; must not block. The default says
+    /// no.
+    ///
+    /// [`Tiered`]: crate::Tiered
+    fn has_pending_write(&self, key: &CacheKey) -> bool {
+        let _ = key;
+        false
+    }
 }

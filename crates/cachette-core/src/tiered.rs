@@ -445,6 +445,13 @@ impl Tiered {
                         tier.stats.counters.misses.incr();
                         continue;
                     }
+                    if Self::behind_own_journal(tier, key) {
+                        // This node wrote the key since; the write waits in
+                        // this tier's journal, so what the tier holds is
+                        // older than what this node has written.
+                        tier.stats.counters.misses.incr();
+                        continue;
+                    }
                     if self.hidden_by_journal(key, &entry) {
                         // Deleted by this node, the delete still queued for a
                         // lower tier: a miss in every tier, and copies read
@@ -486,6 +493,14 @@ impl Tiered {
             }
         }
         None
+    }
+
+    /// Whether `tier` has a journal holding a write of `key` not applied yet.
+    fn behind_own_journal(tier: &Tier, key: &CacheKey) -> bool {
+        tier.options
+            .journal
+            .as_ref()
+            .is_some_and(|j| j.depth() > 0 && j.has_pending_write(key))
     }
 
     /// Whether a pending invalidation in a tier's journal covers `key`.
@@ -533,6 +548,19 @@ impl Tiered {
                 Err(error) => {
                     tracing::debug!(%key, tier = %tier.name, %error, "tier write failed");
                     Self::journal_or_fail(tier, op(), error, &mut report).await;
+                }
+            }
+        }
+        if !report.superseded.is_empty() {
+            // A lower tier holds newer data for the key (or a later delete):
+            // the copies just written above it are older than that; drop
+            // them, the next read promotes what the lower tier holds.
+            for tier in &self.inner.tiers {
+                if report.superseded.contains(&tier.name) {
+                    break;
+                }
+                if report.succeeded.contains(&tier.name) {
+                    let _ = Self::call(tier, true, tier.backend.delete(key)).await;
                 }
             }
         }

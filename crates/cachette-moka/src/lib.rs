@@ -51,6 +51,8 @@ pub const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
 struct Stored {
     entry: Arc<Entry>,
     ttl: Duration,
+    /// Which write this is, for the tag index.
+    generation: u64,
 }
 
 /// Each entry lives for the TTL it was written with (already capped and
@@ -112,16 +114,16 @@ impl MemoryTierBuilder {
                 u32::try_from(key.as_str().len() + value.entry.weight()).unwrap_or(u32::MAX)
             })
             .expire_after(PerEntryTtl)
-            .eviction_listener(move |key: Arc<CacheKey>, value: Stored, cause| {
-                // A replaced entry's key is registered again by its successor.
-                if cause != RemovalCause::Replaced {
-                    unindex.remove(&key, &value.entry.meta().tags);
-                }
-            })
+            .eviction_listener(
+                move |key: Arc<CacheKey>, value: Stored, _cause: RemovalCause| {
+                    unindex.remove(&key, &value.entry.meta().tags, value.generation);
+                },
+            )
             .build();
         MemoryTier {
             cache,
             tags,
+            generations: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             max_ttl: self.max_ttl,
             max_bytes: self.max_bytes,
         }
@@ -133,6 +135,7 @@ impl MemoryTierBuilder {
 pub struct MemoryTier {
     cache: Cache<CacheKey, Stored>,
     tags: Arc<TagIndex>,
+    generations: Arc<std::sync::atomic::AtomicU64>,
     max_ttl: Option<Duration>,
     max_bytes: u64,
 }
@@ -186,6 +189,16 @@ impl MemoryTier {
     /// Runs moka's pending maintenance (evictions, invalidation sweeps) now.
     pub async fn run_pending_tasks(&self) {
         self.cache.run_pending_tasks().await;
+    }
+
+    /// A new write of `key`: its generation, registered under its tags
+    /// before the entry is inserted (so a purge running meanwhile finds it).
+    fn register(&self, key: &CacheKey, entry: &Entry) -> u64 {
+        let generation = self
+            .generations
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.tags.add(key, &entry.meta().tags, generation);
+        generation
     }
 
     fn capped(&self, ttl: Duration) -> Duration {
@@ -250,8 +263,17 @@ impl Backend for MemoryTier {
             self.cache.invalidate(key).await;
             return Ok(());
         }
-        self.tags.add(key, &entry.meta().tags);
-        self.cache.insert(key.clone(), Stored { entry, ttl }).await;
+        let generation = self.register(key, &entry);
+        self.cache
+            .insert(
+                key.clone(),
+                Stored {
+                    entry,
+                    ttl,
+                    generation,
+                },
+            )
+            .await;
         Ok(())
     }
 
@@ -296,18 +318,30 @@ impl Backend for MemoryTier {
             return Ok(false);
         }
         // moka's entry API runs the insertion once per key, atomically. The
-        // registration comes first (harmless if the key was present).
-        self.tags.add(key, &entry.meta().tags);
+        // registration comes first, and is taken back if the key was present.
+        let generation = self.register(key, &entry);
+        let tags = entry.meta().tags.clone();
         let stored = self
             .cache
             .entry(key.clone())
-            .or_insert_with(async move { Stored { entry, ttl } })
+            .or_insert_with(async move {
+                Stored {
+                    entry,
+                    ttl,
+                    generation,
+                }
+            })
             .await;
+        if !stored.is_fresh() {
+            self.tags.remove(key, &tags, generation);
+        }
         Ok(stored.is_fresh())
     }
 
     async fn incr(&self, key: &CacheKey, delta: i64) -> Result<Option<i64>, CacheError> {
         let cap = self.max_ttl;
+        let (tags, generations, registered) =
+            (self.tags.clone(), self.generations.clone(), key.clone());
         let outcome = self
             .cache
             .entry(key.clone())
@@ -328,7 +362,13 @@ impl Backend for MemoryTier {
                     ttl = ttl.min(cap);
                 }
                 let entry = Arc::new(Entry::counter(next, stored.entry.meta().clone()));
-                Op::Put(Stored { entry, ttl })
+                let generation = generations.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tags.add(&registered, &entry.meta().tags, generation);
+                Op::Put(Stored {
+                    entry,
+                    ttl,
+                    generation,
+                })
             })
             .await;
         match outcome {

@@ -216,3 +216,34 @@ async fn tag_purges_follow_replaced_evicted_and_removed_entries() {
     memory.run_pending_tasks().await;
     assert_eq!(memory.entry_count(), 1, "only `b` is left");
 }
+
+#[tokio::test]
+async fn a_tag_purge_reaches_an_entry_stored_again_after_a_clear() {
+    let memory = MemoryTier::default();
+    let ttl = Duration::from_secs(60);
+    for k in ["a", "b"] {
+        memory
+            .set(&key(k), value(b"1", ttl, &["t"]), ttl)
+            .await
+            .unwrap();
+    }
+    // The bus clears memory on every (re)subscription; the same keys come
+    // back with the same tags.
+    memory.clear().await.unwrap();
+    for k in ["a", "b"] {
+        memory
+            .set(&key(k), value(b"2", ttl, &["t"]), ttl)
+            .await
+            .unwrap();
+    }
+    // moka notifies the removal of the cleared entries now, after their
+    // successors registered.
+    memory.run_pending_tasks().await;
+    memory.invalidate_tag("t").await.unwrap();
+    for k in ["a", "b"] {
+        assert!(
+            memory.get(&key(k)).await.unwrap().is_none(),
+            "{k} escaped the tag purge"
+        );
+    }
+}

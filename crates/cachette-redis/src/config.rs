@@ -138,9 +138,9 @@ pub struct RedisConfig {
     /// resurrected data.
     pub tombstone_ttl: Duration,
     /// How often the bus and Sentinel subscriptions are checked with a
-    /// `PING` (default 1 s). One not answered within this long counts as a
+    /// `PING` (default 1 s). One not answered within three beats counts as a
     /// lost subscription (the bus then clears the memory tier and
-    /// resubscribes): a silent network drop is noticed within two beats.
+    /// resubscribes): a silent network drop is noticed within about four.
     pub heartbeat: Duration,
 }
 

@@ -8,9 +8,10 @@
 //!   arrive while it commits are taken together in the next transaction: one
 //!   fsync for many concurrent writers, in arrival order.
 //! - **Newest op per key wins.** A set then a delete of `k` leaves only the
-//!   delete; a `Clear` supersedes everything before it. When the journal is
-//!   full (`max_entries`, `max_bytes`), a set that does not fit is recorded as
-//!   a delete of its key instead (the newest op still wins: no older value of
+//!   delete; an identical later purge makes the earlier one redundant; a
+//!   `Clear` supersedes everything before it. When the journal is full
+//!   (`max_entries`, `max_bytes`), a set that does not fit is recorded as a
+//!   delete of its key instead (the newest op still wins: no older value of
 //!   the key survives the replay), and an invalidation that does not fit
 //!   collapses the journal into one `Clear` marker: no invalidation is lost.
 //! - **I/O errors are survived.** redb refuses every operation after one
@@ -232,20 +233,6 @@ impl Pending {
             _ => Self::Unreadable,
         }
     }
-
-    fn key(&self) -> Option<&str> {
-        match self {
-            Self::Set(key) | Self::Delete(key) => Some(key),
-            _ => None,
-        }
-    }
-
-    fn is_sweep(&self) -> bool {
-        matches!(
-            self,
-            Self::Prefix(_) | Self::Pattern(_) | Self::Tag(_) | Self::Clear
-        )
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -256,46 +243,122 @@ struct IndexedOp {
 }
 
 /// What the journal holds, in memory: one row per waiting op, the latest op
-/// per key, and the sweeps (for [`Journal::hides`]).
+/// per key, and the pending sweeps by kind (for [`Journal::hides`], which a
+/// read asks on every hit while the journal is not empty: a tag costs one
+/// lookup per tag of the entry; prefix and pattern purges, which are
+/// administrative and few, are scanned).
 #[derive(Debug, Default)]
 struct Index {
     ops: BTreeMap<u64, IndexedOp>,
     by_key: HashMap<String, u64>,
-    sweeps: BTreeMap<u64, Pending>,
+    /// The latest pending purge of each tag.
+    tags: HashMap<String, u64>,
+    /// Pending prefix and pattern purges, by seq; and the latest of each.
+    matches: BTreeMap<u64, Pending>,
+    by_match: HashMap<(bool, String), u64>,
+    /// The pending clear (a clear collapses everything before it).
+    clear_seq: Option<u64>,
     bytes: u64,
     next_seq: u64,
 }
 
+/// How to take back a change to the [`Index`] (when the transaction that
+/// made it does not commit).
+#[derive(Debug)]
+enum Undo {
+    Inserted(u64),
+    Removed(u64, IndexedOp),
+    Cleared(Box<Index>),
+}
+
 impl Index {
-    fn insert(&mut self, seq: u64, op: IndexedOp) {
+    fn insert(&mut self, seq: u64, op: IndexedOp, undo: &mut Vec<Undo>) {
         self.bytes += op.len;
-        if let Some(key) = op.what.key() {
-            self.by_key.insert(key.to_owned(), seq);
-        }
-        if op.what.is_sweep() {
-            self.sweeps.insert(seq, op.what.clone());
+        match &op.what {
+            Pending::Set(key) | Pending::Delete(key) => {
+                self.by_key.insert(key.clone(), seq);
+            }
+            Pending::Tag(tag) => {
+                self.tags.insert(tag.clone(), seq);
+            }
+            Pending::Prefix(arg) | Pending::Pattern(arg) => {
+                let prefix = matches!(op.what, Pending::Prefix(_));
+                self.matches.insert(seq, op.what.clone());
+                self.by_match.insert((prefix, arg.clone()), seq);
+            }
+            Pending::Clear => self.clear_seq = Some(seq),
+            Pending::Unreadable => {}
         }
         self.ops.insert(seq, op);
         self.next_seq = self.next_seq.max(seq + 1);
+        undo.push(Undo::Inserted(seq));
     }
 
-    fn remove(&mut self, seq: u64) -> Option<IndexedOp> {
+    fn remove(&mut self, seq: u64, undo: &mut Vec<Undo>) -> Option<u64> {
         let op = self.ops.remove(&seq)?;
         self.bytes = self.bytes.saturating_sub(op.len);
-        if let Some(key) = op.what.key() {
-            if self.by_key.get(key) == Some(&seq) {
-                self.by_key.remove(key);
+        let unmap = |map: &mut HashMap<_, u64>, key| {
+            if map.get(key) == Some(&seq) {
+                map.remove(key);
             }
+        };
+        match &op.what {
+            Pending::Set(key) | Pending::Delete(key) => unmap(&mut self.by_key, key),
+            Pending::Tag(tag) => unmap(&mut self.tags, tag),
+            Pending::Prefix(arg) | Pending::Pattern(arg) => {
+                let prefix = matches!(op.what, Pending::Prefix(_));
+                self.matches.remove(&seq);
+                if self.by_match.get(&(prefix, arg.clone())) == Some(&seq) {
+                    self.by_match.remove(&(prefix, arg.clone()));
+                }
+            }
+            Pending::Clear => {
+                if self.clear_seq == Some(seq) {
+                    self.clear_seq = None;
+                }
+            }
+            Pending::Unreadable => {}
         }
-        self.sweeps.remove(&seq);
-        Some(op)
+        let len = op.len;
+        undo.push(Undo::Removed(seq, op));
+        Some(len)
     }
 
-    fn clear(&mut self) {
-        self.ops.clear();
-        self.by_key.clear();
-        self.sweeps.clear();
-        self.bytes = 0;
+    fn clear(&mut self, undo: &mut Vec<Undo>) {
+        let next_seq = self.next_seq;
+        let old = std::mem::take(self);
+        self.next_seq = next_seq;
+        undo.push(Undo::Cleared(Box::new(old)));
+    }
+
+    /// Takes back `undo`, newest change first.
+    fn revert(&mut self, undo: Vec<Undo>) {
+        let mut ignored = Vec::new();
+        for change in undo.into_iter().rev() {
+            match change {
+                Undo::Inserted(seq) => {
+                    self.remove(seq, &mut ignored);
+                }
+                Undo::Removed(seq, op) => self.insert(seq, op, &mut ignored),
+                Undo::Cleared(old) => {
+                    let next_seq = self.next_seq;
+                    *self = *old;
+                    self.next_seq = self.next_seq.max(next_seq);
+                }
+            }
+            ignored.clear();
+        }
+    }
+
+    /// The op an identical new sweep makes redundant (anything it would
+    /// remove, the new one removes too, later).
+    fn same_sweep(&self, what: &Pending) -> Option<u64> {
+        match what {
+            Pending::Tag(tag) => self.tags.get(tag).copied(),
+            Pending::Prefix(arg) => self.by_match.get(&(true, arg.clone())).copied(),
+            Pending::Pattern(arg) => self.by_match.get(&(false, arg.clone())).copied(),
+            _ => None,
+        }
     }
 
     fn depth(&self) -> u64 {
@@ -314,11 +377,20 @@ impl Index {
         }
         // A sweep recorded after the key's latest pending write covers it.
         let after = latest.map_or(0, |seq| seq + 1);
-        self.sweeps.range(after..).any(|(_, sweep)| match sweep {
+        if self.clear_seq.is_some_and(|seq| seq >= after) {
+            return true;
+        }
+        if entry
+            .meta()
+            .tags
+            .iter()
+            .any(|tag| self.tags.get(tag).is_some_and(|seq| *seq >= after))
+        {
+            return true;
+        }
+        self.matches.range(after..).any(|(_, sweep)| match sweep {
             Pending::Prefix(prefix) => key.starts_with(prefix.as_str()),
             Pending::Pattern(pattern) => glob_match(pattern, key),
-            Pending::Tag(tag) => entry.meta().tags.iter().any(|t| t == tag),
-            Pending::Clear => true,
             _ => false,
         })
     }
@@ -413,6 +485,7 @@ fn load_index(db: &Database) -> Result<Index, CacheError> {
                     len: raw.len() as u64,
                     what: Pending::of(record.op.as_ref()),
                 },
+                &mut Vec::new(),
             );
         }
     }
@@ -525,6 +598,15 @@ impl Journal for DiskJournal {
 
     fn hides(&self, key: &CacheKey, entry: &Entry) -> bool {
         self.handle.shared.index().hides(key.as_str(), entry)
+    }
+
+    fn has_pending_write(&self, key: &CacheKey) -> bool {
+        let index = self.handle.shared.index();
+        index
+            .by_key
+            .get(key.as_str())
+            .and_then(|seq| index.ops.get(seq))
+            .is_some_and(|op| matches!(op.what, Pending::Set(_)))
     }
 }
 
@@ -652,7 +734,7 @@ impl Writer {
         {
             let mut index = shared.index_mut();
             for record in done {
-                index.remove(record.seq);
+                index.remove(record.seq, &mut Vec::new());
             }
             shared.depth.store(index.depth(), Ordering::Release);
         }
@@ -705,13 +787,16 @@ impl Writer {
         };
         let mut planned = Vec::with_capacity(records.len());
         let mut replies_on_error = Vec::new();
+        // What the group changed in the index, to take back if it does not
+        // commit (the index must say what the disk holds).
+        let mut undo = Vec::new();
         let result = (|| -> Result<(), CacheError> {
             let txn = db.begin_write().map_err(journal_error)?;
             {
                 let mut ops = txn.open_table(OPS).map_err(journal_error)?;
                 let mut index = shared.index_mut();
                 for (op, reply) in records {
-                    let recorded = plan(&shared, &mut index, &mut ops, op);
+                    let recorded = plan(&shared, &mut index, &mut ops, op, &mut undo);
                     match recorded {
                         Ok(recorded) => planned.push(Planned { reply, recorded }),
                         Err(error) => {
@@ -727,8 +812,12 @@ impl Writer {
         match result {
             Ok(()) => Ok(planned),
             Err(error) => {
-                // Nothing of the group is durable; the index is rebuilt from
-                // disk by the reopen.
+                // Nothing of the group is durable: the index forgets it too.
+                {
+                    let mut index = shared.index_mut();
+                    index.revert(undo);
+                    shared.depth.store(index.depth(), Ordering::Release);
+                }
                 let mut replies: Vec<_> = planned.into_iter().map(|p| p.reply).collect();
                 replies.extend(replies_on_error);
                 Err((error, replies))
@@ -738,13 +827,18 @@ impl Writer {
 }
 
 /// Adds one op to the open transaction and the index: supersedes the key's
-/// older op, and applies the journal's bounds. `None`: a set that does not
-/// fit a full journal, and has no older op to replace, is not recorded.
+/// older op (or an identical older sweep), and applies the journal's bounds:
+/// a set that does not fit becomes a delete of its key as of the write (the
+/// newest op of a key wins, full or not: no older value survives the
+/// replay), and an invalidation that does not fit collapses the journal
+/// into one clear. `None`: not recorded (never, today; kept for bounds that
+/// may refuse).
 fn plan(
     shared: &Shared,
     index: &mut Index,
     ops: &mut redb::Table<'_, u64, &[u8]>,
     op: JournalOp,
+    undo: &mut Vec<Undo>,
 ) -> Result<Option<Recorded>, CacheError> {
     let config = &shared.config;
     let now = SystemTime::now();
@@ -752,10 +846,11 @@ fn plan(
         index.depth() - freed.0 < config.max_entries
             && index.bytes - freed.1 + len <= config.max_bytes
     };
-    let older = op
-        .key()
-        .and_then(|key| index.by_key.get(key.as_str()).copied())
-        .and_then(|seq| index.ops.get(&seq).map(|o| (seq, o.len)));
+    let older = match op.key() {
+        Some(key) => index.by_key.get(key.as_str()).copied(),
+        None => index.same_sweep(&Pending::of(Some(&op))),
+    }
+    .and_then(|seq| index.ops.get(&seq).map(|o| (seq, o.len)));
     let freed = older.map_or((0, 0), |(_, len)| (1, len));
     let mut recorded = Recorded::Kept;
     let mut op = op;
@@ -763,13 +858,6 @@ fn plan(
     if !matches!(op, JournalOp::Clear) && !fits(index, freed, encoded.len() as u64) {
         if let JournalOp::Set { key, entry } = &op {
             shared.dropped.fetch_add(1, Ordering::Relaxed);
-            if older.is_none() {
-                tracing::warn!(depth = index.depth(), %key, "journal full: a set was not recorded");
-                return Ok(None);
-            }
-            // The newest op for a key must win, full or not: the older op of
-            // the key is replaced by a delete as of this write, so neither
-            // it nor an older value on the master survives the replay.
             tracing::warn!(depth = index.depth(), %key, "journal full: a set is recorded as a delete of its key");
             recorded = Recorded::AsInvalidation;
             op = JournalOp::Delete {
@@ -784,17 +872,14 @@ fn plan(
         if !matches!(op, JournalOp::Clear) {
             shared.collapsed.fetch_add(1, Ordering::Relaxed);
             tracing::warn!("journal full: collapsed into one clear-on-recovery marker");
-            if matches!(op, JournalOp::Set { .. }) {
-                recorded = Recorded::AsInvalidation;
-            }
             op = JournalOp::Clear;
             encoded = encode(&op, now);
         }
         ops.retain(|_, _| false).map_err(journal_error)?;
-        index.clear();
+        index.clear(undo);
     } else if let Some((seq, _)) = older {
         ops.remove(seq).map_err(journal_error)?;
-        index.remove(seq);
+        index.remove(seq, undo);
     }
     let seq = index.next_seq.max(1);
     ops.insert(seq, encoded.as_ref()).map_err(journal_error)?;
@@ -805,6 +890,7 @@ fn plan(
             len: encoded.len() as u64,
             what: Pending::of(Some(&op)),
         },
+        undo,
     );
     Ok(Some(recorded))
 }

@@ -3,7 +3,8 @@
 //! Everything of one cache lives under its namespace (e.g. `cachette:default:`):
 //! entries under `{ns}k:{key}`, tag index sets under `{ns}t:{tag}`, delete
 //! tombstones under `{ns}d:{key}` and the purge mark at `{ns}p` (see the
-//! scripts). Clearing a cache removes `{ns}*` and nothing else; settings
+//! scripts). Clearing a cache removes its entries and tag sets and nothing
+//! else (tombstones and the mark stay until they expire); settings
 //! refuse namespaces where one is a prefix of another.
 
 pub use cachette_core::escape_glob;
@@ -54,9 +55,14 @@ impl Keys {
         format!("{}k:{pattern}", escape_glob(&self.namespace))
     }
 
-    /// `SCAN MATCH` pattern for everything of the namespace.
-    pub(crate) fn all_pattern(&self) -> String {
-        format!("{}*", escape_glob(&self.namespace))
+    /// `SCAN MATCH` pattern for every entry of the namespace.
+    pub(crate) fn entries_pattern(&self) -> String {
+        format!("{}k:*", escape_glob(&self.namespace))
+    }
+
+    /// `SCAN MATCH` pattern for every tag index of the namespace.
+    pub(crate) fn tags_pattern(&self) -> String {
+        format!("{}t:*", escape_glob(&self.namespace))
     }
 
     /// The bus channel of the namespace.

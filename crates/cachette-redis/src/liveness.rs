@@ -90,8 +90,8 @@ impl Subscription {
     }
 
     /// The next message, or the news that the subscription is lost: the
-    /// stream ended, or a `PING` on it was not answered within the
-    /// heartbeat.
+    /// stream ended, or a `PING` on it was not answered within three
+    /// heartbeats.
     pub(crate) async fn next(&mut self) -> Heard {
         loop {
             let message = std::future::poll_fn(|cx| self.stream.as_mut().poll_next(cx));
@@ -103,7 +103,10 @@ impl Subscription {
                     };
                 }
                 _ = self.heartbeat.tick() => {
-                    let pong = tokio::time::timeout(self.every, self.sink.ping::<redis::Value>()).await;
+                    // Three beats of silence: a server busy for a second (a
+                    // fork, a slow script) is not a lost subscription, which
+                    // would clear every node's memory at once.
+                    let pong = tokio::time::timeout(self.every * 3, self.sink.ping::<redis::Value>()).await;
                     if !matches!(pong, Ok(Ok(_))) {
                         return Heard::Lost("a heartbeat PING was not answered");
                     }

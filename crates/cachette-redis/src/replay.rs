@@ -22,7 +22,7 @@ use crate::{
     journal::{RecordedOp, ReplayTally},
     node::redis_error,
     shared::Space,
-    tier::{bus_message, script_reply},
+    tier::{Purge, bus_message, script_reply},
 };
 
 /// What the master did with one op.
@@ -153,20 +153,25 @@ async fn apply_pipelined(
     Ok(outcomes)
 }
 
-/// Runs one invalidation sweep from the journal.
-async fn apply_sweep(tier: &RedisTier, op: &JournalOp) -> Result<Outcome, CacheError> {
-    use cachette_core::Backend;
-    let result = match op {
-        JournalOp::InvalidatePrefix { prefix } => tier.invalidate_prefix(prefix).await,
-        JournalOp::InvalidatePattern { pattern } => tier.invalidate_pattern(pattern).await,
-        JournalOp::InvalidateTag { tag } => tier.invalidate_tag(tag).await,
-        JournalOp::Clear => tier.clear().await,
+/// Runs one invalidation sweep from the journal, as of when it was
+/// recorded: writes journaled after it are not refused as older than it.
+async fn apply_sweep(
+    tier: &RedisTier,
+    op: &JournalOp,
+    recorded_at: SystemTime,
+) -> Result<Outcome, CacheError> {
+    let purge = match op {
+        JournalOp::InvalidatePrefix { prefix } => Purge::Prefix(prefix),
+        JournalOp::InvalidatePattern { pattern } => Purge::Pattern(pattern),
+        JournalOp::InvalidateTag { tag } => Purge::Tag(tag),
+        JournalOp::Clear => Purge::Clear,
         other => {
             return Ok(Outcome::Rejected(format!(
                 "the replayer has no sweep for {other:?}"
             )));
         }
     };
+    let result = tier.purge_at(&purge, recorded_at).await;
     match result {
         Ok(()) => Ok(Outcome::Applied),
         Err(error) => match persistent_rejection(&error) {
@@ -235,7 +240,7 @@ pub(crate) async fn replay(tier: &RedisTier, journal: &DiskJournal) -> Result<()
                 }
             }
             if !pipelined {
-                match apply_sweep(tier, op).await {
+                match apply_sweep(tier, op, record.recorded_at).await {
                     Ok(outcome) => {
                         tally(&mut counts, record, &outcome);
                         done.push(record.clone());

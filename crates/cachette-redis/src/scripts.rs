@@ -59,8 +59,10 @@ end
 /// is `ARGV[7]`, and keeps that version (-2 otherwise).
 ///
 /// Stores unless the stored value, the key's tombstone or the purge mark is
-/// newer, or the version is older than the window; indexes the key in each
-/// tag set, whose TTL is extended to cover the entry. Returns
+/// newer, or the version is older than the window; a write refused for the
+/// tombstone, the mark or the window still removes a value older than
+/// itself (it is stale). Indexes the key in each tag set, whose TTL is
+/// extended to cover the entry. Returns
 /// `{status, master_now_ms}`: 1 stored, 0 not stored (`nx` and present),
 /// -1 refused as older.
 pub(crate) fn set_script() -> String {
@@ -75,10 +77,15 @@ if ARGV[3] == 'cas' then
   -- A touch: replace exactly the value that was read, keeping its version.
   if not cur or version_of(cur) ~= tonumber(ARGV[7]) then return {-2, now} end
   version = tonumber(ARGV[7])
+elseif version < version_of(cur) then
+  return {-1, now}
 elseif version < now - tonumber(ARGV[5])
-   or version < version_of(cur)
    or version < (tonumber(redis.call('GET', KEYS[2])) or 0)
    or version < (tonumber(redis.call('GET', KEYS[3])) or 0) then
+  -- Too old to be stored safely (a delete or purge after it, or one that
+  -- may have left no trace any more); but it is newer than the value held,
+  -- which is therefore stale: remove it rather than keep it.
+  if cur then redis.call('UNLINK', KEYS[1]) end
   return {-1, now}
 end
 local value = ARGV[1]
@@ -127,9 +134,9 @@ return {removed, now}
 }
 
 /// `KEYS[1]` the namespace's purge mark; `ARGV[1]` the purge's version,
-/// `ARGV[2]` the tombstone window in ms. Raises the mark (run after the
-/// sweep: writes older than the purge are refused from then on). Returns
-/// `{0, master_now_ms}`.
+/// `ARGV[2]` the tombstone window in ms. Raises the mark (run before the
+/// sweep: writes older than the purge are refused from then on, and the
+/// sweep removes those already stored). Returns `{0, master_now_ms}`.
 pub(crate) fn purge_mark_script() -> String {
     format!(
         "{VERSION_OF}{}",
@@ -169,13 +176,17 @@ local window = tonumber(ARGV[2])
 local entries = ARGV[3] .. 'k:'
 local removed = 0
 for i = 2, #KEYS do
-  removed = removed + redis.call('UNLINK', KEYS[i])
-  redis.call('SREM', KEYS[1], KEYS[i])
-  if window > 0 and string.sub(KEYS[i], 1, string.len(entries)) == entries then
-    local tomb = ARGV[3] .. 'd:' .. string.sub(KEYS[i], string.len(entries) + 1)
-    local old = tonumber(redis.call('GET', tomb)) or 0
-    if version > old then
-      redis.call('SET', tomb, version, 'PX', window)
+  -- A value stored after the purge (a late replay of an old purge) stays,
+  -- and stays indexed.
+  if version >= version_of(redis.call('GET', KEYS[i])) then
+    removed = removed + redis.call('UNLINK', KEYS[i])
+    redis.call('SREM', KEYS[1], KEYS[i])
+    if window > 0 and string.sub(KEYS[i], 1, string.len(entries)) == entries then
+      local tomb = ARGV[3] .. 'd:' .. string.sub(KEYS[i], string.len(entries) + 1)
+      local old = tonumber(redis.call('GET', tomb)) or 0
+      if version > old then
+        redis.call('SET', tomb, version, 'PX', window)
+      end
     end
   end
 end

@@ -19,6 +19,9 @@ use tokio::{
 
 use crate::{DiskJournal, RedisConfig, keys::Keys, node::Node, scripts::Scripts};
 
+/// How long the best clock sample is kept before any newer one replaces it.
+const CLOCK_SAMPLE_FOR: Duration = Duration::from_secs(30);
+
 /// Tasks aborted when their owner is dropped.
 #[derive(Debug, Default)]
 pub(crate) struct Tasks(Mutex<Vec<AbortHandle>>);
@@ -56,10 +59,14 @@ pub(crate) struct Connections {
     pub(crate) master_generation: watch::Sender<u64>,
     pub(crate) failovers: AtomicU64,
     pub(crate) resolve_errors: AtomicU64,
-    /// The master's clock minus this node's, in ms, as last measured from a
-    /// script reply (0 until the first one): versions are stamped in the
-    /// master's clock.
+    /// The master's clock minus this node's, in ms (0 until the first
+    /// script reply): versions are stamped in the master's clock.
     clock_offset_ms: AtomicI64,
+    /// The sample the offset came from: the one with the shortest round
+    /// trip in the last [`CLOCK_SAMPLE_FOR`] (a reply delayed on its way
+    /// back would skew the estimate, and a jumpy offset could order two
+    /// writes of this node backwards).
+    clock_sample: Mutex<Option<(Duration, Instant)>>,
     pub(crate) tasks: Tasks,
 }
 
@@ -84,6 +91,7 @@ impl Connections {
             failovers: AtomicU64::new(0),
             resolve_errors: AtomicU64::new(0),
             clock_offset_ms: AtomicI64::new(0),
+            clock_sample: Mutex::new(None),
             tasks: Tasks::default(),
         }
     }
@@ -121,6 +129,11 @@ impl Connections {
         } else {
             tracing::info!(master = %addr, "Redis master found");
         }
+        // The new master's clock is measured afresh.
+        *self
+            .clock_sample
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
         self.master_generation.send_modify(|g| *g += 1);
     }
 
@@ -139,8 +152,22 @@ impl Connections {
     /// (`master_now`), for a request sent at `sent` and answered now: the
     /// master read its clock about half-way through the round trip.
     pub(crate) fn observe_master_clock(&self, master_now: i64, sent: Instant) {
-        let half_trip = sent.elapsed() / 2;
-        let Some(midpoint) = SystemTime::now().checked_sub(half_trip) else {
+        let trip = sent.elapsed();
+        {
+            let mut sample = self
+                .clock_sample
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let better = match *sample {
+                None => true,
+                Some((best, at)) => trip <= best || at.elapsed() > CLOCK_SAMPLE_FOR,
+            };
+            if !better {
+                return;
+            }
+            *sample = Some((trip, Instant::now()));
+        }
+        let Some(midpoint) = SystemTime::now().checked_sub(trip / 2) else {
             return;
         };
         let local = i64::try_from(unix_millis(midpoint)).unwrap_or(i64::MAX);

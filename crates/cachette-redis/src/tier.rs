@@ -27,6 +27,15 @@ pub enum Role {
     Master,
 }
 
+/// A purge of a [`RedisTier`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Purge<'a> {
+    Prefix(&'a str),
+    Pattern(&'a str),
+    Tag(&'a str),
+    Clear,
+}
+
 /// A Redis tier. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct RedisTier {
@@ -221,7 +230,12 @@ impl RedisTier {
     /// the index: an entry tagged while the purge runs stays indexed (removing
     /// the whole index would make it unreachable by any later purge of the
     /// tag). The index key itself expires with its newest entry.
-    pub(crate) async fn purge_tag(&self, node: &Node, tag: &str) -> Result<u64, CacheError> {
+    pub(crate) async fn purge_tag(
+        &self,
+        node: &Node,
+        tag: &str,
+        at: SystemTime,
+    ) -> Result<u64, CacheError> {
         let mut conn = node.exclusive().await?;
         let index = self.space.keys.tag(tag);
         let members: Vec<Vec<u8>> = redis::cmd("SMEMBERS")
@@ -243,7 +257,7 @@ impl RedisTier {
                 0
             };
             invocation
-                .arg(self.space.conns.master_clock(SystemTime::now()))
+                .arg(self.space.conns.master_clock(at))
                 .arg(window)
                 .arg(self.space.keys.namespace());
             let n: u64 = invocation
@@ -331,10 +345,60 @@ impl RedisTier {
         Ok(status)
     }
 
-    /// Raises the namespace's purge mark, before a purge's sweep on the
-    /// master: from then on, a write issued before the purge is refused, and
-    /// the sweep removes those already stored.
-    async fn mark_purge(&self, node: &Node) -> Result<(), CacheError> {
+    /// Runs a purge issued at `at` (this node's clock; a journal replay
+    /// passes when the purge was recorded, so that writes journaled after
+    /// it are not refused as older): raises the purge mark first (so writes
+    /// issued before the purge are refused from then on, and the sweep
+    /// removes those already stored), sweeps, and publishes it on the bus.
+    /// A URL's variants (a variants tag) raise no mark: each removed entry
+    /// leaves a tombstone, as a delete does, and an unsafe request must not
+    /// refuse every fill of the namespace in flight at that moment.
+    pub(crate) async fn purge_at(
+        &self,
+        purge: &Purge<'_>,
+        at: SystemTime,
+    ) -> Result<(), CacheError> {
+        let node = self.node()?;
+        let marks = !matches!(purge, Purge::Tag(tag) if cachette_core::is_variants_tag(tag));
+        // Under `maxmemory` with `noeviction` the mark (a write) can be
+        // refused; the sweep frees memory, then the mark is raised.
+        let marked = if marks {
+            self.mark_purge(&node, at).await
+        } else {
+            Ok(())
+        };
+        let keys = &self.space.keys;
+        let (kind, argument) = match purge {
+            Purge::Prefix(prefix) => {
+                Self::sweep(&node, self.role, &keys.entry_pattern(prefix)).await?;
+                ('p', *prefix)
+            }
+            Purge::Pattern(pattern) => {
+                Self::sweep(&node, self.role, &keys.entry_glob(pattern)).await?;
+                ('g', *pattern)
+            }
+            Purge::Tag(tag) => {
+                self.purge_tag(&node, tag, at).await?;
+                ('t', *tag)
+            }
+            Purge::Clear => {
+                // Entries and tag sets; tombstones and the mark stay (they
+                // are what refuses older writes, and expire on their own).
+                Self::sweep(&node, self.role, &keys.entries_pattern()).await?;
+                Self::sweep(&node, self.role, &keys.tags_pattern()).await?;
+                ('c', "")
+            }
+        };
+        if marked.is_err() {
+            self.mark_purge(&node, at).await?;
+        }
+        let mut conn = node.shared.clone();
+        self.publish(&mut conn, kind, argument).await;
+        Ok(())
+    }
+
+    /// Raises the namespace's purge mark to `at` (see [`Self::purge_at`]).
+    async fn mark_purge(&self, node: &Node, at: SystemTime) -> Result<(), CacheError> {
         if self.role != Role::Master {
             return Ok(());
         }
@@ -345,7 +409,7 @@ impl RedisTier {
             .purge_mark
             .key(self.space.keys.purge_mark());
         invocation
-            .arg(self.space.conns.master_clock(SystemTime::now()))
+            .arg(self.space.conns.master_clock(at))
             .arg(self.window_ms());
         self.run_script(&mut conn, &invocation)
             .await
@@ -545,46 +609,21 @@ impl Backend for RedisTier {
     }
 
     async fn invalidate_prefix(&self, prefix: &str) -> Result<(), CacheError> {
-        let node = self.node()?;
-        self.mark_purge(&node).await?;
-        Self::sweep(&node, self.role, &self.space.keys.entry_pattern(prefix)).await?;
-        let mut conn = node.shared.clone();
-        self.publish(&mut conn, 'p', prefix).await;
-        Ok(())
+        self.purge_at(&Purge::Prefix(prefix), SystemTime::now())
+            .await
     }
 
     async fn invalidate_pattern(&self, pattern: &str) -> Result<(), CacheError> {
-        let node = self.node()?;
-        self.mark_purge(&node).await?;
-        Self::sweep(&node, self.role, &self.space.keys.entry_glob(pattern)).await?;
-        let mut conn = node.shared.clone();
-        self.publish(&mut conn, 'g', pattern).await;
-        Ok(())
+        self.purge_at(&Purge::Pattern(pattern), SystemTime::now())
+            .await
     }
 
     async fn invalidate_tag(&self, tag: &str) -> Result<(), CacheError> {
-        let node = self.node()?;
-        // A URL's variants are removed like deletes (each leaves a
-        // tombstone); raising the namespace's purge mark on every unsafe
-        // request would refuse every fill in flight at that moment.
-        if !cachette_core::is_variants_tag(tag) {
-            self.mark_purge(&node).await?;
-        }
-        self.purge_tag(&node, tag).await?;
-        let mut conn = node.shared.clone();
-        self.publish(&mut conn, 't', tag).await;
-        Ok(())
+        self.purge_at(&Purge::Tag(tag), SystemTime::now()).await
     }
 
     async fn clear(&self) -> Result<(), CacheError> {
-        let node = self.node()?;
-        self.mark_purge(&node).await?;
-        Self::sweep(&node, self.role, &self.space.keys.all_pattern()).await?;
-        // The sweep removed the mark with everything else.
-        self.mark_purge(&node).await?;
-        let mut conn = node.shared.clone();
-        self.publish(&mut conn, 'c', "").await;
-        Ok(())
+        self.purge_at(&Purge::Clear, SystemTime::now()).await
     }
 
     async fn health(&self) -> Result<(), CacheError> {

@@ -488,13 +488,6 @@ async fn the_newest_set_wins_in_a_full_journal() {
     // Full by entries: the newer set of `k` replaces the older one.
     let newest = cache.set(&key("k"), entry("v2 (newest)", ttl)).await;
     assert_eq!(newest.journaled.len(), 1, "{newest:?}");
-    // A set of a new key does not fit, and says so.
-    let unrecorded = cache.set(&key("third"), entry("t", ttl)).await;
-    assert_eq!(
-        unrecorded.failed.len(),
-        1,
-        "not reported as journaled: {unrecorded:?}"
-    );
     // Full by bytes: a newer set too big to fit becomes a delete of its key.
     let big = "x".repeat(8192);
     let too_big = cache.set(&key("other"), entry(&big, ttl)).await;
@@ -650,5 +643,146 @@ async fn a_silent_network_drop_clears_memory_instead_of_serving_stale_forever() 
         })
         .await,
         "the lost subscription is noticed and memory cleared"
+    );
+}
+
+/// Writes `body` under the raw key as an entry stored `age` ago (what the
+/// master held before an outage, or another node wrote).
+async fn raw_entry(url: &str, raw_key: &str, body: &str, age: Duration) {
+    let mut conn = raw(url).await;
+    let e = entry_at(body, SystemTime::now() - age, Duration::from_secs(600), &[]);
+    let _: () = redis::cmd("SET")
+        .arg(raw_key)
+        .arg(e.encode().as_ref())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_purge_does_not_refuse_the_writes_journaled_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut master = RedisServer::start();
+    let redis = with_journal(&master, "fd:", &dir).await;
+    let cache = redis.tiered("fd", None);
+    master.kill();
+    assert_eq!(cache.invalidate_prefix("/a/").await.journaled.len(), 1);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let ttl = Duration::from_secs(600);
+    assert_eq!(
+        cache
+            .set(&key("/b/x"), entry("v2", ttl))
+            .await
+            .journaled
+            .len(),
+        1
+    );
+    master.restart();
+    raw_entry(
+        &master.url(),
+        "fd:k:/b/x",
+        "v1 (before the outage)",
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(redis.replay_journal().await.unwrap(), 0);
+    assert_eq!(master_body(&redis, "/b/x").await.as_deref(), Some("v2"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_refused_as_too_old_still_removes_the_older_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut master = RedisServer::start();
+    let mut cfg = config(Topology::single(master.url()), "fe:")
+        .journal(journal_config(&dir.path().join("journal")));
+    cfg.tombstone_ttl = Duration::from_millis(300);
+    let redis = connect(cfg).await;
+    let cache = redis.tiered("fe", None);
+    master.kill();
+    let ttl = Duration::from_secs(600);
+    assert_eq!(
+        cache.set(&key("k"), entry("v2", ttl)).await.journaled.len(),
+        1
+    );
+    // The outage outlasts the tombstone window: the journaled write can no
+    // longer be ordered against deletes, so it is not stored...
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    master.restart();
+    raw_entry(
+        &master.url(),
+        "fe:k:k",
+        "v1 (before the outage)",
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(redis.replay_journal().await.unwrap(), 0);
+    // ...but the value it replaced is stale: it is removed, not kept.
+    assert_eq!(master_body(&redis, "k").await, None);
+    assert_eq!(redis.journal().unwrap().stats().await.obsolete, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_the_master_refuses_leaves_no_copy_above_it() {
+    let master = RedisServer::start();
+    let redis = connect(config(Topology::single(master.url()), "ff:")).await;
+    let memory = MemoryTier::default();
+    let cache = redis.tiered("ff", Some(Arc::new(memory.clone())));
+    wait_bus(&redis, 1).await;
+    let ttl = Duration::from_secs(600);
+    // Another node stored a newer value; this node's write is older (a slow
+    // fill that started before it).
+    raw_entry(&master.url(), "ff:k:k", "newer", Duration::ZERO).await;
+    let older = entry_at(
+        "older",
+        SystemTime::now() - Duration::from_secs(5),
+        ttl,
+        &[],
+    );
+    let report = cache.set(&key("k"), older).await;
+    assert_eq!(report.superseded.len(), 1, "{report:?}");
+    assert!(
+        memory.get(&key("k")).await.unwrap().is_none(),
+        "no refused copy in memory"
+    );
+    assert_eq!(body(&cache.get(&key("k")).await.unwrap().entry), "newer");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_waiting_in_the_journal_is_not_undone_by_a_read_of_the_master() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut master = RedisServer::start();
+    let redis = with_journal(&master, "fg:", &dir).await;
+    let memory = MemoryTier::default();
+    let cache = redis.tiered("fg", Some(Arc::new(memory.clone())));
+    let ttl = Duration::from_secs(600);
+    master.kill();
+    let _ = cache.set(&key("other"), entry("o", ttl)).await;
+    master.restart();
+    raw_entry(
+        &master.url(),
+        "fg:k:profile",
+        "old profile",
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(
+        cache
+            .set(&key("profile"), entry("new profile", ttl))
+            .await
+            .journaled
+            .len(),
+        1
+    );
+    // Memory loses its copy (eviction, a restart): the master's is older
+    // than what this node wrote.
+    memory.delete(&key("profile")).await.unwrap();
+    assert!(
+        cache.get(&key("profile")).await.is_none(),
+        "the master's older copy is not served while this node's write waits"
+    );
+    assert_eq!(redis.replay_journal().await.unwrap(), 0);
+    assert_eq!(
+        body(&cache.get(&key("profile")).await.unwrap().entry),
+        "new profile"
     );
 }

@@ -674,7 +674,18 @@ impl Cache {
                 .get_authoritative(&old_key)
                 .await?
                 .ok_or_else(|| CacheError::KeyNotFound(key.to_owned()))?;
-            let _ = self.inner.tiered.set(&new_key, entry).await;
+            // A new write of the value: stamped now, so that it orders after
+            // whatever purge or delete came before (an old stamp would be
+            // refused, and the value lost with the old key).
+            let moved = Arc::new(
+                entry.with_meta(
+                    entry
+                        .meta()
+                        .clone()
+                        .written_at(std::time::SystemTime::now()),
+                ),
+            );
+            let _ = self.inner.tiered.set(&new_key, moved).await;
             let _ = self.inner.tiered.delete(&old_key).await;
             Ok(new_version)
         })
