@@ -154,3 +154,47 @@ async fn a_background_refresh_whose_body_stalls_releases_the_key() {
     assert_eq!(after.status, 200, "{}", after.cache_status());
     assert_eq!(after.text(), "call 3");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_304_that_cannot_be_applied_never_reaches_an_unconditional_client() {
+    let counter = Counter::default();
+    let calls = counter.clone();
+    let app = Router::new()
+        .route(
+            "/doc",
+            get(move |headers: axum::http::HeaderMap| {
+                let n = calls.hit();
+                async move {
+                    if headers.contains_key("if-modified-since") {
+                        // RFC 9110 §15.4.5 does not require a validator on a
+                        // 304; this one carries none.
+                        return (
+                            axum::http::StatusCode::NOT_MODIFIED,
+                            axum::http::HeaderMap::new(),
+                            String::new(),
+                        );
+                    }
+                    let mut h = axum::http::HeaderMap::new();
+                    h.insert("cache-control", "max-age=1".parse().unwrap());
+                    h.insert(
+                        "last-modified",
+                        "Tue, 01 Dec 2026 08:00:00 GMT".parse().unwrap(),
+                    );
+                    (axum::http::StatusCode::OK, h, format!("document {n}"))
+                }
+            }),
+        )
+        .layer(layer());
+    assert_eq!(fetch(&app, "/doc").await.text(), "document 1");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for _ in 0..2 {
+        let reply = fetch(&app, "/doc").await;
+        assert_eq!(
+            reply.status,
+            200,
+            "an unconditional request gets the document: {}",
+            reply.cache_status()
+        );
+        assert!(reply.text().starts_with("document"), "{:?}", reply.text());
+    }
+}

@@ -570,9 +570,9 @@ type Fetched<B, E> = (Result<Response<CacheBody<B>>, E>, Option<Filled>);
 /// body chunk by `body_idle_timeout`.
 #[allow(clippy::too_many_arguments)]
 async fn fetch<S, ReqBody, ResBody>(
-    mut inner: S,
+    inner: S,
     layer: &CacheLayer,
-    mut parts: request::Parts,
+    parts: request::Parts,
     body: ReqBody,
     primary: &CacheKey,
     stale: Option<Arc<Entry>>,
@@ -582,6 +582,37 @@ async fn fetch<S, ReqBody, ResBody>(
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     S::Error: fmt::Display,
+    ReqBody: Default,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: fmt::Display,
+{
+    fetch_once(
+        inner, layer, parts, body, primary, stale, fwd, storing, true,
+    )
+    .await
+}
+
+/// [`fetch`]; `revalidate` says whether a stale entry's validators are sent.
+/// A `304` that cannot be applied to the stored response (it does not match
+/// its validators, or the merged response is not storable) is not passed
+/// on: the client did not ask conditionally (RFC 9111 §4.3.3, §4.3.4); the
+/// call is made once more without validators.
+#[allow(clippy::too_many_arguments)]
+async fn fetch_once<S, ReqBody, ResBody>(
+    mut inner: S,
+    layer: &CacheLayer,
+    mut parts: request::Parts,
+    body: ReqBody,
+    primary: &CacheKey,
+    stale: Option<Arc<Entry>>,
+    fwd: Forward,
+    storing: bool,
+    revalidate: bool,
+) -> Fetched<ResBody, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S::Error: fmt::Display,
+    ReqBody: Default,
     ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: fmt::Display,
 {
@@ -596,7 +627,7 @@ where
     let stale_stored = stale
         .as_ref()
         .and_then(|e| e.as_response())
-        .filter(|_| storing);
+        .filter(|_| storing && revalidate);
     if let Some(stored) = stale_stored {
         if let Some(etag) = stored.etag() {
             origin_headers.insert(header::IF_NONE_MATCH, etag.clone());
@@ -607,6 +638,12 @@ where
     }
     parts.headers = origin_headers;
     let head = parts.clone();
+    // The same request without any validator, should a 304 not apply.
+    let mut unconditional = parts.clone();
+    unconditional.headers = client.clone();
+    for name in CONDITIONAL_REQUEST_HEADERS {
+        unconditional.headers.remove(name);
+    }
     let deadline = tokio::time::Instant::now() + config.fill_timeout;
     let call = call_ready(&mut inner, Request::from_parts(parts, body));
     let limit = config
@@ -679,6 +716,21 @@ where
                     Some(filled),
                 );
             }
+            // A 304 the stored response cannot take: ask again, plainly.
+            tracing::debug!(key = %primary, "a 304 did not validate the stored response; asking again without validators");
+            drop(response);
+            return Box::pin(fetch_once(
+                inner,
+                layer,
+                unconditional,
+                ReqBody::default(),
+                primary,
+                stale,
+                fwd,
+                storing,
+                false,
+            ))
+            .await;
         }
         return (Ok(origin_response(response, layer, &status)), None);
     }
