@@ -198,3 +198,70 @@ async fn a_304_that_cannot_be_applied_never_reaches_an_unconditional_client() {
         assert!(reply.text().starts_with("document"), "{:?}", reply.text());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_large_misses_share_one_buffer_budget() {
+    use axum::body::Body;
+    use http_body_util::channel::Channel;
+    use std::sync::Arc;
+    // The first response sends 48 KiB and then waits; while it is held in
+    // memory, another large response does not fit the 64 KiB budget.
+    let release = Arc::new(tokio::sync::Notify::new());
+    let gate = release.clone();
+    let app = Router::new()
+        .route(
+            "/held",
+            get(move || {
+                let gate = gate.clone();
+                async move {
+                    let (mut sender, body) =
+                        Channel::<bytes::Bytes, std::convert::Infallible>::new(2);
+                    tokio::spawn(async move {
+                        let _ = sender
+                            .send_data(bytes::Bytes::from(vec![b'h'; 48 * 1024]))
+                            .await;
+                        gate.notified().await;
+                        let _ = sender.send_data(bytes::Bytes::from_static(b"end")).await;
+                    });
+                    ([("cache-control", "max-age=60")], Body::new(body))
+                }
+            }),
+        )
+        .route(
+            "/other",
+            get(|| async { ([("cache-control", "max-age=60")], vec![b'o'; 32 * 1024]) }),
+        );
+    let layer = layer()
+        .max_body_bytes(1 << 20)
+        .max_buffered_bytes(64 * 1024);
+    let app = app.layer(layer.clone());
+    let held = {
+        let app = app.clone();
+        tokio::spawn(async move { fetch(&app, "/held").await })
+    };
+    // Wait until the first body is buffered.
+    for _ in 0..100 {
+        if layer.buffered_bytes() >= 48 * 1024 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(layer.buffered_bytes(), 48 * 1024);
+    let other = fetch(&app, "/other").await;
+    assert_eq!(
+        other.body.len(),
+        32 * 1024,
+        "the client gets the whole body"
+    );
+    assert!(
+        other.cache_status().contains("over-buffer-budget"),
+        "{}",
+        other.cache_status()
+    );
+    assert!(!fetch(&app, "/other").await.is_hit(), "not stored");
+    release.notify_one();
+    let held = held.await.unwrap();
+    assert_eq!(held.body.len(), 48 * 1024 + 3);
+    assert!(fetch(&app, "/held").await.is_hit(), "stored once complete");
+    assert_eq!(layer.buffered_bytes(), 0, "the budget is given back");
+}

@@ -4,6 +4,10 @@
 use std::{
     collections::VecDeque,
     pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     task::{Context, Poll},
 };
 
@@ -26,7 +30,76 @@ enum Kind<B> {
     Streaming {
         buffered: VecDeque<Bytes>,
         inner: Pin<Box<B>>,
+        /// The share of the buffer budget the buffered part holds, given
+        /// back once it is sent.
+        hold: Option<Reservation>,
     },
+}
+
+/// Bytes of origin bodies being read into memory to be stored, across all
+/// requests of a layer, and the most allowed: over it, a response streams
+/// through uncached instead of adding to memory (N concurrent large misses
+/// would otherwise hold N × `max_body_bytes`).
+#[derive(Debug)]
+pub(crate) struct BufferBudget {
+    used: AtomicUsize,
+    max: AtomicUsize,
+}
+
+impl BufferBudget {
+    pub(crate) fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            used: AtomicUsize::new(0),
+            max: AtomicUsize::new(max),
+        })
+    }
+
+    pub(crate) fn set_max(&self, max: usize) {
+        self.max.store(max, Ordering::Relaxed);
+    }
+
+    /// Bytes held now.
+    pub(crate) fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+}
+
+/// A share of a [`BufferBudget`], given back on drop.
+#[derive(Debug)]
+pub(crate) struct Reservation {
+    budget: Arc<BufferBudget>,
+    bytes: usize,
+}
+
+impl Reservation {
+    pub(crate) fn empty(budget: &Arc<BufferBudget>) -> Self {
+        Self {
+            budget: budget.clone(),
+            bytes: 0,
+        }
+    }
+
+    /// Takes `more` bytes of the budget, or says no (nothing taken).
+    fn grow(&mut self, more: usize) -> bool {
+        let max = self.budget.max.load(Ordering::Relaxed);
+        let taken = self
+            .budget
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(more).filter(|total| *total <= max)
+            })
+            .is_ok();
+        if taken {
+            self.bytes += more;
+        }
+        taken
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
 }
 
 impl<B> CacheBody<B> {
@@ -50,8 +123,20 @@ impl<B> CacheBody<B> {
     }
 
     pub(crate) fn prefixed(buffered: VecDeque<Bytes>, inner: Pin<Box<B>>) -> Self {
+        Self::holding(buffered, inner, None)
+    }
+
+    pub(crate) fn holding(
+        buffered: VecDeque<Bytes>,
+        inner: Pin<Box<B>>,
+        hold: Option<Reservation>,
+    ) -> Self {
         Self {
-            kind: Kind::Streaming { buffered, inner },
+            kind: Kind::Streaming {
+                buffered,
+                inner,
+                hold,
+            },
         }
     }
 }
@@ -69,8 +154,17 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match &mut self.get_mut().kind {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Streaming { buffered, inner } => match buffered.pop_front() {
-                Some(chunk) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
+            Kind::Streaming {
+                buffered,
+                inner,
+                hold,
+            } => match buffered.pop_front() {
+                Some(chunk) => {
+                    if buffered.is_empty() {
+                        *hold = None;
+                    }
+                    Poll::Ready(Some(Ok(Frame::data(chunk))))
+                }
                 None => inner.as_mut().poll_frame(cx),
             },
         }
@@ -79,14 +173,18 @@ where
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full(bytes) => bytes.is_none(),
-            Kind::Streaming { buffered, inner } => buffered.is_empty() && inner.is_end_stream(),
+            Kind::Streaming {
+                buffered, inner, ..
+            } => buffered.is_empty() && inner.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
-            Kind::Streaming { buffered, inner } => {
+            Kind::Streaming {
+                buffered, inner, ..
+            } => {
                 let prefix: u64 = buffered.iter().map(|b| b.len() as u64).sum();
                 let rest = inner.size_hint();
                 let mut hint = SizeHint::new();
@@ -104,10 +202,13 @@ where
 pub(crate) enum Collected<B: Body> {
     /// The whole body, within the limit.
     Complete(Bytes),
-    /// Over the limit: what was read so far, and the rest still to stream.
+    /// Over the limit, or over the layer's buffer budget: what was read so
+    /// far (and its share of the budget), and the rest still to stream.
     TooLarge {
         buffered: VecDeque<Bytes>,
         rest: Pin<Box<B>>,
+        hold: Reservation,
+        over_budget: bool,
     },
     /// The body failed while being read.
     Failed(B::Error),
@@ -125,15 +226,19 @@ pub(crate) async fn collect_limited<B>(
     limit: usize,
     idle: std::time::Duration,
     deadline: tokio::time::Instant,
+    budget: &Arc<BufferBudget>,
 ) -> Collected<B>
 where
     B: Body<Data = Bytes>,
 {
     let mut body = Box::pin(body);
+    let mut hold = Reservation::empty(budget);
     if body.size_hint().lower() > limit as u64 {
         return Collected::TooLarge {
             buffered: VecDeque::new(),
             rest: body,
+            hold,
+            over_budget: false,
         };
     }
     let mut chunks: VecDeque<Bytes> = VecDeque::new();
@@ -153,11 +258,14 @@ where
                     continue; // trailers are not stored
                 };
                 total = total.saturating_add(data.len());
+                let within_budget = hold.grow(data.len());
                 chunks.push_back(data);
-                if total > limit {
+                if total > limit || !within_budget {
                     return Collected::TooLarge {
                         buffered: chunks,
                         rest: body,
+                        hold,
+                        over_budget: !within_budget,
                     };
                 }
             }

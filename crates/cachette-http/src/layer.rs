@@ -12,7 +12,7 @@ use http::{HeaderName, request};
 use http_cache_semantics::CacheOptions;
 use tower_layer::Layer;
 
-use crate::{CacheService, KeyOptions, service::Filled};
+use crate::{CacheService, KeyOptions, body::BufferBudget, service::Filled};
 
 /// A predicate over the request head: `true` means "do not use the cache".
 pub type Unless = Arc<dyn Fn(&request::Parts) -> bool + Send + Sync>;
@@ -101,11 +101,27 @@ impl fmt::Debug for Config {
 
 /// State shared by every service a layer makes: in-flight origin calls and
 /// background refreshes, so that coalescing works across clones and routes.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Flights {
     pub(crate) fills: SingleFlight<Option<Filled>>,
     pub(crate) refreshing: Mutex<HashSet<CacheKey>>,
+    /// Origin bodies being read into memory to be stored, all requests
+    /// together.
+    pub(crate) buffers: Arc<BufferBudget>,
 }
+
+impl Default for Flights {
+    fn default() -> Self {
+        Self {
+            fills: SingleFlight::default(),
+            refreshing: Mutex::default(),
+            buffers: BufferBudget::new(DEFAULT_MAX_BUFFERED_BYTES),
+        }
+    }
+}
+
+/// The default `max_buffered_bytes`: 64 MiB.
+pub const DEFAULT_MAX_BUFFERED_BYTES: usize = 64 * 1024 * 1024;
 
 /// A tower layer that caches HTTP responses in a [`Tiered`] cache, as a
 /// shared cache by RFC 9111.
@@ -277,6 +293,22 @@ impl CacheLayer {
     /// a hung fill delays its followers by this much, never for good.
     pub fn lock_timeout(self, timeout: Duration) -> Self {
         self.with(|c| c.lock_timeout = timeout)
+    }
+
+    /// The most bytes of origin bodies read into memory to be stored at
+    /// once, across every request through this layer (default
+    /// [`DEFAULT_MAX_BUFFERED_BYTES`]). A response that would go over it
+    /// streams to its client uncached (`Cache-Status: ...;
+    /// detail=over-buffer-budget`): many concurrent large misses cannot hold
+    /// many times `max_body_bytes`.
+    pub fn max_buffered_bytes(self, max: usize) -> Self {
+        self.flights.buffers.set_max(max);
+        self
+    }
+
+    /// Bytes of origin bodies held in memory to be stored right now.
+    pub fn buffered_bytes(&self) -> usize {
+        self.flights.buffers.used()
     }
 
     /// Whether concurrent misses for one key make one origin call (default on).

@@ -48,7 +48,8 @@ pub use future::ResponseFuture;
 pub use key::{KeyOptions, UrlScope};
 pub(crate) use layer::Config;
 pub use layer::{
-    CACHE_TAG, CACHETTE_CONTROL, CDN_CACHE_CONTROL, CacheLayer, DEFAULT_MAX_BODY_BYTES, Unless,
+    CACHE_TAG, CACHETTE_CONTROL, CDN_CACHE_CONTROL, CacheLayer, DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_BUFFERED_BYTES, Unless,
 };
 pub use service::CacheService;
 pub use status::CACHE_STATUS;

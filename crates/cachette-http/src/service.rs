@@ -763,6 +763,7 @@ where
         config.max_body_bytes,
         config.body_idle_timeout,
         deadline,
+        &layer.flights.buffers,
     )
     .await
     {
@@ -798,10 +799,20 @@ where
             );
             (Ok(response), None)
         }
-        Collected::TooLarge { buffered, rest } => {
+        Collected::TooLarge {
+            buffered,
+            rest,
+            hold,
+            over_budget,
+        } => {
             count(&counters.not_stored);
-            status.detail = Some("too-large");
-            let mut response = Response::from_parts(res_parts, CacheBody::prefixed(buffered, rest));
+            status.detail = Some(if over_budget {
+                "over-buffer-budget"
+            } else {
+                "too-large"
+            });
+            let mut response =
+                Response::from_parts(res_parts, CacheBody::holding(buffered, rest, Some(hold)));
             for name in &config.strip_fields {
                 response.headers_mut().remove(name);
             }

@@ -163,6 +163,9 @@ pub struct HttpSettings {
     pub stale_if_error: Option<HumanDuration>,
     /// Larger responses stream through uncached (default 8 MiB).
     pub max_body_bytes: Option<ByteSize>,
+    /// Most bytes of origin bodies buffered to be stored at once, every
+    /// request together (default 64 MiB).
+    pub max_buffered_bytes: Option<ByteSize>,
     /// Query parameters left out of keys (`utm_*`).
     #[serde(default)]
     pub ignore_query_params: Vec<String>,

@@ -22,6 +22,9 @@ pub(crate) fn layer_for(cache: &Cache) -> CacheLayer {
     if let Some(window) = d(&http.stale_if_error) {
         layer = layer.stale_if_error(window);
     }
+    if let Some(max) = http.max_buffered_bytes {
+        layer = layer.max_buffered_bytes(usize::try_from(max.0).unwrap_or(usize::MAX));
+    }
     if let Some(max) = http.max_body_bytes {
         layer = layer.max_body_bytes(usize::try_from(max.0).unwrap_or(usize::MAX));
     }
