@@ -33,7 +33,7 @@ pub(crate) struct Config {
     pub(crate) stale_if_error: Duration,
     pub(crate) revalidation_window: Duration,
     pub(crate) tags: Vec<String>,
-    pub(crate) tags_header: Option<HeaderName>,
+    pub(crate) tags_headers: Vec<HeaderName>,
     pub(crate) unless: Option<Unless>,
     pub(crate) origin_timeout: Option<Duration>,
     pub(crate) fill_timeout: Duration,
@@ -50,8 +50,12 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 pub const CACHETTE_CONTROL: HeaderName = HeaderName::from_static("cachette-control");
 /// The RFC 9213 field for CDNs; cachette obeys it after `Cachette-Control`.
 pub const CDN_CACHE_CONTROL: HeaderName = HeaderName::from_static("cdn-cache-control");
-/// The default response field carrying invalidation tags (comma or space separated).
+/// A default response field carrying invalidation tags (comma or space
+/// separated), as Cloudflare reads it.
 pub const CACHE_TAG: HeaderName = HeaderName::from_static("cache-tag");
+/// A default response field carrying invalidation tags (space separated), as
+/// Fastly and Varnish read it.
+pub const SURROGATE_KEY: HeaderName = HeaderName::from_static("surrogate-key");
 
 impl Default for Config {
     fn default() -> Self {
@@ -67,14 +71,14 @@ impl Default for Config {
             default_ttl: None,
             ttl_override: None,
             targeted_fields: vec![CACHETTE_CONTROL, CDN_CACHE_CONTROL],
-            strip_fields: vec![CACHETTE_CONTROL, CACHE_TAG],
+            strip_fields: vec![CACHETTE_CONTROL, CACHE_TAG, SURROGATE_KEY],
             strip_set_cookie: false,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             stale_while_revalidate: Duration::ZERO,
             stale_if_error: Duration::ZERO,
             revalidation_window: Duration::from_secs(600),
             tags: Vec::new(),
-            tags_header: Some(CACHE_TAG),
+            tags_headers: vec![CACHE_TAG, SURROGATE_KEY],
             unless: None,
             origin_timeout: None,
             fill_timeout: Duration::from_secs(60),
@@ -251,10 +255,21 @@ impl CacheLayer {
         self.with(|c| c.tags = tags.into_iter().map(Into::into).collect())
     }
 
-    /// The response field read for per-response tags (default `Cache-Tag`);
-    /// `None` disables it.
+    /// The one response field read for per-response tags (default: both
+    /// `Cache-Tag` and `Surrogate-Key`); `None` reads none. See
+    /// [`tags_headers`](Self::tags_headers).
     pub fn tags_header(self, name: Option<HeaderName>) -> Self {
-        self.with(|c| c.tags_header = name)
+        self.tags_headers(name)
+    }
+
+    /// The response fields read for per-response tags (surrogate keys: the
+    /// origin names the tags of what it answers, and a purge by tag removes
+    /// every response that carries it, on every tier and node). Default
+    /// `Cache-Tag` and `Surrogate-Key`; they are also in the default
+    /// [`strip_fields`](Self::strip_fields), so clients do not see them.
+    pub fn tags_headers(self, names: impl IntoIterator<Item = HeaderName>) -> Self {
+        let names: Vec<HeaderName> = names.into_iter().collect();
+        self.with(|c| c.tags_headers = names)
     }
 
     /// A predicate over the request head: when it returns `true`, the request

@@ -49,7 +49,7 @@ pub use key::{KeyOptions, UrlScope};
 pub(crate) use layer::Config;
 pub use layer::{
     CACHE_TAG, CACHETTE_CONTROL, CDN_CACHE_CONTROL, CacheLayer, DEFAULT_MAX_BODY_BYTES,
-    DEFAULT_MAX_BUFFERED_BYTES, Unless,
+    DEFAULT_MAX_BUFFERED_BYTES, SURROGATE_KEY, Unless,
 };
 pub use service::CacheService;
 pub use status::CACHE_STATUS;

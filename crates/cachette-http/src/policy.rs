@@ -258,17 +258,21 @@ pub(crate) fn evaluate(
     }
 
     let mut tags = config.tags.clone();
-    if let Some(name) = &config.tags_header {
+    for name in &config.tags_headers {
         for value in headers.get_all(name).iter().filter_map(|v| v.to_str().ok()) {
             tags.extend(
                 value
                     .split([',', ' '])
                     .map(str::trim)
-                    .filter(|t| !t.is_empty())
+                    // `#vary:` tags are cachette's own: an origin cannot
+                    // attach a response to another URL's variants.
+                    .filter(|t| !t.is_empty() && !cachette_core::is_variants_tag(t))
                     .map(str::to_owned),
             );
         }
     }
+    tags.sort();
+    tags.dedup();
     meta = meta.with_tags(tags);
 
     let mut stored = headers.clone();
