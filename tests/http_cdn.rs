@@ -56,3 +56,60 @@ async fn surrogate_keys_from_the_origin_tag_the_entry_and_are_not_shown() {
         assert!(!fetch(&app, "/product/1").await.is_hit(), "purged by {tag}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn negotiation_headers_that_mean_the_same_share_a_variant() {
+    let counter = Counter::default();
+    let app = Router::new()
+        .route(
+            "/page",
+            counting_get(
+                &counter,
+                &[
+                    ("cache-control", "max-age=600"),
+                    ("vary", "accept-language, accept-encoding"),
+                ],
+            ),
+        )
+        .layer(layer());
+    let first = send(
+        &app,
+        get_with(
+            "/page",
+            &[
+                ("accept-language", "en, de"),
+                ("accept-encoding", "gzip, br"),
+            ],
+        ),
+    )
+    .await;
+    assert!(!first.is_hit());
+    let same = send(
+        &app,
+        get_with(
+            "/page",
+            &[
+                ("accept-language", " EN ,   de"),
+                ("accept-encoding", "br,gzip"),
+            ],
+        ),
+    )
+    .await;
+    assert!(same.is_hit(), "{}", same.cache_status());
+    let other = send(
+        &app,
+        get_with(
+            "/page",
+            &[
+                ("accept-language", "de, en"),
+                ("accept-encoding", "gzip, br"),
+            ],
+        ),
+    )
+    .await;
+    assert!(
+        !other.is_hit(),
+        "another preference order is another variant"
+    );
+    assert_eq!(counter.get(), 2);
+}

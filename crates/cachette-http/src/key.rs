@@ -169,7 +169,7 @@ impl KeyOptions {
                 }
                 first = false;
                 match value.to_str() {
-                    Ok(v) => part.push_str(v.trim()),
+                    Ok(v) => part.push_str(&normalized_value(name, v)),
                     Err(_) => {
                         let _ = write!(part, "~{:016x}", fnv1a(value.as_bytes()));
                     }
@@ -245,6 +245,67 @@ impl KeyOptions {
     }
 }
 
+/// A request field value as the variant key holds it. The content
+/// negotiation fields are lists of case-insensitive tokens with optional
+/// weights: whitespace, case and the spelling of weights (`q=1.0`, `q=1`)
+/// do not make another variant. Members are reordered only for
+/// `Accept-Encoding`, where the server picks by its own preference; in
+/// `Accept-Language` and `Accept` the order among equal weights is the
+/// client's preference, which origins honour, so `en, de` and `de, en` stay
+/// two variants.
+fn normalized_value(name: &HeaderName, value: &str) -> String {
+    let negotiated = [
+        header::ACCEPT_LANGUAGE,
+        header::ACCEPT_ENCODING,
+        header::ACCEPT,
+        header::ACCEPT_CHARSET,
+    ];
+    if !negotiated.contains(name) {
+        return value.trim().to_owned();
+    }
+    let mut members: Vec<String> = value
+        .split(',')
+        .filter_map(|member| {
+            let mut parts = member.split(';').map(str::trim);
+            let token = parts.next().filter(|t| !t.is_empty())?.to_ascii_lowercase();
+            let mut out = token;
+            for param in parts.filter(|p| !p.is_empty()) {
+                let (key, val) = param.split_once('=').unwrap_or((param, ""));
+                let (key, val) = (key.trim().to_ascii_lowercase(), val.trim());
+                let val = if key == "q" {
+                    normalized_weight(val)
+                } else {
+                    val.to_ascii_lowercase()
+                };
+                out.push(';');
+                out.push_str(&key);
+                out.push('=');
+                out.push_str(&val);
+            }
+            Some(out)
+        })
+        .collect();
+    if name == header::ACCEPT_ENCODING {
+        members.sort();
+    }
+    members.join(",")
+}
+
+/// `q=1.000` and `q=1` are one weight; so are `0.50` and `0.5`.
+fn normalized_weight(value: &str) -> String {
+    match value.split_once('.') {
+        Some((whole, fraction)) => {
+            let fraction = fraction.trim_end_matches('0');
+            if fraction.is_empty() {
+                whole.to_owned()
+            } else {
+                format!("{whole}.{fraction}")
+            }
+        }
+        None => value.to_owned(),
+    }
+}
+
 fn hashed_only(raw: &str) -> CacheKey {
     CacheKey::from_hash(fnv1a(raw.as_bytes()))
 }
@@ -317,6 +378,30 @@ mod tests {
         let k = key(&KeyOptions::default(), &long);
         assert!(k.starts_with("GET:h/pppp"));
         assert!(k.len() < 600);
+    }
+
+    #[test]
+    fn negotiation_values_are_normalized_before_keying() {
+        let primary = CacheKey::new("GET:h/p").unwrap();
+        let key = |name: HeaderName, value: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(name.clone(), value.parse().unwrap());
+            KeyOptions::variant(&primary, &[name], &h)
+        };
+        let lang = header::ACCEPT_LANGUAGE;
+        assert_eq!(key(lang.clone(), "en, de"), key(lang.clone(), " EN ,   de"));
+        assert_eq!(
+            key(lang.clone(), "fr;q=1.0, en;q=0.50"),
+            key(lang.clone(), "fr; q=1 ,en;Q=0.5")
+        );
+        assert_ne!(
+            key(lang.clone(), "en, de"),
+            key(lang.clone(), "de, en"),
+            "order is the client's preference"
+        );
+        let enc = header::ACCEPT_ENCODING;
+        assert_eq!(key(enc.clone(), "gzip, br"), key(enc.clone(), "br,gzip"));
+        assert_ne!(key(lang.clone(), "en"), key(lang, "de"));
     }
 
     #[test]
