@@ -113,3 +113,60 @@ async fn negotiation_headers_that_mean_the_same_share_a_variant() {
     );
     assert_eq!(counter.get(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unstorable_url_skips_coalescing_until_a_storable_answer() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    };
+    use std::time::Duration;
+    let (in_flight, most, storable) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let (f, m, st) = (in_flight.clone(), most.clone(), storable.clone());
+    let app = Router::new().route(
+        "/me",
+        get(move || {
+            let (f, m, st) = (f.clone(), m.clone(), st.clone());
+            async move {
+                let now = f.fetch_add(1, Ordering::SeqCst) + 1;
+                m.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                f.fetch_sub(1, Ordering::SeqCst);
+                let cc = if st.load(Ordering::SeqCst) {
+                    "max-age=60"
+                } else {
+                    "private"
+                };
+                ([("cache-control", cc)], "me")
+            }
+        }),
+    );
+    let layer = layer();
+    let cache = layer.cache().clone();
+    let app = app.layer(layer);
+    fetch(&app, "/me").await; // private: not stored, remembered
+    let requests: Vec<_> = (0..5)
+        .map(|_| {
+            let app = app.clone();
+            tokio::spawn(async move { fetch(&app, "/me").await })
+        })
+        .collect();
+    for r in requests {
+        assert_eq!(r.await.unwrap().status, 200);
+    }
+    assert_eq!(
+        most.load(Ordering::SeqCst),
+        5,
+        "all five went to the origin at once"
+    );
+    assert_eq!(cache.snapshot().cache.hit_for_miss, 5);
+    // The URL becomes storable: the memory ends and requests coalesce again.
+    storable.store(true, Ordering::SeqCst);
+    fetch(&app, "/me").await; // still hit-for-miss: goes alone, is stored
+    assert!(fetch(&app, "/me").await.is_hit());
+    assert_eq!(cache.snapshot().cache.hit_for_miss, 6);
+}

@@ -100,11 +100,12 @@ fn cache(out: &mut String, cache: &CacheReport) {
     let _ = writeln!(out, "cache {}: {}", cache.alias, cache.status.as_str());
     let _ = writeln!(
         out,
-        "  hits {}  misses {}  stale {}  coalesced {}  stored {}  not stored {}  revalidated {}  bypassed {}  origin errors {}  invalidations {}",
+        "  hits {}  misses {}  stale {}  coalesced {}  hit-for-miss {}  stored {}  not stored {}  revalidated {}  bypassed {}  origin errors {}  invalidations {}",
         c.hits,
         c.misses,
         c.stale_served,
         c.coalesced,
+        c.hit_for_miss,
         c.stored,
         c.not_stored,
         c.revalidated,

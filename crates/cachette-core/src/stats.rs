@@ -172,6 +172,9 @@ counters! {
         stale_served,
         /// Waited on another request's origin call instead of making one.
         coalesced,
+        /// Went to the origin without coalescing because the URL's last
+        /// response was not storable (hit-for-miss).
+        hit_for_miss,
         /// Responses stored.
         stored,
         /// Origin responses that were not storable.

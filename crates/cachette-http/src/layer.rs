@@ -1,9 +1,9 @@
 //! [`CacheLayer`]: the builder and the tower `Layer`.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     fmt,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
 
@@ -39,6 +39,7 @@ pub(crate) struct Config {
     pub(crate) fill_timeout: Duration,
     pub(crate) body_idle_timeout: Duration,
     pub(crate) lock_timeout: Duration,
+    pub(crate) hit_for_miss: Duration,
     pub(crate) coalesce: bool,
 }
 
@@ -84,6 +85,7 @@ impl Default for Config {
             fill_timeout: Duration::from_secs(60),
             body_idle_timeout: Duration::from_secs(30),
             lock_timeout: Duration::from_secs(10),
+            hit_for_miss: Duration::from_secs(30),
             coalesce: true,
         }
     }
@@ -112,6 +114,60 @@ pub(crate) struct Flights {
     /// Origin bodies being read into memory to be stored, all requests
     /// together.
     pub(crate) buffers: Arc<BufferBudget>,
+    /// URLs whose last response was not storable, until when (hit-for-miss).
+    pub(crate) uncacheable: Mutex<HashMap<CacheKey, std::time::Instant>>,
+}
+
+/// The most URLs remembered as not storable; past it the memory starts over
+/// (a hostile client cannot grow it without bound).
+const MAX_UNCACHEABLE: usize = 10_000;
+
+impl Flights {
+    /// Whether `key`'s last response was not storable, recently.
+    pub(crate) fn is_uncacheable(&self, key: &CacheKey) -> bool {
+        let mut map = self
+            .uncacheable
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match map.get(key) {
+            Some(until) if *until > std::time::Instant::now() => true,
+            Some(_) => {
+                map.remove(key);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Remembers (for `window`) that `key`'s response was not storable.
+    pub(crate) fn mark_uncacheable(&self, key: &CacheKey, window: Duration) {
+        if window.is_zero() {
+            return;
+        }
+        let mut map = self
+            .uncacheable
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if map.len() >= MAX_UNCACHEABLE {
+            let now = std::time::Instant::now();
+            map.retain(|_, until| *until > now);
+            if map.len() >= MAX_UNCACHEABLE {
+                map.clear();
+            }
+        }
+        map.insert(key.clone(), std::time::Instant::now() + window);
+    }
+
+    /// A storable response arrived for `key`: coalesce it again.
+    pub(crate) fn mark_cacheable(&self, key: &CacheKey) {
+        let mut map = self
+            .uncacheable
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !map.is_empty() {
+            map.remove(key);
+        }
+    }
 }
 
 impl Default for Flights {
@@ -120,6 +176,7 @@ impl Default for Flights {
             fills: SingleFlight::default(),
             refreshing: Mutex::default(),
             buffers: BufferBudget::new(DEFAULT_MAX_BUFFERED_BYTES),
+            uncacheable: Mutex::default(),
         }
     }
 }
@@ -324,6 +381,15 @@ impl CacheLayer {
     /// Bytes of origin bodies held in memory to be stored right now.
     pub fn buffered_bytes(&self) -> usize {
         self.flights.buffers.used()
+    }
+
+    /// How long a URL whose response was not storable (`private`,
+    /// `no-store`, `Set-Cookie`...) skips coalescing (default 30 s;
+    /// Varnish's hit-for-miss): its next requests go to the origin in
+    /// parallel instead of queueing behind each other for a result they
+    /// could not share. A storable response ends it at once. Zero disables.
+    pub fn hit_for_miss(self, window: Duration) -> Self {
+        self.with(|c| c.hit_for_miss = window)
     }
 
     /// Whether concurrent misses for one key make one origin call (default on).

@@ -443,7 +443,12 @@ where
     count(&counters.misses);
     tracing::debug!(cache = layer.cache.name(), key = %primary, outcome = fwd.as_str());
     let client_headers = parts.headers.clone();
-    if !layer.config.coalesce || authorized {
+    let hit_for_miss = layer.flights.is_uncacheable(&primary);
+    if hit_for_miss {
+        // The last response was not storable: nothing to wait for.
+        count(&counters.hit_for_miss);
+    }
+    if !layer.config.coalesce || authorized || hit_for_miss {
         let (response, _) = fetch(inner, layer, parts, body, &primary, stale, fwd, true).await;
         return response;
     }
@@ -753,6 +758,7 @@ where
         Ok(storable) => storable,
         Err(reason) => {
             count(&counters.not_stored);
+            layer.flights.mark_uncacheable(primary, config.hit_for_miss);
             tracing::debug!(key = %primary, reason, "response not stored");
             let response = Response::from_parts(res_parts, res_body);
             return (Ok(origin_response(response, layer, &status)), None);
@@ -820,6 +826,7 @@ where
         }
         Collected::Complete(bytes) => {
             count(&counters.stored);
+            layer.flights.mark_cacheable(primary);
             status.stored = true;
             let cookies: Vec<HeaderValue> = res_parts
                 .headers

@@ -181,6 +181,9 @@ pub struct HttpSettings {
     pub body_idle_timeout: Option<HumanDuration>,
     /// How long a coalesced request waits for another's origin call (default 10 s).
     pub lock_timeout: Option<HumanDuration>,
+    /// How long a URL whose response was not storable skips coalescing
+    /// (default 30 s; `0s` disables).
+    pub hit_for_miss: Option<HumanDuration>,
     /// Store responses with `Set-Cookie` after removing it.
     pub strip_set_cookie: Option<bool>,
     /// The name in `Cache-Status` (default `cachette`).

@@ -46,6 +46,9 @@ pub(crate) fn layer_for(cache: &Cache) -> CacheLayer {
     if let Some(timeout) = d(&http.lock_timeout) {
         layer = layer.lock_timeout(timeout);
     }
+    if let Some(window) = d(&http.hit_for_miss) {
+        layer = layer.hit_for_miss(window);
+    }
     if let Some(timeout) = d(&http.origin_timeout) {
         layer = layer.origin_timeout(timeout);
     }

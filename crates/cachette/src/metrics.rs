@@ -50,6 +50,11 @@ const CACHE_COUNTERS: &[CacheCounter] = &[
         "Requests that waited on another request's origin call",
         |c| c.coalesced,
     ),
+    (
+        "cachette_hit_for_miss_total",
+        "Requests sent to the origin uncoalesced: the URL's last response was not storable",
+        |c| c.hit_for_miss,
+    ),
     ("cachette_stored_total", "Responses or values stored", |c| {
         c.stored
     }),

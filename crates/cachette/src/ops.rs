@@ -75,6 +75,9 @@ pub struct CacheCounters {
     pub stale_served: u64,
     /// Waited on another request's origin call instead of making one.
     pub coalesced: u64,
+    /// Went to the origin uncoalesced: the URL's last response was not
+    /// storable (hit-for-miss).
+    pub hit_for_miss: u64,
     /// Responses or values stored.
     pub stored: u64,
     /// Origin responses that were not storable.
@@ -283,6 +286,7 @@ impl Cache {
                 misses: c.misses,
                 stale_served: c.stale_served,
                 coalesced: c.coalesced,
+                hit_for_miss: c.hit_for_miss,
                 stored: c.stored,
                 not_stored: c.not_stored,
                 revalidated: c.revalidated,
