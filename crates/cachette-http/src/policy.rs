@@ -108,10 +108,44 @@ fn response_parts(status: StatusCode, mut headers: HeaderMap) -> response::Parts
             headers.append(header::CACHE_CONTROL, value);
         }
     }
+    normalize_dates(&mut headers);
     let (mut parts, ()) = http::Response::new(()).into_parts();
     parts.status = status;
     parts.headers = headers;
     parts
+}
+
+/// HTTP dates as RFC 9110 §5.6.7 reads them: IMF-fixdate exactly, and the
+/// obsolete RFC 850 and asctime forms (a recipient must accept them), each
+/// rewritten as IMF-fixdate for http-cache-semantics (which would read them
+/// as RFC 2822, leniently). An invalid `Expires` means "already expired"
+/// (RFC 9111 §5.3); an invalid `Date` or `Last-Modified` is dropped.
+fn normalize_dates(headers: &mut HeaderMap) {
+    for name in [header::DATE, header::EXPIRES, header::LAST_MODIFIED] {
+        let Some(value) = headers.get(&name) else {
+            continue;
+        };
+        let parsed = value
+            .to_str()
+            .ok()
+            .and_then(|v| httpdate::parse_http_date(v.trim()).ok());
+        match parsed {
+            Some(date) => {
+                if let Ok(value) = HeaderValue::from_str(&httpdate::fmt_http_date(date)) {
+                    headers.insert(name, value);
+                }
+            }
+            None if name == header::EXPIRES => {
+                headers.insert(
+                    name,
+                    HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"),
+                );
+            }
+            None => {
+                headers.remove(name);
+            }
+        }
+    }
 }
 
 /// A `Cache-Control` line with each `name=digits` argument above 2^31
