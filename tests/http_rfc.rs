@@ -13,7 +13,10 @@ async fn http_dates_are_read_in_all_three_forms_and_strictly() {
     let app = Router::new()
         // asctime, far in the future: fresh (RFC 9110 §5.6.7: recipients
         // accept the obsolete forms).
-        .route("/asctime", counting_get(&counter, &[("expires", "Fri Dec 31 23:59:59 2100")]))
+        .route(
+            "/asctime",
+            counting_get(&counter, &[("expires", "Fri Dec 31 23:59:59 2100")]),
+        )
         // IMF-fixdate with a doubled space: invalid, hence already expired.
         .route(
             "/sloppy",
@@ -26,10 +29,111 @@ async fn http_dates_are_read_in_all_three_forms_and_strictly() {
         )
         .layer(layer());
     fetch(&app, "/asctime").await;
-    assert!(fetch(&app, "/asctime").await.is_hit(), "asctime Expires is honoured");
+    assert!(
+        fetch(&app, "/asctime").await.is_hit(),
+        "asctime Expires is honoured"
+    );
     for uri in ["/sloppy", "/rfc850"] {
         fetch(&app, uri).await;
         let again = fetch(&app, uri).await;
         assert!(!again.is_hit(), "{uri}: {}", again.cache_status());
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_final_status_with_explicit_freshness_is_stored() {
+    let counter = Counter::default();
+    let mut app = Router::new();
+    for (path, status) in [
+        ("/s400", 400u16),
+        ("/s499", 499),
+        ("/s500", 500),
+        ("/s503", 503),
+        ("/s599", 599),
+    ] {
+        let calls = counter.clone();
+        app = app.route(
+            path,
+            get(move || {
+                calls.hit();
+                async move {
+                    (
+                        axum::http::StatusCode::from_u16(status).unwrap(),
+                        [("cache-control", "max-age=60")],
+                        format!("status {status}"),
+                    )
+                }
+            }),
+        );
+    }
+    let calls = counter.clone();
+    app = app.route(
+        "/bare500",
+        get(move || {
+            calls.hit();
+            async {
+                (
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                    "no freshness",
+                )
+            }
+        }),
+    );
+    let app = app.layer(layer());
+    for path in ["/s400", "/s499", "/s500", "/s503", "/s599"] {
+        let first = fetch(&app, path).await;
+        assert!(
+            first.cache_status().contains("stored"),
+            "{path}: {}",
+            first.cache_status()
+        );
+        let again = fetch(&app, path).await;
+        assert!(again.is_hit(), "{path}: {}", again.cache_status());
+        assert_eq!(again.status.as_str(), &path[2..]);
+    }
+    fetch(&app, "/bare500").await;
+    assert!(
+        !fetch(&app, "/bare500").await.is_hit(),
+        "no explicit freshness: not stored"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_5xx_replacing_a_stored_page_is_answered_stale_within_stale_if_error() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
+    let failing = Arc::new(AtomicBool::new(false));
+    let fail = failing.clone();
+    let app = Router::new()
+        .route(
+            "/page",
+            get(move || {
+                let fail = fail.load(Ordering::SeqCst);
+                async move {
+                    if fail {
+                        (
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            [("cache-control", "max-age=60")],
+                            "down",
+                        )
+                    } else {
+                        (
+                            axum::http::StatusCode::OK,
+                            [("cache-control", "max-age=1, stale-if-error=60")],
+                            "page",
+                        )
+                    }
+                }
+            }),
+        )
+        .layer(layer());
+    assert_eq!(fetch(&app, "/page").await.text(), "page");
+    failing.store(true, Ordering::SeqCst);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let reply = fetch(&app, "/page").await;
+    assert_eq!(reply.status, 200, "{}", reply.cache_status());
+    assert_eq!(reply.text(), "page");
+    assert!(reply.cache_status().contains("stale-if-error"));
 }

@@ -10,6 +10,12 @@ use http_cache_semantics::CachePolicy;
 
 use crate::{Config, directives::Directives, key::vary_names};
 
+/// The statuses http-cache-semantics stores on its own (and may give
+/// heuristic freshness).
+const UNDERSTOOD_STATUSES: &[u16] = &[
+    200, 203, 204, 300, 301, 302, 303, 307, 308, 404, 405, 410, 414, 501,
+];
+
 /// Why a response was not stored (logged at debug level).
 pub(crate) type NotStorable = &'static str;
 
@@ -199,6 +205,10 @@ pub(crate) fn evaluate(
     }
 
     let (mut cc, targeted) = effective_directives(config, headers);
+    // The origin's own freshness, before any layer default or override.
+    let explicit_freshness = cc.has("max-age")
+        || cc.has("s-maxage")
+        || (!targeted && headers.contains_key(header::EXPIRES));
     let origin_s_maxage = cc.has("s-maxage");
     let explicit_swr = cc.seconds("stale-while-revalidate");
     let explicit_sie = cc.seconds("stale-if-error");
@@ -235,9 +245,20 @@ pub(crate) fn evaluate(
         }
     }
 
+    // RFC 9111 §3: a shared cache may store a response of any final status
+    // the origin gave explicit freshness (a 503 with `max-age=5`, a 599...);
+    // http-cache-semantics stores only the statuses it knows. Such a status
+    // is judged as a 200 would be, with no heuristic freshness.
+    let policy_status = if UNDERSTOOD_STATUSES.contains(&status.as_u16()) {
+        status
+    } else if explicit_freshness {
+        StatusCode::OK
+    } else {
+        return Err("status not storable without explicit freshness");
+    };
     let policy = CachePolicy::new_options(
         request,
-        &response_parts(status, policy_headers),
+        &response_parts(policy_status, policy_headers),
         now,
         config.rfc_options,
     );

@@ -695,7 +695,8 @@ where
         {
             return (Ok(response), Some(filled));
         }
-        return (Ok(origin_response(response, layer, &status)), None);
+        // No stale answer allowed: the error itself, stored if the origin
+        // gave it explicit freshness (RFC 9111 §3), like any other status.
     }
 
     if origin_status == StatusCode::NOT_MODIFIED {
@@ -758,7 +759,11 @@ where
         Ok(storable) => storable,
         Err(reason) => {
             count(&counters.not_stored);
-            layer.flights.mark_uncacheable(primary, config.hit_for_miss);
+            // An error is not "unstorable content": coalescing stays on
+            // through an outage, which is when it matters most.
+            if !origin_status.is_server_error() {
+                layer.flights.mark_uncacheable(primary, config.hit_for_miss);
+            }
             tracing::debug!(key = %primary, reason, "response not stored");
             let response = Response::from_parts(res_parts, res_body);
             return (Ok(origin_response(response, layer, &status)), None);
