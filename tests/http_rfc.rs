@@ -137,3 +137,53 @@ async fn a_5xx_replacing_a_stored_page_is_answered_stale_within_stale_if_error()
     assert_eq!(reply.text(), "page");
     assert!(reply.cache_status().contains("stale-if-error"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_targeted_field_that_is_not_a_valid_dictionary_is_ignored_as_a_whole() {
+    let counter = Counter::default();
+    let app = Router::new()
+        .route(
+            "/valid",
+            counting_get(
+                &counter,
+                &[
+                    ("cdn-cache-control", "max-age=600"),
+                    ("cache-control", "no-store"),
+                ],
+            ),
+        )
+        .route(
+            "/junk",
+            counting_get(
+                &counter,
+                &[
+                    ("cdn-cache-control", "max-age=600, &&&&&"),
+                    ("cache-control", "no-store"),
+                ],
+            ),
+        )
+        .route(
+            "/string",
+            counting_get(
+                &counter,
+                &[
+                    ("cdn-cache-control", "max-age=\"600\""),
+                    ("cache-control", "no-store"),
+                ],
+            ),
+        )
+        .layer(layer());
+    fetch(&app, "/valid").await;
+    assert!(
+        fetch(&app, "/valid").await.is_hit(),
+        "a valid targeted field wins over Cache-Control"
+    );
+    for uri in ["/junk", "/string"] {
+        fetch(&app, uri).await;
+        let again = fetch(&app, uri).await;
+        assert!(
+            !again.is_hit(),
+            "{uri}: the invalid field is ignored, Cache-Control: no-store applies"
+        );
+    }
+}

@@ -68,17 +68,68 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// The directives cachette obeys for a response: the first configured
-/// targeted field present (RFC 9213), else `Cache-Control`.
+/// targeted field present and valid (RFC 9213), else `Cache-Control`.
 fn effective_directives(config: &Config, headers: &HeaderMap) -> (Directives, bool) {
     for name in &config.targeted_fields {
         if headers.contains_key(name) {
-            return (Directives::parse(headers.get_all(name)), true);
+            if let Some(directives) = targeted_directives(headers, name) {
+                return (directives, true);
+            }
         }
     }
     (
         Directives::parse(headers.get_all(header::CACHE_CONTROL)),
         false,
     )
+}
+
+/// A targeted field (RFC 9213 §2.1) as directives: an RFC 9651 Dictionary,
+/// every line of it. A field that does not parse, or whose known directives
+/// have the wrong type (`max-age="10"`, `max-age=1.5`, a negative age), is
+/// invalid as a whole: `None`, and the response falls back to the next
+/// targeted field or to `Cache-Control`/`Expires`.
+fn targeted_directives(headers: &HeaderMap, name: &HeaderName) -> Option<Directives> {
+    use sfv::{BareItem, Dictionary, ListEntry, Parser};
+    const DELTAS: [&str; 4] = [
+        "max-age",
+        "s-maxage",
+        "stale-while-revalidate",
+        "stale-if-error",
+    ];
+    let mut joined = String::new();
+    for value in headers.get_all(name) {
+        if !joined.is_empty() {
+            joined.push_str(", ");
+        }
+        joined.push_str(value.to_str().ok()?);
+    }
+    let dictionary: Dictionary = Parser::new(&joined).parse().ok()?;
+    let mut directives = Directives::default();
+    for (key, entry) in &dictionary {
+        let key = key.as_str();
+        let arg = match entry {
+            ListEntry::Item(item) => match &item.bare_item {
+                BareItem::Integer(n) if DELTAS.contains(&key) => {
+                    let n = i64::from(*n);
+                    if n < 0 {
+                        return None;
+                    }
+                    Some(n.to_string())
+                }
+                _ if DELTAS.contains(&key) => return None,
+                BareItem::Boolean(true) => None,
+                // `?0` says the directive is absent.
+                BareItem::Boolean(false) => continue,
+                // Arguments of other directives (field names of
+                // `no-cache`/`private`...) do not change what a cache does.
+                _ => None,
+            },
+            ListEntry::InnerList(_) if DELTAS.contains(&key) => return None,
+            ListEntry::InnerList(_) => None,
+        };
+        directives.push(key, arg);
+    }
+    Some(directives)
 }
 
 /// Whether a stored response may answer a request carrying `Authorization`
