@@ -187,3 +187,66 @@ async fn a_targeted_field_that_is_not_a_valid_dictionary_is_ignored_as_a_whole()
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranges_are_answered_from_the_stored_full_response() {
+    let counter = Counter::default();
+    let calls = counter.clone();
+    let app = Router::new()
+        .route(
+            "/file",
+            get(move |headers: axum::http::HeaderMap| {
+                calls.hit();
+                // The cache asks for the whole response, to store it.
+                assert!(
+                    !headers.contains_key("range"),
+                    "the fill asks for everything"
+                );
+                async {
+                    (
+                        [("cache-control", "max-age=600"), ("etag", "\"v1\"")],
+                        "0123456789",
+                    )
+                }
+            }),
+        )
+        .layer(layer());
+    let part = |range: &'static str, extra: Option<(&'static str, &'static str)>| {
+        let app = app.clone();
+        async move {
+            let mut headers = vec![("range", range)];
+            headers.extend(extra);
+            send(&app, get_with("/file", &headers)).await
+        }
+    };
+    // A miss with a Range: stored whole, answered in part.
+    let first = part("bytes=2-4", None).await;
+    assert_eq!((first.status.as_u16(), first.text().as_str()), (206, "234"));
+    assert_eq!(first.header("content-range"), "bytes 2-4/10");
+    assert_eq!(first.header("content-length"), "3");
+    let suffix = part("bytes=-3", None).await;
+    assert_eq!(
+        (suffix.status.as_u16(), suffix.text().as_str()),
+        (206, "789")
+    );
+    assert!(suffix.is_hit());
+    let open = part("bytes=7-", None).await;
+    assert_eq!(open.text(), "789");
+    let past = part("bytes=20-", None).await;
+    assert_eq!(past.status.as_u16(), 416);
+    assert_eq!(past.header("content-range"), "bytes */10");
+    let several = part("bytes=0-1,3-4", None).await;
+    assert_eq!(
+        (several.status.as_u16(), several.text().as_str()),
+        (200, "0123456789")
+    );
+    let same = part("bytes=0-0", Some(("if-range", "\"v1\""))).await;
+    assert_eq!((same.status.as_u16(), same.text().as_str()), (206, "0"));
+    let changed = part("bytes=0-0", Some(("if-range", "\"v0\""))).await;
+    assert_eq!(
+        changed.status.as_u16(),
+        200,
+        "If-Range does not match: the whole response"
+    );
+    assert_eq!(counter.get(), 1);
+}

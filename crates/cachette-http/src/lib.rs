@@ -40,6 +40,7 @@ mod future;
 mod key;
 mod layer;
 mod policy;
+mod range;
 mod service;
 mod status;
 

@@ -173,10 +173,18 @@ fn serve_entry<B>(
         }
         response
     } else {
-        let body = if head {
-            CacheBody::empty()
+        let ranged = if head {
+            crate::range::Ranged::Full
         } else {
-            CacheBody::full(stored.body.clone())
+            crate::range::ranged(client, stored)
+        };
+        let body = match ranged {
+            _ if head => CacheBody::empty(),
+            crate::range::Ranged::Full => CacheBody::full(stored.body.clone()),
+            crate::range::Ranged::Part { start, end } => {
+                CacheBody::full(stored.body.slice(start..=end))
+            }
+            crate::range::Ranged::Unsatisfiable => CacheBody::empty(),
         };
         let mut response = Response::new(body);
         *response.status_mut() = stored.status;
@@ -186,6 +194,26 @@ fn serve_entry<B>(
         headers.reserve(stored.headers.len() + 2);
         for (name, value) in &stored.headers {
             headers.append(name.clone(), own_copy(value));
+        }
+        let total = stored.body.len();
+        match ranged {
+            crate::range::Ranged::Full => {}
+            crate::range::Ranged::Part { start, end } => {
+                *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+                let headers = response.headers_mut();
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start + 1));
+                if let Ok(range) = HeaderValue::from_str(&format!("bytes {start}-{end}/{total}")) {
+                    headers.insert(header::CONTENT_RANGE, range);
+                }
+            }
+            crate::range::Ranged::Unsatisfiable => {
+                *response.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+                let headers = response.headers_mut();
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+                if let Ok(range) = HeaderValue::from_str(&format!("bytes */{total}")) {
+                    headers.insert(header::CONTENT_RANGE, range);
+                }
+            }
         }
         response
     };
@@ -627,6 +655,11 @@ where
     let mut origin_headers = client.clone();
     for name in CONDITIONAL_REQUEST_HEADERS {
         origin_headers.remove(name);
+    }
+    if storing {
+        // The whole response is fetched and stored; ranges are answered
+        // from it.
+        origin_headers.remove(header::RANGE);
     }
     // Revalidate only what this call may store again.
     let stale_stored = stale
