@@ -170,3 +170,50 @@ async fn an_unstorable_url_skips_coalescing_until_a_storable_answer() {
     assert!(fetch(&app, "/me").await.is_hit());
     assert_eq!(cache.snapshot().cache.hit_for_miss, 6);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_request_headers_are_part_of_the_key() {
+    let counter = Counter::default();
+    let calls = counter.clone();
+    let app = Router::new()
+        .route(
+            "/home",
+            get(move |headers: axum::http::HeaderMap| {
+                calls.hit();
+                let tenant = headers
+                    .get("x-tenant")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("none")
+                    .to_owned();
+                async move {
+                    (
+                        [("cache-control", "max-age=600")],
+                        format!("home of {tenant}"),
+                    )
+                }
+            })
+            .post(|| async { "updated" }),
+        )
+        .layer(layer().key_headers([axum::http::HeaderName::from_static("x-tenant")]));
+    let as_tenant = |t: &'static str| {
+        let app = app.clone();
+        async move { send(&app, get_with("/home", &[("x-tenant", t)])).await }
+    };
+    assert_eq!(as_tenant("a").await.text(), "home of a");
+    let b = as_tenant("b").await;
+    assert_eq!(b.text(), "home of b", "another tenant, another entry");
+    assert!(
+        b.header("vary").is_empty(),
+        "the response's own Vary is unchanged"
+    );
+    assert!(as_tenant("a").await.is_hit());
+    assert!(as_tenant("b").await.is_hit());
+    // Invalidating the URL reaches every tenant's entry.
+    let post = http::Request::post("http://test.local/home")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    assert_eq!(send(&app, post).await.status, 200);
+    assert!(!as_tenant("a").await.is_hit());
+    assert!(!as_tenant("b").await.is_hit());
+    assert_eq!(counter.get(), 4);
+}

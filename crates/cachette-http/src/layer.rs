@@ -40,6 +40,7 @@ pub(crate) struct Config {
     pub(crate) body_idle_timeout: Duration,
     pub(crate) lock_timeout: Duration,
     pub(crate) hit_for_miss: Duration,
+    pub(crate) key_headers: Vec<HeaderName>,
     pub(crate) coalesce: bool,
 }
 
@@ -86,6 +87,7 @@ impl Default for Config {
             body_idle_timeout: Duration::from_secs(30),
             lock_timeout: Duration::from_secs(10),
             hit_for_miss: Duration::from_secs(30),
+            key_headers: Vec::new(),
             coalesce: true,
         }
     }
@@ -395,6 +397,15 @@ impl CacheLayer {
     /// Whether concurrent misses for one key make one origin call (default on).
     pub fn coalesce(self, coalesce: bool) -> Self {
         self.with(|c| c.coalesce = coalesce)
+    }
+
+    /// Request fields every stored response is keyed on, as if it carried
+    /// `Vary` for them (e.g. `x-tenant`, `x-device-class` set by a front
+    /// proxy): each value gets its own stored response, and invalidating a
+    /// URL removes them all. The response's own `Vary` is unchanged.
+    pub fn key_headers(self, names: impl IntoIterator<Item = HeaderName>) -> Self {
+        let names: Vec<HeaderName> = names.into_iter().collect();
+        self.with(|c| c.key_headers = names)
     }
 
     /// A prefix for every key (e.g. `shop:1:`).

@@ -249,7 +249,15 @@ pub(crate) fn evaluate(
     if status == StatusCode::PARTIAL_CONTENT || status == StatusCode::NOT_MODIFIED {
         return Err("partial or not-modified response");
     }
-    let vary = vary_names(headers).ok_or("Vary: *")?;
+    let mut vary = vary_names(headers).ok_or("Vary: *")?;
+    // Request fields the layer keys on, whatever the origin says: stored as
+    // if the response varied on them (so invalidating the URL reaches every
+    // value), not shown to clients.
+    for name in &config.key_headers {
+        if !vary.contains(name) {
+            vary.push(name.clone());
+        }
+    }
     let has_cookie = headers.contains_key(header::SET_COOKIE);
     if has_cookie && !config.strip_set_cookie {
         return Err("Set-Cookie");

@@ -184,6 +184,10 @@ pub struct HttpSettings {
     /// How long a URL whose response was not storable skips coalescing
     /// (default 30 s; `0s` disables).
     pub hit_for_miss: Option<HumanDuration>,
+    /// Request fields every stored response is keyed on (as if it varied
+    /// on them).
+    #[serde(default)]
+    pub key_headers: Vec<String>,
     /// Store responses with `Set-Cookie` after removing it.
     pub strip_set_cookie: Option<bool>,
     /// The name in `Cache-Status` (default `cachette`).
@@ -655,6 +659,12 @@ impl Settings {
                         "must be between 0 and 1".into(),
                     ));
                 }
+                if let Some(bad) = http.key_headers.iter().find(|name| !is_field_name(name)) {
+                    return Err(err(
+                        key("http.key_headers"),
+                        format!("`{bad}` is not a header field name"),
+                    ));
+                }
             }
             cache.resolved = tiers;
         }
@@ -700,4 +710,12 @@ impl Settings {
         }
         Ok(())
     }
+}
+
+/// Whether `name` is an HTTP field name (RFC 9110 §5.1: a token).
+fn is_field_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }

@@ -254,3 +254,18 @@ fn namespaces_where_one_is_a_prefix_of_another_are_refused() {
     );
     assert!(Settings::from_toml_str("caches.toml", &two).is_ok());
 }
+
+#[test]
+fn key_headers_must_be_field_names() {
+    assert_eq!(
+        err("[caches.default.http]\nkey_headers = [\"x-tenant\", \"bad header\"]"),
+        "caches.toml: caches.default.http.key_headers: `bad header` is not a header field name"
+    );
+    assert!(
+        Settings::from_toml_str(
+            "caches.toml",
+            "[caches.default.http]\nkey_headers = [\"x-tenant\"]"
+        )
+        .is_ok()
+    );
+}

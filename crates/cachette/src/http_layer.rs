@@ -22,6 +22,14 @@ pub(crate) fn layer_for(cache: &Cache) -> CacheLayer {
     if let Some(window) = d(&http.stale_if_error) {
         layer = layer.stale_if_error(window);
     }
+    let key_headers: Vec<http::HeaderName> = http
+        .key_headers
+        .iter()
+        .filter_map(|name| http::HeaderName::from_bytes(name.as_bytes()).ok())
+        .collect();
+    if !key_headers.is_empty() {
+        layer = layer.key_headers(key_headers);
+    }
     if let Some(max) = http.max_buffered_bytes {
         layer = layer.max_buffered_bytes(usize::try_from(max.0).unwrap_or(usize::MAX));
     }
