@@ -250,3 +250,119 @@ async fn ranges_are_answered_from_the_stored_full_response() {
     );
     assert_eq!(counter.get(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_targeted_field_does_not_displace_cache_control() {
+    let counter = Counter::default();
+    let app = Router::new()
+        .route(
+            "/mine",
+            counting_get(
+                &counter,
+                &[
+                    ("cdn-cache-control", ""),
+                    ("cache-control", "private, max-age=600"),
+                    ("etag", "\"e\""),
+                ],
+            ),
+        )
+        .layer(layer());
+    fetch(&app, "/mine").await;
+    assert!(
+        !fetch(&app, "/mine").await.is_hit(),
+        "private stays private"
+    );
+    assert_eq!(counter.get(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranges_of_a_response_too_large_to_store_reach_the_origin() {
+    let body: &'static str = "0123456789abcdefghij";
+    let app = Router::new()
+        .route(
+            "/big",
+            get(move |headers: axum::http::HeaderMap| async move {
+                let range = headers
+                    .get("range")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                match range.as_deref() {
+                    Some("bytes=0-4") => (
+                        axum::http::StatusCode::PARTIAL_CONTENT,
+                        [
+                            ("cache-control", "max-age=600"),
+                            ("content-range", "bytes 0-4/20"),
+                        ],
+                        &body[..5],
+                    ),
+                    _ => (
+                        axum::http::StatusCode::OK,
+                        [("cache-control", "max-age=600"), ("x-full", "yes")],
+                        body,
+                    ),
+                }
+            }),
+        )
+        .layer(layer().max_body_bytes(8));
+    let first = send(&app, get_with("/big", &[("range", "bytes=0-4")])).await;
+    assert!(
+        first.cache_status().contains("too-large"),
+        "{}",
+        first.cache_status()
+    );
+    let again = send(&app, get_with("/big", &[("range", "bytes=0-4")])).await;
+    assert_eq!(
+        again.status.as_u16(),
+        206,
+        "the origin answers the range: {}",
+        again.cache_status()
+    );
+    assert_eq!(again.text(), "01234");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn surrogate_keys_survive_a_304_revalidation() {
+    let layer = layer().tags(["static"]);
+    let cache = layer.cache().clone();
+    let tagged = Router::new()
+        .route(
+            "/t",
+            get(|headers: axum::http::HeaderMap| async move {
+                if headers.contains_key("if-none-match") {
+                    return (
+                        axum::http::StatusCode::NOT_MODIFIED,
+                        [
+                            ("etag", "\"t\""),
+                            ("cache-control", "max-age=1"),
+                            ("surrogate-key", ""),
+                        ],
+                        "",
+                    );
+                }
+                (
+                    axum::http::StatusCode::OK,
+                    [
+                        ("etag", "\"t\""),
+                        ("cache-control", "max-age=1"),
+                        ("surrogate-key", "page-t"),
+                    ],
+                    "tagged",
+                )
+            }),
+        )
+        .layer(layer);
+    fetch(&tagged, "/t").await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let revalidated = fetch(&tagged, "/t").await;
+    assert!(
+        revalidated.cache_status().contains("fwd-status=304"),
+        "{}",
+        revalidated.cache_status()
+    );
+    assert!(fetch(&tagged, "/t").await.is_hit());
+    assert!(cache.invalidate_tag("page-t").await.is_complete());
+    assert!(
+        !fetch(&tagged, "/t").await.is_hit(),
+        "the origin's key still reaches the revalidated entry"
+    );
+}

@@ -265,3 +265,36 @@ async fn concurrent_large_misses_share_one_buffer_budget() {
     assert!(fetch(&app, "/held").await.is_hit(), "stored once complete");
     assert_eq!(layer.buffered_bytes(), 0, "the budget is given back");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_but_healthy_body_reaches_its_client_uncached() {
+    use axum::body::Body;
+    use http_body_util::channel::Channel;
+    let app = Router::new()
+        .route(
+            "/slow",
+            get(|| async {
+                let (mut sender, body) = Channel::<bytes::Bytes, std::convert::Infallible>::new(1);
+                tokio::spawn(async move {
+                    for _ in 0..6 {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        let _ = sender.send_data(bytes::Bytes::from_static(b"chunk ")).await;
+                    }
+                });
+                ([("cache-control", "max-age=60")], Body::new(body))
+            }),
+        )
+        .layer(
+            layer()
+                .fill_timeout(Duration::from_millis(300))
+                .body_idle_timeout(Duration::from_secs(1)),
+        );
+    let reply = bounded(&app, "/slow").await;
+    assert_eq!(reply.status, 200, "{}", reply.cache_status());
+    assert_eq!(reply.text(), "chunk ".repeat(6), "every byte arrives");
+    assert!(
+        reply.cache_status().contains("fill-timeout"),
+        "{}",
+        reply.cache_status()
+    );
+}

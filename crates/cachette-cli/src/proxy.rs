@@ -75,6 +75,16 @@ const FORWARDING_FIELDS: &[&str] = &[
     "x-http-method-override",
     "x-http-method",
     "x-method-override",
+    "x-forwarded-ssl",
+    "front-end-https",
+    "x-url-scheme",
+    "x-forwarded-uri",
+    "x-original-uri",
+    "x-host",
+    "true-client-ip",
+    "x-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
 ];
 
 /// Addresses whose forwarding headers are believed (front proxies, load
@@ -109,6 +119,15 @@ impl TrustedProxies {
                         format!("--trusted-proxy `{item}`: the prefix length must be 0..={max}")
                     })?,
                 None => max,
+            };
+            // Clients' IPv4-mapped addresses are compared as IPv4: so are
+            // such networks.
+            let (addr, bits) = match addr {
+                std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                    Some(v4) if bits >= 96 => (std::net::IpAddr::V4(v4), bits - 96),
+                    _ => (addr, bits),
+                },
+                v4 => (v4, bits),
             };
             nets.push((addr, bits));
         }
@@ -169,6 +188,17 @@ pub fn normalize(
     if !client.is_some_and(|ip| trusted.contains(ip)) {
         for name in FORWARDING_FIELDS {
             headers.remove(*name);
+        }
+        // `X_Forwarded_Host` is `HTTP_X_FORWARDED_HOST` to CGI-style
+        // servers (WSGI, Rack...): fields with underscores are dropped, as
+        // nginx does by default.
+        let underscored: Vec<HeaderName> = headers
+            .keys()
+            .filter(|name| name.as_str().contains('_'))
+            .cloned()
+            .collect();
+        for name in underscored {
+            headers.remove(name);
         }
     }
     Ok(())
@@ -348,10 +378,14 @@ fn append(headers: &mut HeaderMap, name: HeaderName, value: &'static str) {
 
 fn append_forwarded_for(headers: &mut HeaderMap, ip: &str) {
     let name = HeaderName::from_static("x-forwarded-for");
-    let joined = match headers.get(&name).and_then(|v| v.to_str().ok()) {
-        Some(previous) => format!("{previous}, {ip}"),
-        None => ip.to_owned(),
-    };
+    // Every line a trusted front proxy sent, in order, then this client.
+    let mut joined: Vec<&str> = headers
+        .get_all(&name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    joined.push(ip);
+    let joined = joined.join(", ");
     if let Ok(value) = HeaderValue::from_str(&joined) {
         headers.remove(&name);
         headers.insert(name, value);

@@ -454,3 +454,26 @@ async fn forwarding_headers_from_clients_are_dropped_unless_trusted() {
         .await;
     assert!(fronted.text().contains("xfp=https"), "{}", fronted.text());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn underscored_forwarding_headers_are_dropped_too() {
+    let upstream = UpstreamServer::start(Router::new().route(
+        "/h",
+        get(|headers: HeaderMap| async move {
+            let names: Vec<String> = headers.keys().map(|k| k.to_string()).collect();
+            ([("cache-control", "max-age=60")], names.join(" "))
+        }),
+    ));
+    let proxy = start_proxy(&upstream.url(), memory_layer()).await;
+    let reply = raw_request(
+        &proxy,
+        "GET /h HTTP/1.1\r\nHost: shop.test\r\nX_Forwarded_Host: evil.test\r\nX-Forwarded-Ssl: on\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(!reply.contains("x_forwarded_host"), "{reply}");
+    assert!(!reply.contains("x-forwarded-ssl"), "{reply}");
+    let mapped = cachette_cli::proxy::TrustedProxies::parse(["::ffff:10.0.0.0/104"]).unwrap();
+    assert!(mapped.contains("10.1.2.3".parse().unwrap()));
+    assert!(mapped.contains("::ffff:10.9.9.9".parse().unwrap()));
+    assert!(!mapped.contains("11.0.0.1".parse().unwrap()));
+}

@@ -198,29 +198,40 @@ where
     }
 }
 
+/// Why a body being read to be stored streams on uncached instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Uncached {
+    /// Larger than `max_body_bytes`.
+    TooLarge,
+    /// The layer's buffer budget is spent (other bodies are being read).
+    OverBudget,
+    /// Still arriving at the fill deadline: healthy but slow.
+    TooSlow,
+}
+
 /// The outcome of reading an origin body up to a limit.
 pub(crate) enum Collected<B: Body> {
     /// The whole body, within the limit.
     Complete(Bytes),
-    /// Over the limit, or over the layer's buffer budget: what was read so
-    /// far (and its share of the budget), and the rest still to stream.
+    /// Not to be stored after all (see [`Uncached`]): what was read so far
+    /// (and its share of the budget), and the rest still to stream.
     TooLarge {
         buffered: VecDeque<Bytes>,
         rest: Pin<Box<B>>,
         hold: Reservation,
-        over_budget: bool,
+        why: Uncached,
     },
     /// The body failed while being read.
     Failed(B::Error),
-    /// The body paused longer than the idle timeout, or was not complete by
-    /// the deadline.
+    /// The body paused longer than the idle timeout.
     TimedOut,
 }
 
 /// Reads `body` into memory unless it grows past `limit` bytes, in which case
 /// reading stops and the caller streams the rest. Trailers are not kept.
-/// Each chunk must arrive within `idle`, and the whole read end by
-/// `deadline`.
+/// Each chunk must arrive within `idle` (else the call failed); a body
+/// still arriving at `deadline` streams on uncached (the fill is over, the
+/// client still gets everything).
 pub(crate) async fn collect_limited<B>(
     body: B,
     limit: usize,
@@ -238,16 +249,22 @@ where
             buffered: VecDeque::new(),
             rest: body,
             hold,
-            over_budget: false,
+            why: Uncached::TooLarge,
         };
     }
     let mut chunks: VecDeque<Bytes> = VecDeque::new();
     let mut total = 0usize;
     loop {
-        let wait = deadline
-            .saturating_duration_since(tokio::time::Instant::now())
-            .min(idle);
-        let Ok(frame) = tokio::time::timeout(wait, body.frame()).await else {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let Ok(frame) = tokio::time::timeout(left.min(idle), body.frame()).await else {
+            if left <= idle {
+                return Collected::TooLarge {
+                    buffered: chunks,
+                    rest: body,
+                    hold,
+                    why: Uncached::TooSlow,
+                };
+            }
             return Collected::TimedOut;
         };
         match frame {
@@ -265,7 +282,11 @@ where
                         buffered: chunks,
                         rest: body,
                         hold,
-                        over_budget: !within_budget,
+                        why: if within_budget {
+                            Uncached::TooLarge
+                        } else {
+                            Uncached::OverBudget
+                        },
                     };
                 }
             }

@@ -104,6 +104,11 @@ fn targeted_directives(headers: &HeaderMap, name: &HeaderName) -> Option<Directi
         joined.push_str(value.to_str().ok()?);
     }
     let dictionary: Dictionary = Parser::new(&joined).parse().ok()?;
+    // An empty field is an absent one (RFC 9651 §3.2): it must not displace
+    // Cache-Control (`private`, `no-store`).
+    if dictionary.is_empty() {
+        return None;
+    }
     let mut directives = Directives::default();
     for (key, entry) in &dictionary {
         let key = key.as_str();
@@ -217,12 +222,12 @@ fn cap_delta_seconds(value: &HeaderValue) -> HeaderValue {
         .map(|item| {
             if let Some((name, arg)) = item.split_once('=') {
                 let arg = arg.trim();
-                if arg.len() > 10 && arg.bytes().all(|b| b.is_ascii_digit()) {
-                    changed = true;
-                    return format!("{}={}", name.trim(), crate::directives::MAX_DELTA_SECONDS);
-                }
                 if let Some(n) = crate::directives::delta_seconds(arg) {
-                    if n == crate::directives::MAX_DELTA_SECONDS && arg != n.to_string() {
+                    // Capped (larger, or too large for any integer); leading
+                    // zeros alone change nothing.
+                    if n == crate::directives::MAX_DELTA_SECONDS
+                        && arg.trim_start_matches('0') != n.to_string()
+                    {
                         changed = true;
                         return format!("{}={n}", name.trim());
                     }
@@ -446,7 +451,7 @@ pub(crate) fn revalidated(
             merged.insert(name.clone(), value.clone());
         }
     }
-    evaluate(
+    let mut updated = evaluate(
         config,
         request,
         stored.status,
@@ -454,7 +459,22 @@ pub(crate) fn revalidated(
         stored.body.clone(),
         now,
     )
-    .ok()
+    .ok()?;
+    // The tag fields were consumed when the response was stored (they are
+    // not kept in its headers): its tags carry over, with any the 304 adds.
+    // (A URL's variants tag is added again by the store.)
+    let mut tags = updated.meta.tags.clone();
+    tags.extend(
+        old_meta
+            .tags
+            .iter()
+            .filter(|t| !cachette_core::is_variants_tag(t))
+            .cloned(),
+    );
+    tags.sort();
+    tags.dedup();
+    updated.meta = updated.meta.with_tags(tags);
+    Some(updated)
 }
 
 #[cfg(test)]

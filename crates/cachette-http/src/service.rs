@@ -18,7 +18,7 @@ use tower_service::Service;
 
 use crate::{
     CacheBody, CacheLayer, KeyOptions,
-    body::{Collected, collect_limited},
+    body::{Collected, Uncached, collect_limited},
     conditional::{CONDITIONAL_REQUEST_HEADERS, NOT_MODIFIED_HEADERS, is_not_modified},
     future::ResponseFuture,
     policy::{self, Storable},
@@ -656,9 +656,11 @@ where
     for name in CONDITIONAL_REQUEST_HEADERS {
         origin_headers.remove(name);
     }
-    if storing {
-        // The whole response is fetched and stored; ranges are answered
-        // from it.
+    // The whole response is fetched to be stored, and ranges answered from
+    // it; a URL known not to be storable (too large, private...) gets the
+    // client's Range passed on.
+    let whole = storing && !layer.flights.is_uncacheable(primary);
+    if whole {
         origin_headers.remove(header::RANGE);
     }
     // Revalidate only what this call may store again.
@@ -681,6 +683,9 @@ where
     unconditional.headers = client.clone();
     for name in CONDITIONAL_REQUEST_HEADERS {
         unconditional.headers.remove(name);
+    }
+    if whole {
+        unconditional.headers.remove(header::RANGE);
     }
     let deadline = tokio::time::Instant::now() + config.fill_timeout;
     let call = call_ready(&mut inner, Request::from_parts(parts, body));
@@ -793,8 +798,10 @@ where
         Err(reason) => {
             count(&counters.not_stored);
             // An error is not "unstorable content": coalescing stays on
-            // through an outage, which is when it matters most.
-            if !origin_status.is_server_error() {
+            // through an outage, which is when it matters most; and a
+            // response refused because of this request's credentials says
+            // nothing about anonymous requests for the URL.
+            if !origin_status.is_server_error() && !client.contains_key(header::AUTHORIZATION) {
                 layer.flights.mark_uncacheable(primary, config.hit_for_miss);
             }
             tracing::debug!(key = %primary, reason, "response not stored");
@@ -847,14 +854,20 @@ where
             buffered,
             rest,
             hold,
-            over_budget,
+            why,
         } => {
             count(&counters.not_stored);
-            status.detail = Some(if over_budget {
-                "over-buffer-budget"
-            } else {
-                "too-large"
+            status.detail = Some(match why {
+                Uncached::TooLarge => "too-large",
+                Uncached::OverBudget => "over-buffer-budget",
+                Uncached::TooSlow => "fill-timeout",
             });
+            // Too large or too slow will be so again: the next requests go
+            // to the origin uncoalesced, with their Range passed on. (A
+            // spent budget is other requests' doing: not the URL's.)
+            if why != Uncached::OverBudget {
+                layer.flights.mark_uncacheable(primary, config.hit_for_miss);
+            }
             let mut response =
                 Response::from_parts(res_parts, CacheBody::holding(buffered, rest, Some(hold)));
             for name in &config.strip_fields {
