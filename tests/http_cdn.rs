@@ -217,3 +217,53 @@ async fn configured_request_headers_are_part_of_the_key() {
     assert!(!as_tenant("b").await.is_hit());
     assert_eq!(counter.get(), 4);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_cookie_is_part_of_the_key_by_its_value_alone() {
+    let counter = Counter::default();
+    let calls = counter.clone();
+    let app = Router::new()
+        .route(
+            "/prices",
+            get(move |headers: axum::http::HeaderMap| {
+                calls.hit();
+                let cookie = headers
+                    .get("cookie")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                let currency = if cookie.contains("currency=USD") {
+                    "USD"
+                } else {
+                    "EUR"
+                };
+                async move {
+                    (
+                        [("cache-control", "max-age=600")],
+                        format!("prices in {currency}"),
+                    )
+                }
+            }),
+        )
+        .layer(layer().key_cookies(["currency"]));
+    let with_cookie = |c: &'static str| {
+        let app = app.clone();
+        async move { send(&app, get_with("/prices", &[("cookie", c)])).await }
+    };
+    assert_eq!(
+        with_cookie("currency=EUR; session=a").await.text(),
+        "prices in EUR"
+    );
+    assert_eq!(
+        with_cookie("currency=USD; session=a").await.text(),
+        "prices in USD"
+    );
+    let other_session = with_cookie("session=b; currency=EUR").await;
+    assert!(
+        other_session.is_hit(),
+        "keyed on the currency alone: {}",
+        other_session.cache_status()
+    );
+    assert_eq!(other_session.text(), "prices in EUR");
+    assert_eq!(counter.get(), 2);
+}

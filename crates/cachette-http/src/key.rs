@@ -162,6 +162,13 @@ impl KeyOptions {
             }
             part.push_str(name.as_str());
             part.push('=');
+            if let Some(cookie) = name.as_str().strip_prefix(COOKIE_KEY_PREFIX) {
+                // A keyed cookie: its value alone, not the whole Cookie field.
+                if let Some(value) = cookie_value(headers, cookie) {
+                    part.push_str(value);
+                }
+                continue;
+            }
             let mut first = true;
             for value in headers.get_all(name) {
                 if !first {
@@ -243,6 +250,22 @@ impl KeyOptions {
         key.push_str(path);
         Ok(UrlScope::Prefix(key))
     }
+}
+
+/// A name in a `Vary` list that stands for one request cookie: the variant
+/// key holds that cookie's value (see `CacheLayer::key_cookies`).
+pub(crate) const COOKIE_KEY_PREFIX: &str = "cachette-cookie-";
+
+/// The value of the cookie `name` in the request's `Cookie` fields.
+fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(n, _)| n.trim() == name)
+        .map(|(_, v)| v.trim())
 }
 
 /// A request field value as the variant key holds it. The content

@@ -408,6 +408,40 @@ impl CacheLayer {
         self.with(|c| c.key_headers = names)
     }
 
+    /// Request cookies every stored response is keyed on, by name (e.g. a
+    /// `currency` or `ab_group` cookie): each value gets its own stored
+    /// response, keyed on that cookie's value alone, not the whole `Cookie`
+    /// field. Invalidating a URL removes them all. Only lower-case names
+    /// that are valid field-name characters are taken (the key carries the
+    /// name as a pseudo field); others are skipped.
+    pub fn key_cookies<I, S>(self, names: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let names: Vec<HeaderName> = names
+            .into_iter()
+            .filter_map(|name| {
+                let lowered = name.as_ref().to_ascii_lowercase();
+                (lowered == name.as_ref())
+                    .then(|| {
+                        HeaderName::from_bytes(
+                            format!("{}{lowered}", crate::key::COOKIE_KEY_PREFIX).as_bytes(),
+                        )
+                        .ok()
+                    })
+                    .flatten()
+            })
+            .collect();
+        self.with(|c| {
+            for name in names {
+                if !c.key_headers.contains(&name) {
+                    c.key_headers.push(name);
+                }
+            }
+        })
+    }
+
     /// A prefix for every key (e.g. `shop:1:`).
     pub fn key_prefix(self, prefix: impl Into<String>) -> Self {
         self.with(|c| c.keys.prefix = prefix.into())

@@ -188,6 +188,10 @@ pub struct HttpSettings {
     /// on them).
     #[serde(default)]
     pub key_headers: Vec<String>,
+    /// Request cookies (lower-case names) every stored response is keyed
+    /// on, by value.
+    #[serde(default)]
+    pub key_cookies: Vec<String>,
     /// Store responses with `Set-Cookie` after removing it.
     pub strip_set_cookie: Option<bool>,
     /// The name in `Cache-Status` (default `cachette`).
@@ -657,6 +661,14 @@ impl Settings {
                     return Err(err(
                         key("http.heuristic_freshness"),
                         "must be between 0 and 1".into(),
+                    ));
+                }
+                if let Some(bad) = http.key_cookies.iter().find(|name| {
+                    !is_field_name(name) || name.chars().any(|c| c.is_ascii_uppercase())
+                }) {
+                    return Err(err(
+                        key("http.key_cookies"),
+                        format!("`{bad}`: cookie names here must be lower-case tokens"),
                     ));
                 }
                 if let Some(bad) = http.key_headers.iter().find(|name| !is_field_name(name)) {

@@ -30,6 +30,9 @@ pub(crate) fn layer_for(cache: &Cache) -> CacheLayer {
     if !key_headers.is_empty() {
         layer = layer.key_headers(key_headers);
     }
+    if !http.key_cookies.is_empty() {
+        layer = layer.key_cookies(&http.key_cookies);
+    }
     if let Some(max) = http.max_buffered_bytes {
         layer = layer.max_buffered_bytes(usize::try_from(max.0).unwrap_or(usize::MAX));
     }
