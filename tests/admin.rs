@@ -284,3 +284,54 @@ probe_interval = "1h"
     assert_eq!(body["applied"], false);
     assert_eq!(body["tiers"][1][1]["outcome"], "journaled", "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_soft_purge_through_the_admin_route_marks_pages_stale() {
+    let redis = RedisServer::start();
+    let caches = caches(&redis, Some(TOKEN)).await;
+    let admin = caches.admin_router();
+    let counter = Counter::default();
+    let origin = counter.clone();
+    let app = Router::new()
+        .route(
+            "/news",
+            get(move || {
+                let n = origin.hit();
+                async move {
+                    (
+                        [
+                            ("cache-control", "max-age=600, stale-while-revalidate=60"),
+                            ("cache-tag", "news"),
+                        ],
+                        format!("news {n}"),
+                    )
+                }
+            }),
+        )
+        .layer(caches.layer("default").unwrap());
+    let news = || {
+        Request::get("http://shop.test/news")
+            .body(Body::empty())
+            .unwrap()
+    };
+    send(&app, news()).await;
+    assert!(send(&app, news()).await.cache_status().contains("hit"));
+    let soft = send(
+        &admin,
+        purge_request(Some(TOKEN), r#"{"tag": "news", "soft": true}"#),
+    )
+    .await;
+    assert_eq!(soft.status, StatusCode::OK, "{:?}", soft.body);
+    assert!(json(&soft)["purged"].as_str().unwrap().contains("soft"));
+    let stale = send(&app, news()).await;
+    assert!(
+        stale.cache_status().contains("stale-while-revalidate"),
+        "{}",
+        stale.cache_status()
+    );
+    assert_eq!(
+        stale.text(),
+        "news 1",
+        "the stale copy, while a refresh runs"
+    );
+}

@@ -267,3 +267,82 @@ async fn a_configured_cookie_is_part_of_the_key_by_its_value_alone() {
     assert_eq!(other_session.text(), "prices in EUR");
     assert_eq!(counter.get(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_soft_purge_leaves_a_stale_copy_to_revalidate_or_serve() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+    let conditional = Arc::new(AtomicUsize::new(0));
+    let seen = conditional.clone();
+    let app = Router::new()
+        .route(
+            "/doc",
+            get(move |headers: axum::http::HeaderMap| {
+                let seen = seen.clone();
+                async move {
+                    if headers.get("if-none-match").is_some_and(|v| v == "\"d1\"") {
+                        seen.fetch_add(1, Ordering::SeqCst);
+                        return (
+                            axum::http::StatusCode::NOT_MODIFIED,
+                            [("etag", "\"d1\""), ("cache-control", "max-age=600")],
+                            "",
+                        );
+                    }
+                    (
+                        axum::http::StatusCode::OK,
+                        [("etag", "\"d1\""), ("cache-control", "max-age=600")],
+                        "document",
+                    )
+                }
+            }),
+        )
+        .route(
+            "/swr",
+            counting_get(
+                &Counter::default(),
+                &[
+                    ("cache-control", "max-age=600, stale-while-revalidate=60"),
+                    ("surrogate-key", "news"),
+                ],
+            ),
+        );
+    let layer = layer();
+    let cache = layer.cache().clone();
+    let app = app.layer(layer.clone());
+    fetch(&app, "/doc").await;
+    fetch(&app, "/swr").await;
+    assert!(fetch(&app, "/doc").await.is_hit());
+
+    // Soft purge of the URL: the next request revalidates (a 304) instead
+    // of fetching the document again.
+    let uri: axum::http::Uri = "http://test.local/doc".parse().unwrap();
+    assert!(
+        layer
+            .soft_invalidate_url(&uri, &axum::http::HeaderMap::new())
+            .await
+            .is_complete()
+    );
+    let revalidated = fetch(&app, "/doc").await;
+    assert_eq!(revalidated.text(), "document");
+    assert!(
+        revalidated.cache_status().contains("fwd-status=304"),
+        "{}",
+        revalidated.cache_status()
+    );
+    assert_eq!(conditional.load(Ordering::SeqCst), 1);
+    assert!(
+        fetch(&app, "/doc").await.is_hit(),
+        "fresh again after the 304"
+    );
+
+    // Soft purge by surrogate key: served stale-while-revalidate at once.
+    assert!(cache.soft_invalidate_tag("news").await.is_complete());
+    let stale = fetch(&app, "/swr").await;
+    assert!(
+        stale.cache_status().contains("stale-while-revalidate"),
+        "{}",
+        stale.cache_status()
+    );
+}

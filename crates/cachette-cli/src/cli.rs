@@ -133,6 +133,11 @@ pub struct PurgeArgs {
     /// What to remove.
     #[command(flatten)]
     pub what: PurgeWhat,
+    /// Mark stale instead of remove: the next request revalidates (a cheap
+    /// 304 when unchanged), and stale-while-revalidate / stale-if-error can
+    /// still serve what was purged.
+    #[arg(long)]
+    pub soft: bool,
     /// The admin bearer token, for --admin.
     #[arg(long, env = "CACHETTE_ADMIN_TOKEN", hide_env_values = true)]
     pub token: Option<String>,

@@ -145,6 +145,49 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
         Ok(true)
     }
 
+    /// Makes what `key` holds stale without removing it (a soft purge): it
+    /// can still be served stale-while-revalidate or stale-if-error, and
+    /// revalidated with its validators. The default reads then writes.
+    async fn soften(&self, key: &CacheKey) -> Result<(), CacheError> {
+        let Some(entry) = self.get(key).await? else {
+            return Ok(());
+        };
+        if matches!(entry.payload(), Payload::Variants(_)) {
+            return Ok(());
+        }
+        let now = std::time::SystemTime::now();
+        let staled = Arc::new(entry.with_meta(entry.meta().clone().staled(now)));
+        let ttl = staled.remaining_ttl(now);
+        self.set(key, staled, ttl).await
+    }
+
+    /// [`soften`](Backend::soften) for every key starting with `prefix`.
+    async fn soften_prefix(&self, prefix: &str) -> Result<(), CacheError> {
+        let _ = prefix;
+        Err(CacheError::Unsupported {
+            backend: self.kind(),
+            operation: "soften_prefix",
+        })
+    }
+
+    /// [`soften`](Backend::soften) for every key matching the glob `pattern`.
+    async fn soften_pattern(&self, pattern: &str) -> Result<(), CacheError> {
+        let _ = pattern;
+        Err(CacheError::Unsupported {
+            backend: self.kind(),
+            operation: "soften_pattern",
+        })
+    }
+
+    /// [`soften`](Backend::soften) for every entry tagged `tag`.
+    async fn soften_tag(&self, tag: &str) -> Result<(), CacheError> {
+        let _ = tag;
+        Err(CacheError::Unsupported {
+            backend: self.kind(),
+            operation: "soften_tag",
+        })
+    }
+
     /// Removes every key of this backend's namespace (and nothing else).
     async fn clear(&self) -> Result<(), CacheError>;
 

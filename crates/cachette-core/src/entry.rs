@@ -136,6 +136,14 @@ impl EntryMeta {
         self
     }
 
+    /// The same entry made stale at `now` (a soft purge): no longer fresh,
+    /// but kept as long as before, so that stale-while-revalidate,
+    /// stale-if-error and revalidation with its validators still use it.
+    pub fn staled(mut self, now: SystemTime) -> Self {
+        self.fresh_until = self.fresh_until.min(now);
+        self
+    }
+
     /// The same lifetime, stamped as written at `now`: for a copy that is a
     /// new write (moving a value to a new key), which must order as one.
     pub fn written_at(mut self, now: SystemTime) -> Self {

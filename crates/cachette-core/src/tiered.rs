@@ -721,6 +721,43 @@ impl Tiered {
         self.invalidate_all(op, |b| b.invalidate_tag(tag)).await
     }
 
+    /// Soft-purges `key` on every tier: marks it stale instead of removing
+    /// it, so that stale-while-revalidate, stale-if-error and revalidation
+    /// (a `304`) can still use it. A tier that cannot take it (down) journals
+    /// a delete instead: stricter, never weaker.
+    pub async fn soft_delete(&self, key: &CacheKey) -> WriteReport {
+        let op = JournalOp::Delete {
+            key: key.clone(),
+            at: SystemTime::now(),
+        };
+        self.invalidate_all(op, |b| b.soften(key)).await
+    }
+
+    /// [`soft_delete`](Self::soft_delete) for every key starting with `prefix`.
+    pub async fn soft_invalidate_prefix(&self, prefix: &str) -> WriteReport {
+        let op = JournalOp::InvalidatePrefix {
+            prefix: prefix.to_owned(),
+        };
+        self.invalidate_all(op, |b| b.soften_prefix(prefix)).await
+    }
+
+    /// [`soft_delete`](Self::soft_delete) for every key matching the glob
+    /// `pattern`.
+    pub async fn soft_invalidate_pattern(&self, pattern: &str) -> WriteReport {
+        let op = JournalOp::InvalidatePattern {
+            pattern: pattern.to_owned(),
+        };
+        self.invalidate_all(op, |b| b.soften_pattern(pattern)).await
+    }
+
+    /// [`soft_delete`](Self::soft_delete) for every entry tagged `tag`.
+    pub async fn soft_invalidate_tag(&self, tag: &str) -> WriteReport {
+        let op = JournalOp::InvalidateTag {
+            tag: tag.to_owned(),
+        };
+        self.invalidate_all(op, |b| b.soften_tag(tag)).await
+    }
+
     /// Clears this cache's namespace in every tier.
     pub async fn clear(&self) -> WriteReport {
         self.invalidate_all(JournalOp::Clear, |b| b.clear()).await

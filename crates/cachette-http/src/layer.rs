@@ -512,6 +512,38 @@ impl CacheLayer {
             crate::UrlScope::Pattern(pattern) => self.cache.invalidate_pattern(&pattern).await,
         })
     }
+
+    /// Soft purge of a URL: its stored responses (every `Vary` variant)
+    /// become stale instead of gone, so the next request revalidates them
+    /// (a `304` is cheap), and stale-while-revalidate or stale-if-error can
+    /// still serve them. On every tier and (through the bus) every node.
+    pub async fn soft_invalidate_url(
+        &self,
+        uri: &http::Uri,
+        headers: &http::HeaderMap,
+    ) -> cachette_core::WriteReport {
+        let primary = self.key_for(uri, headers);
+        let mut report = self.cache.soft_delete(&primary).await;
+        report.merge(
+            self.cache
+                .soft_invalidate_tag(&cachette_core::variants_tag(&primary))
+                .await,
+        );
+        report
+    }
+
+    /// Soft purge of every stored response whose URL starts with
+    /// `url_prefix` (see [`invalidate_url_prefix`](Self::invalidate_url_prefix)
+    /// and [`soft_invalidate_url`](Self::soft_invalidate_url)).
+    pub async fn soft_invalidate_url_prefix(
+        &self,
+        url_prefix: &str,
+    ) -> Result<cachette_core::WriteReport, String> {
+        Ok(match self.config.keys.url_scope(url_prefix)? {
+            crate::UrlScope::Prefix(prefix) => self.cache.soft_invalidate_prefix(&prefix).await,
+            crate::UrlScope::Pattern(pattern) => self.cache.soft_invalidate_pattern(&pattern).await,
+        })
+    }
 }
 
 impl<S> Layer<S> for CacheLayer {

@@ -208,6 +208,62 @@ impl MemoryTier {
         }
     }
 
+    /// The keys held that `matches` (one pass over the tier).
+    fn matching_keys(&self, matches: impl Fn(&CacheKey) -> bool) -> Vec<CacheKey> {
+        self.cache
+            .iter()
+            .filter(|(key, _)| matches(key))
+            .map(|(key, _)| CacheKey::clone(&key))
+            .collect()
+    }
+
+    /// Makes the entries under `keys` stale in place (a soft purge), each
+    /// for the rest of its lifetime; `Vary` markers are left alone.
+    async fn soften_keys(&self, keys: impl IntoIterator<Item = CacheKey>) {
+        self.soften_keys_tagged(keys, None).await;
+    }
+
+    /// [`Self::soften_keys`], only for entries still tagged `tag` (if given).
+    async fn soften_keys_tagged(
+        &self,
+        keys: impl IntoIterator<Item = CacheKey>,
+        tag: Option<&str>,
+    ) {
+        let now = std::time::SystemTime::now();
+        for key in keys {
+            let Some(stored) = self.cache.get(&key).await else {
+                continue;
+            };
+            if matches!(stored.entry.payload(), Payload::Variants(_)) {
+                continue;
+            }
+            if tag.is_some_and(|tag| !stored.entry.meta().tags.iter().any(|t| t == tag)) {
+                continue;
+            }
+            let staled = Arc::new(
+                stored
+                    .entry
+                    .with_meta(stored.entry.meta().clone().staled(now)),
+            );
+            let ttl = self.capped(staled.remaining_ttl(now));
+            if ttl.is_zero() {
+                self.cache.invalidate(&key).await;
+                continue;
+            }
+            let generation = self.register(&key, &staled);
+            self.cache
+                .insert(
+                    key,
+                    Stored {
+                        entry: staled,
+                        ttl,
+                        generation,
+                    },
+                )
+                .await;
+        }
+    }
+
     /// Removes every entry whose key matches, now: one pass over the tier
     /// (prefix and pattern purges are administrative; nothing is left for
     /// later reads to evaluate).
@@ -279,6 +335,29 @@ impl Backend for MemoryTier {
 
     async fn delete(&self, key: &CacheKey) -> Result<bool, CacheError> {
         Ok(self.cache.remove(key).await.is_some())
+    }
+
+    async fn soften(&self, key: &CacheKey) -> Result<(), CacheError> {
+        self.soften_keys(std::iter::once(key.clone())).await;
+        Ok(())
+    }
+
+    async fn soften_prefix(&self, prefix: &str) -> Result<(), CacheError> {
+        let keys = self.matching_keys(|key| key.starts_with(prefix));
+        self.soften_keys(keys).await;
+        Ok(())
+    }
+
+    async fn soften_pattern(&self, pattern: &str) -> Result<(), CacheError> {
+        let keys = self.matching_keys(|key| glob_match(pattern, key.as_str()));
+        self.soften_keys(keys).await;
+        Ok(())
+    }
+
+    async fn soften_tag(&self, tag: &str) -> Result<(), CacheError> {
+        self.soften_keys_tagged(self.tags.keys(tag), Some(tag))
+            .await;
+        Ok(())
     }
 
     async fn invalidate_prefix(&self, prefix: &str) -> Result<(), CacheError> {

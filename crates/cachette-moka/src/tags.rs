@@ -74,6 +74,14 @@ impl TagIndex {
         }
     }
 
+    /// The keys registered under `tag` (they stay registered).
+    pub(crate) fn keys(&self, tag: &str) -> Vec<CacheKey> {
+        self.shard(tag)
+            .get(tag)
+            .map(|keys| keys.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// The keys registered under `tag`, unregistered.
     pub(crate) fn take(&self, tag: &str) -> HashSet<CacheKey> {
         self.shard(tag)

@@ -27,7 +27,31 @@ pub(crate) struct Targets {
     pub(crate) memory: Arc<dyn Backend>,
 }
 
+/// A soft purge (`S` key, `P` prefix, `T` tag, `G` pattern): this node's
+/// memory copies go stale too. A replica gets the master's softened entries
+/// by replication. Returns whether `kind` was one.
+async fn apply_soft(targets: &Targets, kind: &str, argument: &str) -> bool {
+    let memory = targets.memory.as_ref();
+    let result = match kind {
+        "S" => match CacheKey::new(argument) {
+            Ok(key) => memory.soften(&key).await,
+            Err(_) => Ok(()),
+        },
+        "P" => memory.soften_prefix(argument).await,
+        "T" => memory.soften_tag(argument).await,
+        "G" => memory.soften_pattern(argument).await,
+        _ => return false,
+    };
+    if let Err(error) = result {
+        tracing::warn!(kind, argument, %error, "could not apply a bus soft purge");
+    }
+    true
+}
+
 async fn apply(space: &Arc<Space>, targets: &Targets, kind: &str, argument: &str) {
+    if apply_soft(targets, kind, argument).await {
+        return;
+    }
     let local = space.conns.local().map(|_| RedisTier {
         space: space.clone(),
         role: Role::Local,

@@ -417,6 +417,93 @@ impl RedisTier {
         Ok(())
     }
 
+    /// Marks the entry under `key` stale in place (a soft purge), replacing
+    /// exactly the value read (its version kept), as `touch` does. Counters
+    /// and `Vary` markers are left alone.
+    async fn soften_one(&self, key: &CacheKey) -> Result<(), CacheError> {
+        let node = self.node()?;
+        let mut conn = node.shared.clone();
+        let redis_key = self.space.keys.entry(key.as_str());
+        for _ in 0..4 {
+            let raw: Option<Vec<u8>> = redis::cmd("GET")
+                .arg(&redis_key)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.fail(e))?;
+            let Some(raw) = raw else { return Ok(()) };
+            if parse_counter(&raw).is_some() {
+                return Ok(());
+            }
+            let version = stored_version(&raw);
+            let entry = Entry::decode(entry_bytes(raw))?;
+            if matches!(entry.payload(), Payload::Variants(_)) {
+                return Ok(());
+            }
+            let now = SystemTime::now();
+            let staled = entry.with_meta(entry.meta().clone().staled(now));
+            let ttl = staled.remaining_ttl(now);
+            if ttl.is_zero() {
+                return Ok(());
+            }
+            let mut invocation = self.set_invocation(key, &staled, ttl, "cas");
+            invocation.arg(version);
+            match self
+                .run_script(&mut conn, &invocation)
+                .await
+                .map_err(|e| self.fail(e))?
+            {
+                -2 => continue,
+                _ => return Ok(()),
+            }
+        }
+        Ok(()) // kept changing: newer writes than the purge, which stand
+    }
+
+    /// The entry keys of this namespace matching `pattern` (`SCAN`).
+    async fn scan_entries(&self, pattern: &str) -> Result<Vec<CacheKey>, CacheError> {
+        let node = self.node()?;
+        let mut conn = node.exclusive().await?;
+        let entries = self.space.keys.entry("");
+        let mut cursor: u64 = 0;
+        let mut out = Vec::new();
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .map_err(redis_error)?;
+            out.extend(
+                keys.iter()
+                    .filter_map(|k| k.strip_prefix(entries.as_str()))
+                    .filter_map(|k| CacheKey::new(k).ok()),
+            );
+            if next == 0 {
+                return Ok(out);
+            }
+            cursor = next;
+        }
+    }
+
+    /// Softens each of `keys`, then publishes `kind`/`argument` on the bus.
+    async fn soften_all(
+        &self,
+        keys: Vec<CacheKey>,
+        kind: char,
+        argument: &str,
+    ) -> Result<(), CacheError> {
+        for key in &keys {
+            self.soften_one(key).await?;
+        }
+        let node = self.node()?;
+        let mut conn = node.shared.clone();
+        self.publish(&mut conn, kind, argument).await;
+        Ok(())
+    }
+
     async fn write(
         &self,
         key: &CacheKey,
@@ -584,6 +671,41 @@ impl Backend for RedisTier {
             BACKEND,
             format!("touch of `{key}` kept racing with other writes of the key"),
         ))
+    }
+
+    async fn soften(&self, key: &CacheKey) -> Result<(), CacheError> {
+        self.soften_all(vec![key.clone()], 'S', key.as_str()).await
+    }
+
+    async fn soften_prefix(&self, prefix: &str) -> Result<(), CacheError> {
+        let keys = self
+            .scan_entries(&self.space.keys.entry_pattern(prefix))
+            .await?;
+        self.soften_all(keys, 'P', prefix).await
+    }
+
+    async fn soften_pattern(&self, pattern: &str) -> Result<(), CacheError> {
+        let keys = self
+            .scan_entries(&self.space.keys.entry_glob(pattern))
+            .await?;
+        self.soften_all(keys, 'G', pattern).await
+    }
+
+    async fn soften_tag(&self, tag: &str) -> Result<(), CacheError> {
+        let node = self.node()?;
+        let mut conn = node.shared.clone();
+        let members: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.space.keys.tag(tag))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.fail(e))?;
+        let entries = self.space.keys.entry("");
+        let keys = members
+            .iter()
+            .filter_map(|k| k.strip_prefix(entries.as_str()))
+            .filter_map(|k| CacheKey::new(k).ok())
+            .collect();
+        self.soften_all(keys, 'T', tag).await
     }
 
     async fn delete(&self, key: &CacheKey) -> Result<bool, CacheError> {

@@ -132,3 +132,47 @@ async fn a_dropped_bus_connection_clears_the_memory_tier_on_reconnect() {
         .await
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_soft_purge_marks_entries_stale_on_every_tier_and_node() {
+    let master = RedisServer::start();
+    let a = node(&master).await;
+    let b = node(&master).await;
+    let stale_in = |memory: MemoryTier, k: &'static str| async move {
+        let now = std::time::SystemTime::now();
+        memory
+            .get(&key(k))
+            .await
+            .unwrap()
+            .is_some_and(|e| matches!(e.freshness(now), cachette_core::Freshness::Stale { .. }))
+    };
+    share(&a, &b, "GET:h/p/1", &["p"]).await;
+    share(&a, &b, "GET:h/p/2", &[]).await;
+    share(&a, &b, "GET:h/q/1", &[]).await;
+    for (report, k) in [
+        (a.cache.soft_invalidate_tag("p").await, "GET:h/p/1"),
+        (
+            a.cache.soft_invalidate_prefix("GET:h/p/").await,
+            "GET:h/p/2",
+        ),
+        (a.cache.soft_delete(&key("GET:h/q/1")).await, "GET:h/q/1"),
+    ] {
+        assert!(report.is_complete(), "{report:?}");
+        assert!(
+            stale_in(a.memory.clone(), k).await,
+            "{k}: stale in this node's memory"
+        );
+        let master_copy = a.redis.master_tier().get(&key(k)).await.unwrap().unwrap();
+        assert!(
+            matches!(
+                master_copy.freshness(std::time::SystemTime::now()),
+                cachette_core::Freshness::Stale { .. }
+            ),
+            "{k}: stale on the master, and still there"
+        );
+        assert!(
+            eventually(Duration::from_secs(2), || stale_in(b.memory.clone(), k)).await,
+            "{k}: stale in the other node's memory"
+        );
+    }
+}

@@ -221,6 +221,9 @@ pub struct PurgeRequest {
     /// Everything in the cache.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub all: bool,
+    /// Mark stale instead of remove (a soft purge).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub soft: bool,
 }
 
 impl PurgeRequest {
@@ -332,7 +335,12 @@ async fn purge(State(state): State<Arc<AdminState>>, headers: HeaderMap, body: B
         Err(reason) => return problem(StatusCode::BAD_REQUEST, reason),
     };
     let alias = request.cache.as_deref().unwrap_or("default");
-    match state.caches.purge(alias, &target).await {
+    let outcome = if request.soft {
+        state.caches.soft_purge(alias, &target).await
+    } else {
+        state.caches.purge(alias, &target).await
+    };
+    match outcome {
         Ok(report) => {
             tracing::info!(cache = alias, purged = %target, complete = report.complete, applied = report.applied, "admin purge");
             // 200: applied on every tier; 202: journaled for a tier that is

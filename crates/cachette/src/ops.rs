@@ -336,27 +336,54 @@ impl Cache {
     /// [`Cache::delete`] and the HTTP layer's invalidations. A tier that
     /// cannot take it now records it in its journal (the master).
     pub async fn purge(&self, purge: &Purge) -> Result<PurgeReport, CacheError> {
+        self.purge_as(purge, false).await
+    }
+
+    /// A soft purge: what `purge` names becomes stale instead of gone, so
+    /// the next request revalidates it (a cheap `304` when unchanged) and
+    /// stale-while-revalidate or stale-if-error can still serve it. A tier
+    /// that cannot take it now journals a (hard) purge instead.
+    pub async fn soft_purge(&self, purge: &Purge) -> Result<PurgeReport, CacheError> {
+        self.purge_as(purge, true).await
+    }
+
+    async fn purge_as(&self, purge: &Purge, soft: bool) -> Result<PurgeReport, CacheError> {
         let tiered = self.tiered();
-        let report = match purge {
-            Purge::Key(key) => tiered.delete(&self.make_key(key, None)?).await,
-            Purge::Tag(tag) => tiered.invalidate_tag(tag).await,
-            Purge::All => tiered.clear().await,
+        let report = match (purge, soft) {
+            (Purge::Key(key), false) => tiered.delete(&self.make_key(key, None)?).await,
+            (Purge::Key(key), true) => tiered.soft_delete(&self.make_key(key, None)?).await,
+            (Purge::Tag(tag), false) => tiered.invalidate_tag(tag).await,
+            (Purge::Tag(tag), true) => tiered.soft_invalidate_tag(tag).await,
+            (Purge::All, false) => tiered.clear().await,
+            (Purge::All, true) => tiered.soft_invalidate_prefix("").await,
             #[cfg(feature = "http")]
-            Purge::Url(url) => {
+            (Purge::Url(url), soft) => {
                 let uri: http::Uri = url.parse().map_err(|e| {
                     CacheError::backend("purge", format!("`{url}` is not a URL: {e}"))
                 })?;
-                crate::http_layer::layer_for(self)
-                    .invalidate_url(&uri, &http::HeaderMap::new())
-                    .await
+                let layer = crate::http_layer::layer_for(self);
+                let headers = http::HeaderMap::new();
+                if soft {
+                    layer.soft_invalidate_url(&uri, &headers).await
+                } else {
+                    layer.invalidate_url(&uri, &headers).await
+                }
             }
             #[cfg(feature = "http")]
-            Purge::UrlPrefix(prefix) => crate::http_layer::layer_for(self)
-                .invalidate_url_prefix(prefix)
-                .await
-                .map_err(|reason| CacheError::backend("purge", reason))?,
+            (Purge::UrlPrefix(prefix), soft) => {
+                let layer = crate::http_layer::layer_for(self);
+                let report = if soft {
+                    layer.soft_invalidate_url_prefix(prefix).await
+                } else {
+                    layer.invalidate_url_prefix(prefix).await
+                };
+                report.map_err(|reason| CacheError::backend("purge", reason))?
+            }
         };
         let mut purged = PurgeReport::new(self.alias(), purge, report);
+        if soft {
+            purged.purged = format!("{} (soft: marked stale)", purged.purged);
+        }
         let order: Vec<&str> = tiered.tier_names().collect();
         purged
             .tiers
@@ -406,6 +433,18 @@ impl Caches {
             alias: alias.to_owned(),
             source,
         })
+    }
+
+    /// [`Cache::soft_purge`] on the cache named `alias`.
+    pub async fn soft_purge(&self, alias: &str, purge: &Purge) -> Result<PurgeReport, Error> {
+        let cache = self.cache(alias)?;
+        cache
+            .soft_purge(purge)
+            .await
+            .map_err(|source| Error::Cache {
+                alias: alias.to_owned(),
+                source,
+            })
     }
 }
 

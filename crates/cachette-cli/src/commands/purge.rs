@@ -112,7 +112,8 @@ pub(crate) async fn purge(args: PurgeArgs) -> Outcome {
         let token = args.token.as_deref().ok_or_else(|| {
             Failure::usage("--admin purges need the admin token: --token or CACHETTE_ADMIN_TOKEN")
         })?;
-        let request = PurgeRequest::new(args.cache.clone(), &purge);
+        let mut request = PurgeRequest::new(args.cache.clone(), &purge);
+        request.soft = args.soft;
         let report: PurgeReport = remote::post_json(&base, "/purge", token, &request).await?;
         return finish(&report, None);
     }
@@ -141,7 +142,14 @@ pub(crate) async fn purge(args: PurgeArgs) -> Outcome {
     }
     let caches = open(settings).await?;
     let progress = Arc::new(Progress::new());
-    let result = sweep::observe(progress.clone(), caches.purge(&args.cache, &purge)).await;
+    let purging = async {
+        if args.soft {
+            caches.soft_purge(&args.cache, &purge).await
+        } else {
+            caches.purge(&args.cache, &purge).await
+        }
+    };
+    let result = sweep::observe(progress.clone(), purging).await;
     progress.bar.finish_and_clear();
     let report = result.map_err(Failure::from)?;
     finish(&report, progress.summary())
