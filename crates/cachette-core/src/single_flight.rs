@@ -93,6 +93,12 @@ impl<T: Clone> SingleFlight<T> {
         Self::default()
     }
 
+    /// The cell of `key`'s computation under way (a new one if none).
+    fn cell(&self, key: &CacheKey) -> Arc<OnceCell<T>> {
+        let mut calls = self.calls.lock().unwrap_or_else(PoisonError::into_inner);
+        calls.entry(key.clone()).or_default().clone()
+    }
+
     /// Runs `compute` for `key` unless a computation for it is already under
     /// way, in which case waits for that one and returns a clone of its result.
     pub async fn run<F, Fut>(&self, key: &CacheKey, compute: F) -> (T, Role)
@@ -100,10 +106,7 @@ impl<T: Clone> SingleFlight<T> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = T>,
     {
-        let cell = {
-            let mut calls = self.calls.lock().unwrap_or_else(PoisonError::into_inner);
-            calls.entry(key.clone()).or_default().clone()
-        };
+        let cell = self.cell(key);
         let _forget = Forget {
             flights: self,
             key,
@@ -136,10 +139,7 @@ impl<T: Clone> SingleFlight<T> {
         Fut: Future<Output = T>,
     {
         use std::sync::atomic::{AtomicBool, Ordering};
-        let cell = {
-            let mut calls = self.calls.lock().unwrap_or_else(PoisonError::into_inner);
-            calls.entry(key.clone()).or_default().clone()
-        };
+        let cell = self.cell(key);
         let _forget = Forget {
             flights: self,
             key,

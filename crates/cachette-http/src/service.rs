@@ -563,6 +563,28 @@ where
     response
 }
 
+/// An origin body that failed midway (`502`) or stalled (`504`): the stale
+/// entry if its stale-if-error window allows it, else the error.
+fn body_failure<B, E>(
+    layer: &CacheLayer,
+    stale: Option<&Arc<Entry>>,
+    client: &HeaderMap,
+    mut status: CacheStatus,
+    code: StatusCode,
+) -> Fetched<B, E> {
+    if let Some((response, filled)) = stale_if_error(layer, stale, client, Some(code.as_u16())) {
+        return (Ok(response), Some(filled));
+    }
+    status.fwd_status = Some(code.as_u16());
+    let text = if code == StatusCode::GATEWAY_TIMEOUT {
+        "origin body timed out\n"
+    } else {
+        "origin response failed\n"
+    };
+    let response = with_status(plain_response(code, text), layer, &status);
+    (Ok(response), None)
+}
+
 /// Serves `stale` if its stale-if-error window allows it.
 fn stale_if_error<B>(
     layer: &CacheLayer,
@@ -820,35 +842,25 @@ where
     {
         Collected::TimedOut => {
             count(&counters.origin_errors);
-            tracing::warn!(key = %primary, "origin body stalled (idle or fill timeout)");
-            if let Some((response, filled)) =
-                stale_if_error(layer, stale.as_ref(), &client, Some(504))
-            {
-                return (Ok(response), Some(filled));
-            }
-            status.fwd_status = Some(504);
-            let response = with_status(
-                plain_response(StatusCode::GATEWAY_TIMEOUT, "origin body timed out\n"),
+            tracing::warn!(key = %primary, "origin body stalled (idle timeout)");
+            body_failure(
                 layer,
-                &status,
-            );
-            (Ok(response), None)
+                stale.as_ref(),
+                &client,
+                status,
+                StatusCode::GATEWAY_TIMEOUT,
+            )
         }
         Collected::Failed(error) => {
             count(&counters.origin_errors);
             tracing::warn!(key = %primary, %error, "origin body failed");
-            if let Some((response, filled)) =
-                stale_if_error(layer, stale.as_ref(), &client, Some(502))
-            {
-                return (Ok(response), Some(filled));
-            }
-            status.fwd_status = Some(502);
-            let response = with_status(
-                plain_response(StatusCode::BAD_GATEWAY, "origin response failed\n"),
+            body_failure(
                 layer,
-                &status,
-            );
-            (Ok(response), None)
+                stale.as_ref(),
+                &client,
+                status,
+                StatusCode::BAD_GATEWAY,
+            )
         }
         Collected::TooLarge {
             buffered,

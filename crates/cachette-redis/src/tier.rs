@@ -27,6 +27,13 @@ pub enum Role {
     Master,
 }
 
+/// What [`RedisTier::replace_in_place`] found.
+enum InPlace {
+    Absent,
+    Counter,
+    Done,
+}
+
 /// A purge of a [`RedisTier`].
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Purge<'a> {
@@ -417,10 +424,16 @@ impl RedisTier {
         Ok(())
     }
 
-    /// Marks the entry under `key` stale in place (a soft purge), replacing
-    /// exactly the value read (its version kept), as `touch` does. Counters
-    /// and `Vary` markers are left alone.
-    async fn soften_one(&self, key: &CacheKey) -> Result<(), CacheError> {
+    /// Replaces the entry under `key` with `update(entry)` in place: exactly
+    /// the value read, its version kept (the set script's `cas` mode), read
+    /// again if another write lands in between (a few times: it races only
+    /// with writes of the key, which then stand). `update` saying `None`
+    /// leaves the entry as it is; counters are not entries.
+    async fn replace_in_place(
+        &self,
+        key: &CacheKey,
+        update: impl Fn(&Entry) -> Option<Entry>,
+    ) -> Result<InPlace, CacheError> {
         let node = self.node()?;
         let mut conn = node.shared.clone();
         let redis_key = self.space.keys.entry(key.as_str());
@@ -430,22 +443,22 @@ impl RedisTier {
                 .query_async(&mut conn)
                 .await
                 .map_err(|e| self.fail(e))?;
-            let Some(raw) = raw else { return Ok(()) };
+            let Some(raw) = raw else {
+                return Ok(InPlace::Absent);
+            };
             if parse_counter(&raw).is_some() {
-                return Ok(());
+                return Ok(InPlace::Counter);
             }
             let version = stored_version(&raw);
             let entry = Entry::decode(entry_bytes(raw))?;
-            if matches!(entry.payload(), Payload::Variants(_)) {
-                return Ok(());
-            }
-            let now = SystemTime::now();
-            let staled = entry.with_meta(entry.meta().clone().staled(now));
-            let ttl = staled.remaining_ttl(now);
+            let Some(updated) = update(&entry) else {
+                return Ok(InPlace::Done);
+            };
+            let ttl = updated.remaining_ttl(SystemTime::now());
             if ttl.is_zero() {
-                return Ok(());
+                return Ok(InPlace::Done);
             }
-            let mut invocation = self.set_invocation(key, &staled, ttl, "cas");
+            let mut invocation = self.set_invocation(key, &updated, ttl, "cas");
             invocation.arg(version);
             match self
                 .run_script(&mut conn, &invocation)
@@ -453,10 +466,25 @@ impl RedisTier {
                 .map_err(|e| self.fail(e))?
             {
                 -2 => continue,
-                _ => return Ok(()),
+                _ => return Ok(InPlace::Done),
             }
         }
-        Ok(()) // kept changing: newer writes than the purge, which stand
+        Err(CacheError::backend(
+            BACKEND,
+            format!("`{key}` kept changing while it was updated in place"),
+        ))
+    }
+
+    /// Marks the entry under `key` stale in place (a soft purge); `Vary`
+    /// markers are left alone. Newer writes racing with it stand.
+    async fn soften_one(&self, key: &CacheKey) -> Result<(), CacheError> {
+        let now = SystemTime::now();
+        self.replace_in_place(key, |entry| {
+            (!matches!(entry.payload(), Payload::Variants(_)))
+                .then(|| entry.with_meta(entry.meta().clone().staled(now)))
+        })
+        .await
+        .map(|_| ())
     }
 
     /// The entry keys of this namespace matching `pattern` (`SCAN`).
@@ -615,21 +643,20 @@ impl Backend for RedisTier {
     }
 
     async fn touch(&self, key: &CacheKey, meta: EntryMeta) -> Result<bool, CacheError> {
-        let node = self.node()?;
-        let mut conn = node.shared.clone();
-        let redis_key = self.space.keys.entry(key.as_str());
-        // Replace exactly what was read; if another write lands in between,
-        // read again (a few times: a touch races only with writes of the key).
-        for _ in 0..4 {
-            let raw: Option<Vec<u8>> = redis::cmd("GET")
-                .arg(&redis_key)
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| self.fail(e))?;
-            let Some(raw) = raw else { return Ok(false) };
-            if parse_counter(&raw).is_some() {
+        let touched = self
+            .replace_in_place(key, |entry| {
+                Some(entry.with_meta(meta.clone().with_tags(entry.meta().tags.iter().cloned())))
+            })
+            .await?;
+        match touched {
+            InPlace::Absent => Ok(false),
+            InPlace::Done => Ok(true),
+            InPlace::Counter => {
                 // A counter's lifetime is the key's TTL.
-                let ttl = Entry::value(Bytes::new(), meta.clone()).remaining_ttl(SystemTime::now());
+                let node = self.node()?;
+                let mut conn = node.shared.clone();
+                let redis_key = self.space.keys.entry(key.as_str());
+                let ttl = Entry::value(Bytes::new(), meta).remaining_ttl(SystemTime::now());
                 let touched: i64 = match ttl_arg(ttl) {
                     0 => {
                         redis::cmd("PERSIST")
@@ -646,31 +673,9 @@ impl Backend for RedisTier {
                     }
                 }
                 .map_err(|e| self.fail(e))?;
-                return Ok(touched == 1 || ttl_arg(ttl) == 0);
-            }
-            let version = stored_version(&raw);
-            let entry = Entry::decode(entry_bytes(raw))?;
-            let touched =
-                entry.with_meta(meta.clone().with_tags(entry.meta().tags.iter().cloned()));
-            let ttl = touched.remaining_ttl(SystemTime::now());
-            if ttl.is_zero() {
-                return Ok(true);
-            }
-            let mut invocation = self.set_invocation(key, &touched, ttl, "cas");
-            invocation.arg(version);
-            match self
-                .run_script(&mut conn, &invocation)
-                .await
-                .map_err(|e| self.fail(e))?
-            {
-                -2 => continue,
-                _ => return Ok(true),
+                Ok(touched == 1 || ttl_arg(ttl) == 0)
             }
         }
-        Err(CacheError::backend(
-            BACKEND,
-            format!("touch of `{key}` kept racing with other writes of the key"),
-        ))
     }
 
     async fn soften(&self, key: &CacheKey) -> Result<(), CacheError> {
