@@ -540,3 +540,86 @@ on_both!(reads_count_as_hits_and_misses_in_the_stats, |env, cache| {
     assert_eq!(after.stored - before.stored, 1);
     drop(env);
 });
+
+/// Two aliases over one Redis namespace in one process (Django's "several
+/// aliases over one store"): each sees the other's deletes and increments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sibling_aliases_over_one_namespace_see_each_others_changes() {
+    let master = RedisServer::start();
+    let text = format!(
+        r#"
+        [redis.main]
+        url = "{}"
+        master_timeout = "500ms"
+
+        [caches.default]
+        tiers = ["memory", "master"]
+        namespace = "sib:"
+
+        [caches.v2]
+        tiers = ["memory", "master"]
+        namespace = "sib:"
+        "#,
+        master.url()
+    );
+    let caches = Caches::from_settings(Settings::from_toml_str("test.toml", &text).unwrap())
+        .await
+        .unwrap();
+    let (default, v2) = (
+        caches.cache("default").unwrap(),
+        caches.cache("v2").unwrap(),
+    );
+    for cache in [&default, &v2] {
+        let redis = cache.redis().unwrap().clone();
+        for _ in 0..100 {
+            if redis.stats().await.bus_subscriptions >= 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    default.set("profile", "old", ()).await.unwrap();
+    assert_eq!(
+        v2.get::<String>("profile", ()).await.unwrap().as_deref(),
+        Some("old")
+    );
+    assert_eq!(
+        default
+            .get::<String>("profile", ())
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("old")
+    );
+    v2.delete("profile", ()).await.unwrap();
+    let mut gone = false;
+    for _ in 0..50 {
+        if default
+            .get::<String>("profile", ())
+            .await
+            .unwrap()
+            .is_none()
+        {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        gone,
+        "the sibling alias's delete reached this alias's memory"
+    );
+
+    default.set("visits", &1i64, ()).await.unwrap();
+    assert_eq!(v2.get::<i64>("visits", ()).await.unwrap(), Some(1));
+    assert_eq!(default.incr("visits", 1, ()).await.unwrap(), 2);
+    let mut seen = None;
+    for _ in 0..50 {
+        seen = v2.get::<i64>("visits", ()).await.unwrap();
+        if seen == Some(2) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(seen, Some(2), "an increment reaches the other memory tiers");
+}

@@ -158,7 +158,15 @@ impl RedisTiers {
         let replay_in_background = journal.as_ref().is_some_and(|j| j.background_replay);
         let journal = journal.map(DiskJournal::open).transpose()?;
         let bus = conns.config.bus;
-        let node_id = conns.config.node_id.clone();
+        // One sender id per cache, not per process: two aliases over one
+        // namespace in one process are two subscribers, and each must apply
+        // the other's invalidations (only its own are already applied).
+        static SPACES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let node_id = format!(
+            "{}.{}",
+            conns.config.node_id,
+            SPACES.fetch_add(1, Ordering::Relaxed)
+        );
         let space = Arc::new(Space::new(conns, namespace, journal, bus, node_id));
         if replay_in_background {
             space
@@ -294,7 +302,8 @@ impl RedisTiers {
         self.space.keys.namespace()
     }
 
-    /// This node's id on the bus.
+    /// This cache's id on the bus (the node's id, `RedisConfig::node_id`,
+    /// and a number for the cache in this process).
     pub fn node_id(&self) -> &str {
         &self.space.node_id
     }

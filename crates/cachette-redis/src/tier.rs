@@ -631,7 +631,14 @@ impl Backend for RedisTier {
             .invoke_async(&mut conn)
             .await;
         match result {
-            Ok(value) => Ok(value),
+            Ok(value) => {
+                if value.is_some() {
+                    // Other memory tiers (other nodes, other aliases here)
+                    // hold the old number: drop their copies.
+                    self.publish(&mut conn, 'd', key.as_str()).await;
+                }
+                Ok(value)
+            }
             Err(error) if error.to_string().contains("NOTCOUNTER") => {
                 Err(CacheError::NotACounter(key.to_string()))
             }
