@@ -623,3 +623,53 @@ async fn sibling_aliases_over_one_namespace_see_each_others_changes() {
     }
     assert_eq!(seen, Some(2), "an increment reaches the other memory tiers");
 }
+
+on_both!(get_or_set_keeps_the_first_writer, |env, cache| {
+    let _ = &env;
+    // Another caller (or node) stores the key while this one produces.
+    let writer = cache.clone();
+    let value: String = cache
+        .get_or_set(
+            "race",
+            || async move {
+                writer.set("race", "first", ()).await.unwrap();
+                "second".to_owned()
+            },
+            (),
+        )
+        .await
+        .unwrap();
+    assert_eq!(value, "first", "Django's get_or_set: add, then read back");
+    assert_eq!(
+        cache.get::<String>("race", ()).await.unwrap().as_deref(),
+        Some("first")
+    );
+});
+
+on_both!(
+    add_with_timeout_zero_tells_whether_the_key_was_absent,
+    |env, cache| {
+        let _ = &env;
+        cache.set("present", "v", ()).await.unwrap();
+        assert!(!cache.add("present", "x", Duration::ZERO).await.unwrap());
+        assert!(cache.add("absent", "x", Duration::ZERO).await.unwrap());
+        assert_eq!(
+            cache.get::<String>("absent", ()).await.unwrap(),
+            None,
+            "stores nothing"
+        );
+    }
+);
+
+on_both!(errors_name_the_callers_key, |env, cache| {
+    let _ = &env;
+    cache.set("text", "not a number", ()).await.unwrap();
+    let error = cache.incr("text", 1, ()).await.unwrap_err().to_string();
+    assert!(error.contains("`text`"), "{error}");
+    assert!(!error.contains(":1:"), "not the stored key: {error}");
+    cache.set("big", &i64::MAX, ()).await.unwrap();
+    let error = cache.incr("big", 1, ()).await.unwrap_err().to_string();
+    assert!(error.contains("`big`") && !error.contains(":1:"), "{error}");
+    let error = cache.incr("missing", 1, ()).await.unwrap_err().to_string();
+    assert!(error.contains("`missing`"), "{error}");
+});

@@ -408,13 +408,14 @@ impl Cache {
         within(opts.deadline, async {
             let key = self.make_key(key, opts.version)?;
             let payload = encode(value)?;
-            let Some(meta) = self.meta(&opts) else {
-                // Django: adding with timeout 0 "succeeds" and stores nothing.
-                return Ok(true);
-            };
             if self.inner.tiered.tier_names().next().is_none() {
-                return Ok(true);
+                return Ok(true); // Django's dummy cache "adds" everything
             }
+            let Some(meta) = self.meta(&opts) else {
+                // Django: timeout 0 stores nothing (it expires at once), and
+                // the add succeeds only if the key was absent.
+                return Ok(self.entry(&key).await.is_none());
+            };
             self.inner
                 .tiered
                 .add(&key, Arc::new(Entry::new(payload, meta)))
@@ -520,8 +521,19 @@ impl Cache {
                 .run(&stored, || async {
                     let value = producer().await;
                     let payload = encode(&value).ok();
-                    if let Some(payload) = &payload {
-                        self.store(&stored, payload.clone(), &opts).await;
+                    // As Django: `add`, then read back. When two callers (or
+                    // nodes) miss at once, the first writer wins and every
+                    // caller returns the stored value.
+                    if let (Some(payload), Some(meta)) = (&payload, self.meta(&opts)) {
+                        if self.inner.tiered.tier_names().next().is_some() {
+                            let entry = Arc::new(Entry::new(payload.clone(), meta));
+                            if matches!(self.inner.tiered.add(&stored, entry).await, Ok(true)) {
+                                self.inner.tiered.counters().stored.incr();
+                            }
+                            if let Some(kept) = self.entry(&stored).await {
+                                return Some(kept.payload().clone());
+                            }
+                        }
                     }
                     produced = Some(value);
                     payload
@@ -579,8 +591,11 @@ impl Cache {
                 .tiered
                 .incr(&stored, delta)
                 .await
+                // Errors name the caller's key, as `KeyNotFound` does.
                 .map_err(|e| match e {
                     CacheError::KeyNotFound(_) => CacheError::KeyNotFound(key.to_owned()),
+                    CacheError::NotACounter(_) => CacheError::NotACounter(key.to_owned()),
+                    CacheError::Overflow(_) => CacheError::Overflow(key.to_owned()),
                     other => other,
                 })
         })
