@@ -26,6 +26,30 @@ pub fn default_key(key: &str, key_prefix: &str, version: i64) -> String {
     format!("{key_prefix}:{version}:{key}")
 }
 
+/// A caller's key as the key layout can hold it. Django accepts any string
+/// key; cache keys cannot hold spaces or control characters, so those (and
+/// `%`, which keeps the mapping one-to-one) are written `%XX` per UTF-8
+/// byte: `"a b"` and `"a%20b"` stay two keys. Everything else, non-ASCII
+/// included, is kept as it is.
+pub fn escape_key(key: &str) -> std::borrow::Cow<'_, str> {
+    let needs = |c: char| c == ' ' || c == '%' || c.is_control();
+    if !key.chars().any(needs) {
+        return std::borrow::Cow::Borrowed(key);
+    }
+    let mut out = String::with_capacity(key.len() + 8);
+    for c in key.chars() {
+        if needs(c) {
+            let mut buf = [0u8; 4];
+            for byte in c.encode_utf8(&mut buf).bytes() {
+                out.push_str(&format!("%{byte:02X}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// Per-call options: lifetime, version, tags, and a deadline for the whole call.
 ///
 /// `()` means "the cache's defaults"; a [`Duration`] or a [`Timeout`] sets the
@@ -273,8 +297,10 @@ impl Cache {
     pub fn make_key(&self, key: &str, version: Option<i64>) -> Result<CacheKey, CacheError> {
         let version = version.unwrap_or(self.inner.version);
         let raw = match &self.inner.key_function {
-            Some(function) => function(key, &self.inner.key_prefix, version),
-            None => default_key(key, &self.inner.key_prefix, version),
+            Some(function) => {
+                escape_key(&function(key, &self.inner.key_prefix, version)).into_owned()
+            }
+            None => default_key(&escape_key(key), &self.inner.key_prefix, version),
         };
         CacheKey::new(raw)
     }
@@ -730,11 +756,15 @@ impl Cache {
         let opts = opts.into();
         within(opts.deadline, async {
             let version = opts.version.unwrap_or(self.inner.version);
+            // Patterns are escaped as keys are, so they match them.
             let full = match &self.inner.key_function {
-                Some(function) => function(pattern, &self.inner.key_prefix, version),
+                Some(function) => {
+                    escape_key(&function(pattern, &self.inner.key_prefix, version)).into_owned()
+                }
                 None => format!(
-                    "{}{pattern}",
-                    escape_glob(&default_key("", &self.inner.key_prefix, version))
+                    "{}{}",
+                    escape_glob(&default_key("", &self.inner.key_prefix, version)),
+                    escape_key(pattern)
                 ),
             };
             let report = self.inner.tiered.invalidate_pattern(&full).await;
