@@ -139,8 +139,17 @@ pub(crate) async fn run_subscriber(shared: Weak<Space>, targets: Targets) {
                 heard = subscription.next() => {
                     let message = match heard {
                         Heard::Message(message) => message,
-                        Heard::Lost(why) => {
-                            tracing::warn!(why, "invalidation bus subscription lost; memory tier cleared, resubscribing");
+                        Heard::Closed => {
+                            // Cleared on resubscription: until then, a master
+                            // that is down publishes nothing, and memory
+                            // keeps serving through the outage.
+                            tracing::warn!("invalidation bus connection closed; resubscribing");
+                            break;
+                        }
+                        Heard::Silent => {
+                            // Messages have been missed for an unknown while
+                            // already: drop memory now, not on reconnection.
+                            tracing::warn!("invalidation bus subscription silent (no heartbeat answer); memory tier cleared, resubscribing");
                             clear_memory(&targets, "after losing the bus").await;
                             break;
                         }

@@ -54,9 +54,13 @@ pub(crate) fn client(url: &str) -> RedisResult<redis::Client> {
 pub(crate) enum Heard {
     /// A message.
     Message(Msg),
-    /// The connection ended, or missed a heartbeat: treat the subscription
-    /// as lost (whatever was published meanwhile is gone).
-    Lost(&'static str),
+    /// The connection closed: the subscription is lost (whatever is
+    /// published until it is back is missed).
+    Closed,
+    /// The connection still looks open but missed its heartbeats: it has
+    /// been dead for an unknown while (a silent network drop), and what was
+    /// published during that while was missed already.
+    Silent,
 }
 
 /// A subscription with a heartbeat.
@@ -99,7 +103,7 @@ impl Subscription {
                 message = message => {
                     return match message {
                         Some(message) => Heard::Message(message),
-                        None => Heard::Lost("the connection closed"),
+                        None => Heard::Closed,
                     };
                 }
                 _ = self.heartbeat.tick() => {
@@ -108,7 +112,7 @@ impl Subscription {
                     // would clear every node's memory at once.
                     let pong = tokio::time::timeout(self.every * 3, self.sink.ping::<redis::Value>()).await;
                     if !matches!(pong, Ok(Ok(_))) {
-                        return Heard::Lost("a heartbeat PING was not answered");
+                        return Heard::Silent;
                     }
                 }
             }

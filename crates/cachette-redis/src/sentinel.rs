@@ -200,7 +200,12 @@ pub(crate) async fn run_event_listener(shared: Weak<Connections>, sentinel_url: 
                         tracing::info!(sentinel = %sentinel_url, event = %payload, "sentinel reported +switch-master");
                         strong.resolve.notify_one();
                     }
-                    Heard::Lost(why) => {
+                    lost @ (Heard::Closed | Heard::Silent) => {
+                        let why = if matches!(lost, Heard::Silent) {
+                            "no heartbeat answer"
+                        } else {
+                            "connection closed"
+                        };
                         tracing::warn!(sentinel = %sentinel_url, why, "sentinel event subscription lost; resubscribing");
                         if let Some(strong) = shared.upgrade() {
                             strong.resolve.notify_one();
