@@ -176,3 +176,24 @@ async fn a_soft_purge_marks_entries_stale_on_every_tier_and_node() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_keeps_serving_through_a_master_outage() {
+    let mut master = RedisServer::start();
+    let a = node(&master).await;
+    let e = entry_at(
+        "v",
+        std::time::SystemTime::now(),
+        Duration::from_secs(60),
+        &[],
+    );
+    assert!(a.cache.set(&key("k"), e).await.is_complete());
+    master.kill();
+    // The bus connection closes at once; memory is not emptied for it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        in_memory(&a, "k").await,
+        "memory still serves during the outage"
+    );
+    assert!(a.cache.get(&key("k")).await.is_some());
+}
