@@ -27,6 +27,23 @@ pub enum Role {
     Master,
 }
 
+/// One `SCAN MATCH pattern COUNT 1000` page: the next cursor and its keys.
+async fn scan_page(
+    conn: &mut (impl redis::aio::ConnectionLike + Send),
+    cursor: u64,
+    pattern: &str,
+) -> Result<(u64, Vec<Vec<u8>>), CacheError> {
+    redis::cmd("SCAN")
+        .arg(cursor)
+        .arg("MATCH")
+        .arg(pattern)
+        .arg("COUNT")
+        .arg(1000)
+        .query_async(conn)
+        .await
+        .map_err(redis_error)
+}
+
 /// What [`RedisTier::replace_in_place`] found.
 enum InPlace {
     Absent,
@@ -204,15 +221,7 @@ impl RedisTier {
         let mut cursor: u64 = 0;
         let mut removed = 0;
         loop {
-            let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn)
-                .await
-                .map_err(redis_error)?;
+            let (next, keys) = scan_page(&mut conn, cursor, pattern).await?;
             if !keys.is_empty() {
                 let n: u64 = redis::cmd("UNLINK")
                     .arg(&keys)
@@ -495,17 +504,10 @@ impl RedisTier {
         let mut cursor: u64 = 0;
         let mut out = Vec::new();
         loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn)
-                .await
-                .map_err(redis_error)?;
+            let (next, keys) = scan_page(&mut conn, cursor, pattern).await?;
             out.extend(
                 keys.iter()
+                    .filter_map(|k| std::str::from_utf8(k).ok())
                     .filter_map(|k| k.strip_prefix(entries.as_str()))
                     .filter_map(|k| CacheKey::new(k).ok()),
             );
