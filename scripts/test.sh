@@ -39,6 +39,7 @@ need_pkg curl curl
 # tests themselves, never as a system service).
 need_pkg redis-server redis-server
 need_pkg redis-sentinel redis-sentinel
+need_pkg redis-cli redis-tools
 
 echo "==> cargo fmt --check"
 cargo fmt --all --check

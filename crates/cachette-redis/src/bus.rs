@@ -85,6 +85,7 @@ async fn apply(space: &Arc<Space>, targets: &Targets, kind: &str, argument: &str
 /// next successful subscription.
 pub(crate) async fn run_subscriber(shared: Weak<Space>, targets: Targets) {
     let mut backoff = Duration::from_millis(50);
+    let mut attempt = 0usize;
     loop {
         let Some(strong) = shared.upgrade() else {
             return;
@@ -106,11 +107,21 @@ pub(crate) async fn run_subscriber(shared: Weak<Space>, targets: Targets) {
             .max(Duration::from_millis(500));
         drop(strong);
 
-        let subscribed = tokio::time::timeout(
-            timeout,
-            Subscription::open(&node.client, &channel, heartbeat),
-        )
-        .await;
+        // On a cluster, plain pub/sub is broadcast to every node: any seed
+        // will do, and the next one is tried when it fails.
+        let client = match node.pubsub_client(attempt) {
+            Ok(client) => client,
+            Err(error) => {
+                tracing::warn!(%error, "no client for the bus subscription");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                attempt += 1;
+                continue;
+            }
+        };
+        let subscribed =
+            tokio::time::timeout(timeout, Subscription::open(&client, &channel, heartbeat)).await;
+        attempt += 1;
         let mut subscription = match subscribed {
             Ok(Ok(subscription)) => subscription,
             Ok(Err(error)) => {
@@ -126,6 +137,8 @@ pub(crate) async fn run_subscriber(shared: Weak<Space>, targets: Targets) {
             }
         };
         backoff = Duration::from_millis(50);
+        // Stay on this node next time, unless it is the one that fails.
+        attempt -= 1;
         // Whatever was published while we were not subscribed is lost: drop
         // what this node's memory holds rather than serve it stale.
         clear_memory(&targets, "after (re)subscribing to the bus").await;

@@ -34,6 +34,16 @@ pub enum Topology {
         /// Database number.
         db: i64,
     },
+    /// Redis Cluster (or Valkey Cluster): the primaries hold the slots,
+    /// this node reads from its own replica of each slot where it has one.
+    Cluster {
+        /// `redis://[user:password@]host:port` of some cluster nodes (the
+        /// rest is discovered).
+        nodes: Vec<String>,
+        /// This node's replicas: `host` (every replica on that host) or
+        /// `host:port`. Empty: every read goes to the slot's primary.
+        local: Vec<String>,
+    },
 }
 
 impl Topology {
@@ -65,6 +75,33 @@ impl Topology {
             db: 0,
         }
     }
+}
+
+impl Topology {
+    /// A Redis Cluster reached through `nodes`, reading from this node's
+    /// replicas `local` (`host` or `host:port` each).
+    pub fn cluster<I, S>(nodes: I, local: Vec<String>) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self::Cluster {
+            nodes: nodes.into_iter().map(Into::into).collect(),
+            local,
+        }
+    }
+
+    /// Whether this is a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster { .. })
+    }
+}
+
+/// The `host:port` of a Redis URL (for logs; credentials never included).
+pub(crate) fn address_of(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let rest = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+    rest.rsplit('@').next().unwrap_or(rest).to_owned()
 }
 
 /// Settings of the durable write journal.
@@ -126,7 +163,7 @@ pub struct RedisConfig {
     /// Publish invalidations to other nodes, and apply theirs (default on).
     pub bus: bool,
     /// How often the sentinels are asked for the master even without a
-    /// `+switch-master` event (default 2 s).
+    /// `+switch-master` event, and a cluster for its slots (default 2 s).
     pub sentinel_poll: Duration,
     /// Identifies this process on the bus (default: random).
     pub node_id: String,
@@ -214,6 +251,13 @@ pub fn node_url(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_leave_out_credentials() {
+        assert_eq!(address_of("redis://u:p@10.0.0.1:7000/0"), "10.0.0.1:7000");
+        assert_eq!(address_of("rediss://h:1"), "h:1");
+        assert_eq!(address_of("h:2"), "h:2");
+    }
 
     #[test]
     fn node_urls_encode_credentials() {

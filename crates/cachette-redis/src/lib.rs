@@ -25,6 +25,7 @@
 //! modes, the journal and the stats to watch.
 
 mod bus;
+mod cluster;
 mod config;
 mod journal;
 pub mod keys;
@@ -131,6 +132,38 @@ impl RedisTiers {
                 };
                 (None, local)
             }
+            Topology::Cluster { nodes, local } => {
+                if config.namespace.contains(['{', '}']) {
+                    return Err(CacheError::backend(
+                        node::BACKEND,
+                        format!(
+                            "namespace {:?}: on a Redis Cluster a namespace may not contain `{{` or `}}` (they would pick the keys' hash slot)",
+                            config.namespace
+                        ),
+                    ));
+                }
+                let shape = Arc::new(cluster::Shape::default());
+                let master = Node::cluster(
+                    nodes,
+                    None,
+                    shape.clone(),
+                    config.master_timeout,
+                    config.connect_timeout,
+                )?;
+                let local = if local.is_empty() {
+                    None
+                } else {
+                    let replicas = cluster::LocalReplicas::parse(local)?;
+                    Some(Node::cluster(
+                        nodes,
+                        Some(&replicas),
+                        shape,
+                        config.local_timeout,
+                        config.connect_timeout,
+                    )?)
+                };
+                (Some(master), local)
+            }
         };
         let namespace = config.namespace.clone();
         let journal = config.journal.clone();
@@ -178,6 +211,24 @@ impl RedisTiers {
 
     async fn start_connection_tasks(conns: &Arc<Connections>) {
         let weak = Arc::downgrade(conns);
+        if conns.config.topology.is_cluster() {
+            // Read the shape once before returning (stats, first purges),
+            // without failing the startup when the cluster is down.
+            if let Some(parts) = conns.master().as_ref().and_then(|m| m.cluster.as_ref()) {
+                let mut conn = parts.conn.clone();
+                if let Ok(Err(error)) = tokio::time::timeout(
+                    conns.config.connect_timeout,
+                    parts.shape.refresh(&mut conn),
+                )
+                .await
+                {
+                    tracing::warn!(%error, "Redis Cluster not reached at startup; will keep trying");
+                }
+            }
+            conns
+                .tasks
+                .add(tokio::spawn(cluster::run_watcher(weak.clone())).abort_handle());
+        }
         if let Topology::Sentinel { sentinels, .. } = &conns.config.topology {
             // Resolve once before returning, so the first requests have a master.
             if let Err(error) = sentinel::refresh_master(conns).await {
@@ -306,6 +357,19 @@ impl RedisTiers {
     /// and a number for the cache in this process).
     pub fn node_id(&self) -> &str {
         &self.space.node_id
+    }
+
+    /// The cluster's primaries as `host:port` with their replicas, as last
+    /// read (a purge reads them afresh); empty off a cluster.
+    pub fn cluster_primaries(&self) -> Vec<(String, Vec<String>)> {
+        self.space
+            .conns
+            .master()
+            .and_then(|n| n.cluster.as_ref().map(|c| c.shape.primaries()))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| (p.addr(), p.replicas))
+            .collect()
     }
 
     /// Reads the counters.

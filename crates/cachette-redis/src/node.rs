@@ -3,8 +3,16 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use cachette_core::CacheError;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{
+    Cmd, Pipeline, RedisFuture, Value,
+    aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
+    cluster_async::ClusterConnection,
+};
+
+use crate::cluster::{LocalReplicaRouting, LocalReplicas, Shape};
 
 /// The error kind name used in [`CacheError::Backend`].
 pub(crate) const BACKEND: &str = "redis";
@@ -13,16 +21,103 @@ pub(crate) fn redis_error(error: redis::RedisError) -> CacheError {
     CacheError::backend(BACKEND, error)
 }
 
-/// One Redis server.
+/// The shared connection of a [`Node`]: to one server, or to a whole
+/// Redis Cluster (one multiplexed connection per cluster node, commands
+/// routed by their keys' slots).
+#[derive(Clone)]
+pub(crate) enum Shared {
+    Server(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Shared {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Server(conn) => conn.req_packed_command(cmd),
+            Self::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Server(conn) => conn.req_packed_commands(cmd, offset, count),
+            Self::Cluster(conn) => conn.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Server(conn) => conn.get_db(),
+            Self::Cluster(conn) => conn.get_db(),
+        }
+    }
+}
+
+/// An exclusive connection: pooled for one server; for a cluster, a clone
+/// of the multiplexed cluster connection (there is no pool to take from,
+/// and none is needed: commands are routed per slot).
+pub(crate) enum Exclusive {
+    Pooled(deadpool_redis::Connection),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Exclusive {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Pooled(conn) => conn.req_packed_command(cmd),
+            Self::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Pooled(conn) => conn.req_packed_commands(cmd, offset, count),
+            Self::Cluster(conn) => conn.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Pooled(conn) => conn.get_db(),
+            Self::Cluster(conn) => conn.get_db(),
+        }
+    }
+}
+
+/// What a cluster [`Node`] knows of its cluster.
+pub(crate) struct ClusterParts {
+    /// The primaries and their slots, as last read.
+    pub(crate) shape: Arc<Shape>,
+    /// The seed nodes' URLs (the bus subscribes to one of them).
+    pub(crate) seeds: Vec<String>,
+    /// The cluster connection itself (for per-primary routed calls).
+    pub(crate) conn: ClusterConnection,
+}
+
+/// One Redis server, or one view of a Redis Cluster (the primaries, or
+/// this node's replicas for reads).
 pub(crate) struct Node {
-    /// `host:port`, for logs and stats.
+    /// `host:port` (for a cluster, the seeds), for logs and stats.
     pub(crate) addr: String,
     pub(crate) client: redis::Client,
     /// A hit is one command on this shared, multiplexed, self-reconnecting
     /// connection: no checkout, no extra round trip.
-    pub(crate) shared: ConnectionManager,
-    /// Exclusive connections for SCAN sweeps, tag purges and replay.
-    pub(crate) pool: deadpool_redis::Pool,
+    pub(crate) shared: Shared,
+    /// Exclusive connections for SCAN sweeps, tag purges and replay (none
+    /// for a cluster).
+    pool: Option<deadpool_redis::Pool>,
+    /// Set for a Redis Cluster.
+    pub(crate) cluster: Option<ClusterParts>,
 }
 
 impl std::fmt::Debug for Node {
@@ -71,16 +166,93 @@ impl Node {
         Ok(Self {
             addr,
             client,
-            shared,
-            pool,
+            shared: Shared::Server(shared),
+            pool: Some(pool),
+            cluster: None,
         })
     }
 
-    /// An exclusive connection from the pool.
-    pub(crate) async fn exclusive(&self) -> Result<deadpool_redis::Connection, CacheError> {
-        self.pool
-            .get()
+    /// Prepares a Redis Cluster connection from `seeds` without connecting
+    /// (the slot map is read on first use, and re-read on `MOVED`, on
+    /// errors and as redis-rs refreshes it). With `local`, reads go to this
+    /// node's replica of each slot where there is one, else to the slot's
+    /// primary; without, everything goes to the primaries.
+    pub(crate) fn cluster(
+        seeds: &[String],
+        local: Option<&LocalReplicas>,
+        shape: Arc<Shape>,
+        response_timeout: Duration,
+        connect_timeout: Duration,
+    ) -> Result<Self, CacheError> {
+        let first = seeds.first().ok_or_else(|| {
+            CacheError::backend(BACKEND, "a cluster needs at least one seed node")
+        })?;
+        let infos = seeds
+            .iter()
+            .map(|url| crate::liveness::connection_info(url))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(redis_error)?;
+        let mut builder = redis::cluster::ClusterClientBuilder::new(infos)
+            .response_timeout(response_timeout)
+            .connection_timeout(connect_timeout)
+            .tcp_settings(crate::liveness::tcp_settings())
+            // A MOVED or ASK is followed at once; a CLUSTERDOWN or a
+            // connection error during a failover is retried a few times
+            // within the tier's own timeout, which bounds the whole call.
+            .retries(3)
+            .min_retry_wait(10)
+            .max_retry_wait(100);
+        if let Some(local) = local {
+            builder = builder.read_routing_strategy(LocalReplicaRouting(local.clone()));
+        }
+        let client = builder.build().map_err(redis_error)?;
+        let conn = client.get_pending_async_connection_with_config(
+            redis::cluster::ClusterConfig::new()
+                .set_connection_timeout(connect_timeout)
+                .set_response_timeout(response_timeout),
+        );
+        Ok(Self {
+            addr: seeds
+                .iter()
+                .map(|s| crate::config::address_of(s))
+                .collect::<Vec<_>>()
+                .join(","),
+            client: crate::liveness::client(first).map_err(redis_error)?,
+            shared: Shared::Cluster(conn.clone()),
+            pool: None,
+            cluster: Some(ClusterParts {
+                shape,
+                seeds: seeds.to_vec(),
+                conn,
+            }),
+        })
+    }
+
+    /// The client the bus subscribes with, for the `attempt`-th try: this
+    /// server; on a cluster, the seeds in turn.
+    pub(crate) fn pubsub_client(&self, attempt: usize) -> Result<redis::Client, CacheError> {
+        match &self.cluster {
+            Some(parts) if !parts.seeds.is_empty() => {
+                let url = &parts.seeds[attempt % parts.seeds.len()];
+                crate::liveness::client(url).map_err(redis_error)
+            }
+            _ => Ok(self.client.clone()),
+        }
+    }
+
+    /// An exclusive connection from the pool (for a cluster, the shared
+    /// cluster connection).
+    pub(crate) async fn exclusive(&self) -> Result<Exclusive, CacheError> {
+        if let Some(cluster) = &self.cluster {
+            return Ok(Exclusive::Cluster(cluster.conn.clone()));
+        }
+        let pool = self
+            .pool
+            .as_ref()
+            .ok_or_else(|| CacheError::backend(BACKEND, "no connection pool"))?;
+        pool.get()
             .await
+            .map(Exclusive::Pooled)
             .map_err(|e| CacheError::backend(BACKEND, e))
     }
 

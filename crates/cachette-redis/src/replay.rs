@@ -65,11 +65,62 @@ fn persistent_rejection(error: &CacheError) -> Option<String> {
     (!is_transient(code)).then(|| redis.to_string())
 }
 
-/// Applies a run of sets and deletes as one pipeline of script calls; one
-/// outcome per op, or an error when the pipeline itself failed.
+/// The key a set or delete is for.
+fn key_of(record: &RecordedOp) -> Option<&str> {
+    match &record.op {
+        Some(JournalOp::Set { key, .. } | JournalOp::Delete { key, .. }) => Some(key.as_str()),
+        _ => None,
+    }
+}
+
+/// Applies a run of sets and deletes as pipelines of script calls; one
+/// outcome per op, or an error when a pipeline itself failed. On a cluster
+/// a pipeline may only hold one slot: the run is split by slot (each key's
+/// ops keep their order; keys in different slots are independent), and
+/// the deletes are published afterwards.
 async fn apply_pipelined(
     tier: &RedisTier,
     run: &[&RecordedOp],
+) -> Result<Vec<Outcome>, CacheError> {
+    let keys = &tier.space.keys;
+    if !keys.is_cluster() {
+        return apply_pipeline(tier, run, true).await;
+    }
+    let mut by_slot: std::collections::BTreeMap<u16, Vec<usize>> = Default::default();
+    for (i, record) in run.iter().enumerate() {
+        let slot =
+            key_of(record).map_or(0, |k| crate::cluster::hash_slot(keys.entry(k).as_bytes()));
+        by_slot.entry(slot).or_default().push(i);
+    }
+    let mut outcomes: Vec<Option<Outcome>> = (0..run.len()).map(|_| None).collect();
+    for indexes in by_slot.values() {
+        let group: Vec<&RecordedOp> = indexes.iter().map(|i| run[*i]).collect();
+        let group_outcomes = apply_pipeline(tier, &group, false).await?;
+        for (i, outcome) in indexes.iter().zip(group_outcomes) {
+            outcomes[*i] = Some(outcome);
+        }
+    }
+    if tier.space.bus {
+        let node = tier.node()?;
+        let mut conn = node.shared.clone();
+        for record in run {
+            if let Some(JournalOp::Delete { key, .. }) = &record.op {
+                tier.publish(&mut conn, 'd', key.as_str()).await;
+            }
+        }
+    }
+    Ok(outcomes
+        .into_iter()
+        .map(|o| o.unwrap_or(Outcome::Obsolete))
+        .collect())
+}
+
+/// Applies `run` as one pipeline (publishing deletes in it when
+/// `publish_inline`).
+async fn apply_pipeline(
+    tier: &RedisTier,
+    run: &[&RecordedOp],
+    publish_inline: bool,
 ) -> Result<Vec<Outcome>, CacheError> {
     let shared = &tier.space;
     let node = tier.node()?;
@@ -101,7 +152,7 @@ async fn apply_pipelined(
             }
             Some(JournalOp::Delete { key, at }) => {
                 pipe.invoke_script(&tier.delete_invocation(key.as_str(), *at));
-                if shared.bus {
+                if shared.bus && publish_inline {
                     pipe.cmd("PUBLISH")
                         .arg(shared.keys.bus_channel())
                         .arg(bus_message(&shared.node_id, 'd', key.as_str()))

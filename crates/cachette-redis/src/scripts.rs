@@ -161,6 +161,32 @@ if not string.match(cur, '^%-?%d+$') then return redis.error_reply('NOTCOUNTER')
 return redis.call('INCRBY', KEYS[1], ARGV[1])
 ";
 
+/// Removes the members `members` of the tag index `index` (Lua; `version`,
+/// `window` and `ns` as in the purge scripts, `infix` the slot tag put in
+/// tombstone names on a cluster, empty otherwise).
+const PURGE_MEMBERS: &str = r"
+local function purge_members(index, members, version, window, ns, infix)
+  local entries = ns .. 'k:'
+  local removed = 0
+  for _, member in ipairs(members) do
+    -- A value stored after the purge (a late replay of an old purge) stays,
+    -- and stays indexed.
+    if version >= version_of(redis.call('GET', member)) then
+      removed = removed + redis.call('UNLINK', member)
+      redis.call('SREM', index, member)
+      if window > 0 and string.sub(member, 1, string.len(entries)) == entries then
+        local tomb = ns .. 'd:' .. infix .. string.sub(member, string.len(entries) + 1)
+        local old = tonumber(redis.call('GET', tomb)) or 0
+        if version > old then
+          redis.call('SET', tomb, version, 'PX', window)
+        end
+      end
+    end
+  end
+  return removed
+end
+";
+
 /// `KEYS[1]` a tag index, `KEYS[2..]` members read from it; `ARGV[1]` the
 /// purge's version, `ARGV[2]` the tombstone window in ms (`0`: leave no
 /// tombstones), `ARGV[3]` the namespace. Removes each member and takes it
@@ -169,31 +195,54 @@ return redis.call('INCRBY', KEYS[1], ARGV[1])
 /// leaves a tombstone, as a delete does. Returns the number removed.
 pub(crate) fn purge_tag_chunk_script() -> String {
     format!(
-        "{VERSION_OF}{}",
+        "{VERSION_OF}{PURGE_MEMBERS}{}",
         r"
 local version = math.min(tonumber(ARGV[1]), now_ms())
-local window = tonumber(ARGV[2])
-local entries = ARGV[3] .. 'k:'
-local removed = 0
-for i = 2, #KEYS do
-  -- A value stored after the purge (a late replay of an old purge) stays,
-  -- and stays indexed.
-  if version >= version_of(redis.call('GET', KEYS[i])) then
-    removed = removed + redis.call('UNLINK', KEYS[i])
-    redis.call('SREM', KEYS[1], KEYS[i])
-    if window > 0 and string.sub(KEYS[i], 1, string.len(entries)) == entries then
-      local tomb = ARGV[3] .. 'd:' .. string.sub(KEYS[i], string.len(entries) + 1)
-      local old = tonumber(redis.call('GET', tomb)) or 0
-      if version > old then
-        redis.call('SET', tomb, version, 'PX', window)
-      end
-    end
-  end
-end
-return removed
+local members = {}
+for i = 2, #KEYS do members[#members + 1] = KEYS[i] end
+return purge_members(KEYS[1], members, version, tonumber(ARGV[2]), ARGV[3], '')
 "
     )
 }
+
+/// A purge in one slot of a cluster. `KEYS[1]` the slot's purge mark,
+/// `KEYS[2]` (optional) the slot's index of the purged tag; `ARGV[1]` the
+/// purge's version, `ARGV[2]` the tombstone window in ms, `ARGV[3]` the
+/// namespace, `ARGV[4]` the slot's hash tag (`{T}`). Raises the mark, then
+/// removes the tag's members of this slot as `purge_tag_chunk` does: one
+/// atomic step per slot. Returns the number removed.
+pub(crate) fn purge_slot_script() -> String {
+    format!(
+        "{VERSION_OF}{PURGE_MEMBERS}{}",
+        r"
+local version = math.min(tonumber(ARGV[1]), now_ms())
+local window = tonumber(ARGV[2])
+if version >= (tonumber(redis.call('GET', KEYS[1])) or 0) then
+  redis.call('SET', KEYS[1], version, 'PX', window)
+end
+if not KEYS[2] then return 0 end
+local members = redis.call('SMEMBERS', KEYS[2])
+return purge_members(KEYS[2], members, version, window, ARGV[3], ARGV[4])
+"
+    )
+}
+
+/// `KEYS[1]` an index set; `ARGV[1]` a member, `ARGV[2]` the member's TTL
+/// in ms (`0`: none). Adds the member and extends the set's TTL to cover
+/// it (a cluster's variants index, which cannot be updated by the set
+/// script of an entry in another slot: it is added to first, so an entry
+/// is never stored unindexed).
+pub(crate) const INDEX_ADD: &str = r"
+redis.call('SADD', KEYS[1], ARGV[1])
+local ttl = tonumber(ARGV[2])
+local left = redis.call('PTTL', KEYS[1])
+if ttl == 0 then
+  redis.call('PERSIST', KEYS[1])
+elseif left == -1 or (left >= 0 and left < ttl) then
+  redis.call('PEXPIRE', KEYS[1], ttl)
+end
+return 1
+";
 
 #[derive(Debug)]
 pub(crate) struct Scripts {
@@ -202,6 +251,8 @@ pub(crate) struct Scripts {
     pub(crate) purge_mark: Script,
     pub(crate) incr: Script,
     pub(crate) purge_tag_chunk: Script,
+    pub(crate) purge_slot: Script,
+    pub(crate) index_add: Script,
 }
 
 impl Default for Scripts {
@@ -212,6 +263,8 @@ impl Default for Scripts {
             purge_mark: Script::new(&purge_mark_script()),
             incr: Script::new(INCR),
             purge_tag_chunk: Script::new(&purge_tag_chunk_script()),
+            purge_slot: Script::new(&purge_slot_script()),
+            index_add: Script::new(INDEX_ADD),
         }
     }
 }

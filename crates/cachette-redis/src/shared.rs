@@ -137,6 +137,12 @@ impl Connections {
         self.master_generation.send_modify(|g| *g += 1);
     }
 
+    /// Installs a new connection for this node's replica (a cluster whose
+    /// replicas changed).
+    pub(crate) fn swap_local(&self, node: Node) {
+        *self.local.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(node));
+    }
+
     /// `local` (this node's clock) in the master's clock, as Unix ms.
     pub(crate) fn master_clock(&self, local: SystemTime) -> u64 {
         let offset = self.clock_offset_ms.load(Ordering::Relaxed);
@@ -217,9 +223,10 @@ impl Space {
         bus: bool,
         node_id: String,
     ) -> Self {
+        let cluster = conns.config.topology.is_cluster();
         Self {
             conns,
-            keys: Keys::new(namespace),
+            keys: Keys::new(namespace, cluster),
             scripts: Scripts::default(),
             journal,
             bus,

@@ -12,7 +12,8 @@ use cachette_core::{
 };
 
 use crate::{
-    node::{BACKEND, Node, is_readonly, redis_error, suggests_failover},
+    cluster::{self, OnFound},
+    node::{BACKEND, Node, Shared, is_readonly, redis_error, suggests_failover},
     shared::Space,
 };
 
@@ -217,6 +218,17 @@ impl RedisTier {
     /// Removes every key matching `pattern` with `SCAN` + `UNLINK`; returns how
     /// many were removed. Each batch is reported to a [`sweep`] observer.
     pub(crate) async fn sweep(node: &Node, role: Role, pattern: &str) -> Result<u64, CacheError> {
+        if let Some(parts) = &node.cluster {
+            let mut conn = parts.conn.clone();
+            let (_, removed) = cluster::scan_primaries(
+                &mut conn,
+                &parts.shape,
+                pattern,
+                OnFound::Unlink(role.as_str()),
+            )
+            .await?;
+            return Ok(removed);
+        }
         let mut conn = node.exclusive().await?;
         let mut cursor: u64 = 0;
         let mut removed = 0;
@@ -310,9 +322,13 @@ impl RedisTier {
         let mut invocation = self.space.scripts.set.key(keys.entry(key.as_str()));
         invocation
             .key(keys.tombstone(key.as_str()))
-            .key(keys.purge_mark());
+            .key(keys.purge_mark_for(key.as_str()));
         for tag in &entry.meta().tags {
-            invocation.key(keys.tag(tag));
+            // On a cluster, a variants index lives in its own slot and is
+            // added to before the script (see `write`).
+            if !keys.is_cluster() || !keys.single_index(tag) {
+                invocation.key(keys.tag_index(tag, key.as_str()));
+            }
         }
         let versioned = !matches!(entry.payload(), Payload::Counter(_));
         invocation
@@ -374,7 +390,13 @@ impl RedisTier {
         purge: &Purge<'_>,
         at: SystemTime,
     ) -> Result<(), CacheError> {
+        if self.read_only() {
+            return Ok(());
+        }
         let node = self.node()?;
+        if node.cluster.is_some() {
+            return self.purge_cluster(&node, purge, at).await;
+        }
         let marks = !matches!(purge, Purge::Tag(tag) if cachette_core::is_variants_tag(tag));
         // Under `maxmemory` with `noeviction` the mark (a write) can be
         // refused; the sweep frees memory, then the mark is raised.
@@ -411,6 +433,142 @@ impl RedisTier {
         let mut conn = node.shared.clone();
         self.publish(&mut conn, kind, argument).await;
         Ok(())
+    }
+
+    /// [`Self::purge_at`] on a cluster: the purge mark is raised in every
+    /// slot (one script per slot, pipelined per primary), a tag's per-slot
+    /// indexes are purged by the same scripts, prefixes and patterns are
+    /// swept on every primary. A URL's variants (one index, no mark) are
+    /// deleted one by one, each leaving a tombstone.
+    async fn purge_cluster(
+        &self,
+        node: &Node,
+        purge: &Purge<'_>,
+        at: SystemTime,
+    ) -> Result<(), CacheError> {
+        let keys = &self.space.keys;
+        let (kind, argument, pattern) = match purge {
+            Purge::Tag(tag) if keys.single_index(tag) => {
+                self.purge_variants(node, tag, at).await?;
+                let mut conn = node.shared.clone();
+                self.publish(&mut conn, 't', tag).await;
+                return Ok(());
+            }
+            Purge::Tag(tag) => ('t', *tag, None),
+            Purge::Prefix(prefix) => ('p', *prefix, Some(keys.entry_pattern(prefix))),
+            Purge::Pattern(pattern) => ('g', *pattern, Some(keys.entry_glob(pattern))),
+            Purge::Clear => ('c', "", Some(keys.entries_pattern())),
+        };
+        let tag = matches!(purge, Purge::Tag(_)).then_some(argument);
+        // Under `maxmemory` with `noeviction` the marks (writes) can be
+        // refused; the sweep frees memory, then they are raised.
+        let marked = self.purge_slots(node, at, tag).await;
+        if let Some(pattern) = &pattern {
+            Self::sweep(node, self.role, pattern).await?;
+        }
+        if matches!(purge, Purge::Clear) {
+            Self::sweep(node, self.role, &keys.tags_pattern()).await?;
+        }
+        if marked.is_err() {
+            self.purge_slots(node, at, tag).await?;
+        }
+        let mut conn = node.shared.clone();
+        self.publish(&mut conn, kind, argument).await;
+        Ok(())
+    }
+
+    /// Raises the purge mark of every slot to `at` and, with `tag`, purges
+    /// the slot's index of it (atomically per slot). Returns how many
+    /// entries were removed.
+    async fn purge_slots(
+        &self,
+        node: &Node,
+        at: SystemTime,
+        tag: Option<&str>,
+    ) -> Result<u64, CacheError> {
+        let Some(parts) = &node.cluster else {
+            return Ok(0);
+        };
+        let mut conn = parts.conn.clone();
+        let script = &self.space.scripts.purge_slot;
+        // EVALSHA in the pipelines needs the script on every node.
+        script
+            .prepare_invoke()
+            .load_async(&mut conn)
+            .await
+            .map_err(|e| self.fail(e))?;
+        let keys = &self.space.keys;
+        let version = self.space.conns.master_clock(at);
+        let window = self.window_ms();
+        let replies = cluster::each_slot(&mut conn, &parts.shape, |pipe, slot_tag| {
+            let command = pipe.cmd("EVALSHA").arg(script.get_hash());
+            match tag {
+                Some(tag) => command
+                    .arg(2)
+                    .arg(keys.purge_mark_in(slot_tag))
+                    .arg(keys.tag_in(slot_tag, tag)),
+                None => command.arg(1).arg(keys.purge_mark_in(slot_tag)),
+            }
+            .arg(version)
+            .arg(window)
+            .arg(keys.namespace())
+            .arg(format!("{{{slot_tag}}}"));
+        })
+        .await
+        .inspect_err(|_| self.space.conns.resolve.notify_one())?;
+        let removed = replies
+            .iter()
+            .filter_map(|v| match v {
+                redis::Value::Int(n) => u64::try_from(*n).ok(),
+                _ => None,
+            })
+            .sum();
+        if tag.is_some() {
+            sweep::report(SweepStep {
+                tier: self.role.as_str(),
+                matched: removed,
+                removed,
+            });
+        }
+        Ok(removed)
+    }
+
+    /// Deletes the members of a cluster's variants index `tag`, each as a
+    /// delete issued at `at` (an entry stored after it stays, and each one
+    /// removed leaves a tombstone). The index keeps its members (removing
+    /// one could unlist a variant stored again meanwhile in another slot);
+    /// it holds one URL's variants and expires with the newest.
+    async fn purge_variants(
+        &self,
+        node: &Node,
+        tag: &str,
+        at: SystemTime,
+    ) -> Result<u64, CacheError> {
+        let mut conn = node.shared.clone();
+        let members: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.space.keys.tag(tag))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.fail(e))?;
+        let entries = self.space.keys.entry("");
+        let mut removed = 0u64;
+        for member in &members {
+            let Some(key) = member.strip_prefix(entries.as_str()) else {
+                continue;
+            };
+            let invocation = self.delete_invocation(key, at);
+            let n = self
+                .run_script(&mut conn, &invocation)
+                .await
+                .map_err(|e| self.fail(e))?;
+            removed += u64::try_from(n).unwrap_or(0);
+        }
+        sweep::report(SweepStep {
+            tier: self.role.as_str(),
+            matched: members.len() as u64,
+            removed,
+        });
+        Ok(removed)
     }
 
     /// Raises the namespace's purge mark to `at` (see [`Self::purge_at`]).
@@ -499,8 +657,19 @@ impl RedisTier {
     /// The entry keys of this namespace matching `pattern` (`SCAN`).
     async fn scan_entries(&self, pattern: &str) -> Result<Vec<CacheKey>, CacheError> {
         let node = self.node()?;
-        let mut conn = node.exclusive().await?;
         let entries = self.space.keys.entry("");
+        if let Some(parts) = &node.cluster {
+            let mut conn = parts.conn.clone();
+            let (found, _) =
+                cluster::scan_primaries(&mut conn, &parts.shape, pattern, OnFound::Collect).await?;
+            return Ok(found
+                .iter()
+                .filter_map(|k| std::str::from_utf8(k).ok())
+                .filter_map(|k| k.strip_prefix(entries.as_str()))
+                .filter_map(|k| CacheKey::new(k).ok())
+                .collect());
+        }
+        let mut conn = node.exclusive().await?;
         let mut cursor: u64 = 0;
         let mut out = Vec::new();
         loop {
@@ -534,6 +703,45 @@ impl RedisTier {
         Ok(())
     }
 
+    /// Whether this tier takes no writes or invalidations: a cluster's
+    /// local tier (its replicas cannot be written: a write goes to the
+    /// slot's primary, which the master tier writes, and replication
+    /// brings it here).
+    fn read_only(&self) -> bool {
+        self.role == Role::Local && self.space.keys.is_cluster()
+    }
+
+    /// On a cluster, lists `key` in the variants indexes of `entry` before
+    /// the entry is stored (they live in other slots than the entry, so the
+    /// set script cannot): an entry is never stored unindexed.
+    async fn index_variants(
+        &self,
+        conn: &mut Shared,
+        key: &CacheKey,
+        entry: &Entry,
+        ttl: Duration,
+    ) -> Result<(), CacheError> {
+        let keys = &self.space.keys;
+        for tag in entry
+            .meta()
+            .tags
+            .iter()
+            .filter(|t| cachette_core::is_variants_tag(t))
+        {
+            let _: i64 = self
+                .space
+                .scripts
+                .index_add
+                .key(keys.tag(tag))
+                .arg(keys.entry(key.as_str()))
+                .arg(ttl_arg(ttl))
+                .invoke_async(conn)
+                .await
+                .map_err(|e| self.fail(e))?;
+        }
+        Ok(())
+    }
+
     async fn write(
         &self,
         key: &CacheKey,
@@ -541,8 +749,14 @@ impl RedisTier {
         ttl: Duration,
         mode: &str,
     ) -> Result<bool, CacheError> {
+        if self.read_only() {
+            return Ok(false);
+        }
         let node = self.node()?;
         let mut conn = node.shared.clone();
+        if self.space.keys.is_cluster() {
+            self.index_variants(&mut conn, key, entry, ttl).await?;
+        }
         let invocation = self.set_invocation(key, entry, ttl, mode);
         match self.run_script(&mut conn, &invocation).await {
             Ok(-1) if mode != "nx" => Err(CacheError::Superseded {
@@ -652,6 +866,9 @@ impl Backend for RedisTier {
     }
 
     async fn touch(&self, key: &CacheKey, meta: EntryMeta) -> Result<bool, CacheError> {
+        if self.read_only() {
+            return Ok(false);
+        }
         let touched = self
             .replace_in_place(key, |entry| {
                 Some(entry.with_meta(meta.clone().with_tags(entry.meta().tags.iter().cloned())))
@@ -688,10 +905,16 @@ impl Backend for RedisTier {
     }
 
     async fn soften(&self, key: &CacheKey) -> Result<(), CacheError> {
+        if self.read_only() {
+            return Ok(());
+        }
         self.soften_all(vec![key.clone()], 'S', key.as_str()).await
     }
 
     async fn soften_prefix(&self, prefix: &str) -> Result<(), CacheError> {
+        if self.read_only() {
+            return Ok(());
+        }
         let keys = self
             .scan_entries(&self.space.keys.entry_pattern(prefix))
             .await?;
@@ -699,6 +922,9 @@ impl Backend for RedisTier {
     }
 
     async fn soften_pattern(&self, pattern: &str) -> Result<(), CacheError> {
+        if self.read_only() {
+            return Ok(());
+        }
         let keys = self
             .scan_entries(&self.space.keys.entry_glob(pattern))
             .await?;
@@ -706,13 +932,33 @@ impl Backend for RedisTier {
     }
 
     async fn soften_tag(&self, tag: &str) -> Result<(), CacheError> {
+        if self.read_only() {
+            return Ok(());
+        }
         let node = self.node()?;
         let mut conn = node.shared.clone();
-        let members: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(self.space.keys.tag(tag))
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| self.fail(e))?;
+        let keys = &self.space.keys;
+        let members: Vec<String> = match &node.cluster {
+            Some(parts) if !keys.single_index(tag) => {
+                let mut conn = parts.conn.clone();
+                let replies = cluster::each_slot(&mut conn, &parts.shape, |pipe, slot_tag| {
+                    pipe.cmd("SMEMBERS").arg(keys.tag_in(slot_tag, tag));
+                })
+                .await?;
+                let mut members = Vec::new();
+                for reply in replies {
+                    let slot: Vec<String> =
+                        redis::from_redis_value(reply).map_err(|e| redis_error(e.into()))?;
+                    members.extend(slot);
+                }
+                members
+            }
+            _ => redis::cmd("SMEMBERS")
+                .arg(keys.tag(tag))
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.fail(e))?,
+        };
         let entries = self.space.keys.entry("");
         let keys = members
             .iter()
@@ -723,6 +969,9 @@ impl Backend for RedisTier {
     }
 
     async fn delete(&self, key: &CacheKey) -> Result<bool, CacheError> {
+        if self.read_only() {
+            return Ok(false);
+        }
         let node = self.node()?;
         let mut conn = node.shared.clone();
         let removed = if self.role == Role::Master {
@@ -780,6 +1029,23 @@ impl Backend for RedisTier {
             Role::Local => self.space.conns.config.local_timeout,
             Role::Master => self.space.conns.config.master_timeout,
         };
+        if let Some(parts) = &node.cluster {
+            let primaries = parts.shape.primaries();
+            let address = if primaries.is_empty() {
+                node.addr.clone()
+            } else {
+                primaries
+                    .iter()
+                    .map(cluster::Primary::addr)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            let role = match self.role {
+                Role::Local => "cluster replicas",
+                Role::Master => "cluster primaries",
+            };
+            return TierInfo::server(Some(address), Some(role.to_owned()));
+        }
         let role = node.role(timeout).await.ok();
         TierInfo::server(Some(node.addr.clone()), role)
     }

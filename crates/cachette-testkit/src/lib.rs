@@ -1,6 +1,6 @@
-//! Real Redis for tests: `redis-server` (masters and replicas) and
-//! `redis-sentinel` processes on free loopback ports, each in its own temporary
-//! directory, killed (SIGKILL) when dropped.
+//! Real Redis for tests: `redis-server` (masters and replicas, and Redis
+//! Cluster nodes) and `redis-sentinel` processes on free loopback ports,
+//! each in its own temporary directory, killed (SIGKILL) when dropped.
 //!
 //! The binaries must be on `PATH` (`apt-get install redis-server
 //! redis-sentinel`); the project's test command installs them.
@@ -92,7 +92,11 @@ impl RedisServer {
 
     /// A standalone server with extra `--name value` arguments.
     pub fn start_with(extra: &[&str]) -> Self {
-        let port = free_port();
+        Self::start_on(free_port(), extra)
+    }
+
+    /// A server on `port` with extra `--name value` arguments.
+    pub fn start_on(port: u16, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut args: Vec<String> = [
             "--port",
@@ -591,5 +595,264 @@ fn pump(
 impl Drop for BlackholeProxy {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A port that is free, at most 55 535, with port + 10 000 free too: a Redis
+/// Cluster node listens on both (the second is its cluster bus).
+pub fn free_cluster_port() -> u16 {
+    for _ in 0..1000 {
+        let port = free_port();
+        if port > 55_535 {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port pair for a cluster node");
+}
+
+/// One node of `CLUSTER NODES`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterNode {
+    /// The node's id.
+    pub id: String,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    /// Whether it is a primary now.
+    pub primary: bool,
+    /// Whether it is flagged failed.
+    pub failed: bool,
+    /// The id of its primary, for a replica.
+    pub primary_id: Option<String>,
+    /// The slot ranges it serves (a primary).
+    pub slots: Vec<(u16, u16)>,
+}
+
+/// A real Redis Cluster on loopback: `primaries` primaries with
+/// `replicas` replicas each, made with `redis-cli --cluster create`,
+/// `cluster-node-timeout` 2 s; every node killed on drop.
+#[derive(Debug)]
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+    replicas: usize,
+}
+
+impl RedisCluster {
+    /// Starts the nodes, creates the cluster, and waits until every node
+    /// says `cluster_state:ok` and every replica's link is up.
+    pub fn start(primaries: usize, replicas: usize) -> Self {
+        let count = primaries * (1 + replicas);
+        let nodes: Vec<RedisServer> = (0..count)
+            .map(|_| {
+                RedisServer::start_on(
+                    free_cluster_port(),
+                    &[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--cluster-node-timeout",
+                        "2000",
+                        // A replica may be promoted however far it lags.
+                        "--cluster-replica-validity-factor",
+                        "0",
+                    ],
+                )
+            })
+            .collect();
+        let mut args = vec!["--cluster".to_owned(), "create".to_owned()];
+        args.extend(nodes.iter().map(RedisServer::addr));
+        args.extend([
+            "--cluster-replicas".to_owned(),
+            replicas.to_string(),
+            "--cluster-yes".to_owned(),
+        ]);
+        let status = Command::new("redis-cli")
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("redis-cli on PATH (apt-get install redis-tools)");
+        assert!(status.success(), "redis-cli --cluster create failed");
+        let cluster = Self { nodes, replicas };
+        cluster.wait_healthy();
+        // Redis lists a replica in `CLUSTER SLOTS` only once it has
+        // replicated something: write a little to every primary (keys it
+        // does not own are refused with MOVED, which is fine), and wait
+        // until every node lists every replica.
+        for node in &cluster.nodes {
+            for i in 0..64 {
+                let _ = node.command(&format!("SET testkit:warm:{i} 1"));
+            }
+        }
+        let ports: Vec<u16> = cluster.nodes.iter().map(RedisServer::port).collect();
+        let count = cluster.nodes.len();
+        wait_until(
+            "replicas listed in CLUSTER SLOTS",
+            Duration::from_secs(30),
+            || {
+                ports.iter().all(|port| {
+                    Command::new("redis-cli")
+                        .args(["-p", &port.to_string(), "CLUSTER", "SLOTS"])
+                        .output()
+                        .is_ok_and(|out| {
+                            String::from_utf8_lossy(&out.stdout)
+                                .lines()
+                                .filter(|l| l.trim() == "127.0.0.1")
+                                .count()
+                                == count
+                        })
+                })
+            },
+        );
+        // Every node's view has the replicas as replicas (gossip spreads
+        // the roles after the links are up).
+        let ports: Vec<u16> = cluster.nodes.iter().map(RedisServer::port).collect();
+        let expected = primaries * replicas;
+        wait_until("cluster roles gossiped", Duration::from_secs(30), || {
+            ports.iter().all(|port| {
+                raw_command(*port, "CLUSTER NODES").is_some_and(|nodes| {
+                    nodes
+                        .lines()
+                        .filter(|line| {
+                            line.split_whitespace()
+                                .nth(2)
+                                .is_some_and(|flags| flags.contains("slave"))
+                        })
+                        .count()
+                        == expected
+                })
+            })
+        });
+        cluster
+    }
+
+    /// Waits until every running node says `cluster_state:ok`, knows
+    /// every node, and every replica's link to its primary is up.
+    pub fn wait_healthy(&self) {
+        let ports: Vec<u16> = self.nodes.iter().map(RedisServer::port).collect();
+        let expected = self.nodes.len();
+        wait_until("cluster state ok", Duration::from_secs(30), || {
+            ports.iter().all(|port| {
+                raw_command(*port, "CLUSTER INFO").is_some_and(|info| {
+                    info.contains("cluster_state:ok")
+                        && info.contains(&format!("cluster_known_nodes:{expected}"))
+                })
+            }) && ports.iter().all(|port| {
+                raw_command(*port, "INFO replication").is_some_and(|info| {
+                    info.contains("role:master") || info.contains("master_link_status:up")
+                })
+            })
+        });
+    }
+
+    /// The nodes (primaries and replicas, in creation order).
+    pub fn nodes(&self) -> &[RedisServer] {
+        &self.nodes
+    }
+
+    /// The nodes, to kill or restart one.
+    pub fn nodes_mut(&mut self) -> &mut [RedisServer] {
+        &mut self.nodes
+    }
+
+    /// Replicas per primary, as created.
+    pub fn replicas_per_primary(&self) -> usize {
+        self.replicas
+    }
+
+    /// `redis://127.0.0.1:port` of every node (seed URLs).
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| format!("redis://127.0.0.1:{}", n.port()))
+            .collect()
+    }
+
+    /// `CLUSTER NODES` as one live node sees it (skipping nodes that do
+    /// not answer).
+    pub fn cluster_nodes(&self) -> Vec<ClusterNode> {
+        let listing = self
+            .nodes
+            .iter()
+            .find_map(|n| n.command("CLUSTER NODES").filter(|l| l.contains("myself")));
+        let Some(listing) = listing else {
+            return Vec::new();
+        };
+        listing
+            .lines()
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let addr = fields.get(1)?;
+                let port = addr
+                    .split(['@', ','])
+                    .next()?
+                    .rsplit(':')
+                    .next()?
+                    .parse()
+                    .ok()?;
+                let flags = fields.get(2)?;
+                let slots = fields
+                    .iter()
+                    .skip(8)
+                    .filter(|f| !f.starts_with('['))
+                    .filter_map(|range| {
+                        let (start, end) = range.split_once('-').unwrap_or((range, range));
+                        Some((start.parse().ok()?, end.parse().ok()?))
+                    })
+                    .collect();
+                Some(ClusterNode {
+                    id: fields.first()?.to_string(),
+                    port,
+                    primary: flags.contains("master"),
+                    failed: flags.contains("fail") && !flags.contains("fail?"),
+                    primary_id: fields
+                        .get(3)
+                        .filter(|id| **id != "-")
+                        .map(|id| id.to_string()),
+                    slots,
+                })
+            })
+            .collect()
+    }
+
+    /// The port of the primary serving `slot` now.
+    pub fn primary_of_slot(&self, slot: u16) -> Option<u16> {
+        self.cluster_nodes()
+            .into_iter()
+            .find(|n| {
+                n.primary && !n.failed && n.slots.iter().any(|(s, e)| (*s..=*e).contains(&slot))
+            })
+            .map(|n| n.port)
+    }
+
+    /// The ports of the replicas of the primary on `port`.
+    pub fn replicas_of(&self, port: u16) -> Vec<u16> {
+        let nodes = self.cluster_nodes();
+        let Some(primary) = nodes.iter().find(|n| n.port == port) else {
+            return Vec::new();
+        };
+        nodes
+            .iter()
+            .filter(|n| n.primary_id.as_deref() == Some(primary.id.as_str()))
+            .map(|n| n.port)
+            .collect()
+    }
+
+    /// The node on `port`.
+    pub fn node_on(&mut self, port: u16) -> Option<&mut RedisServer> {
+        self.nodes.iter_mut().find(|n| n.port() == port)
+    }
+
+    /// The slot of `key` (asked of a live node: `CLUSTER KEYSLOT`).
+    pub fn slot_of(&self, key: &str) -> Option<u16> {
+        self.nodes.iter().find_map(|n| {
+            n.command(&format!("CLUSTER KEYSLOT {key}"))?
+                .trim_start_matches(':')
+                .parse()
+                .ok()
+        })
     }
 }
