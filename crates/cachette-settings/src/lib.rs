@@ -290,8 +290,13 @@ pub struct RedisSettings {
     pub sentinels: Option<Vec<String>>,
     /// The Sentinel service name.
     pub service: Option<String>,
+    /// Redis Cluster (or Valkey Cluster) seed nodes: `redis://host:port`
+    /// URLs or `host:port` (credentials from `username`, `password`).
+    pub cluster: Option<Vec<String>>,
     /// This node's replica: a URL, or `host:port` (credentials and db from
-    /// `username`, `password`, `db`).
+    /// `username`, `password`, `db`). On a cluster: `host` (every replica on
+    /// this host) or `host:port`, several separated by commas.
+    #[serde(alias = "local_replica")]
     pub local: Option<String>,
     /// ACL user for the data nodes.
     pub username: Option<String>,
@@ -493,11 +498,62 @@ impl Settings {
                 redis.url.is_some(),
                 redis.master.is_some(),
                 redis.sentinels.is_some(),
+                redis.cluster.is_some(),
             ];
             match modes.iter().filter(|m| **m).count() {
-                0 => return Err(err(format!("redis.{name}"), "set one of `url` (one Redis), `master` (+ `local`) or `sentinels` (+ `service`)".into())),
+                0 => return Err(err(format!("redis.{name}"), "set one of `url` (one Redis), `master` (+ `local`), `sentinels` (+ `service`) or `cluster` (seed nodes)".into())),
                 1 => {}
-                _ => return Err(err(format!("redis.{name}"), "`url`, `master` and `sentinels` are exclusive: set only one".into())),
+                _ => return Err(err(format!("redis.{name}"), "`url`, `master`, `sentinels` and `cluster` are exclusive: set only one".into())),
+            }
+            if let Some(seeds) = &redis.cluster {
+                if seeds.is_empty() {
+                    return Err(err(
+                        key("cluster"),
+                        "at least one seed node is needed".into(),
+                    ));
+                }
+                for seed in seeds {
+                    let address = seed
+                        .split_once("://")
+                        .map_or(seed.as_str(), |(scheme, rest)| {
+                            if scheme == "redis" || scheme == "rediss" {
+                                rest
+                            } else {
+                                ""
+                            }
+                        });
+                    let address = address.rsplit('@').next().unwrap_or(address);
+                    let address = address.split(['/', '?', '#']).next().unwrap_or(address);
+                    let valid = address.rsplit_once(':').is_some_and(|(host, port)| {
+                        !host.is_empty() && port.parse::<u16>().is_ok()
+                    });
+                    if !valid {
+                        return Err(err(
+                            key("cluster"),
+                            format!("`{seed}` is not host:port or a redis:// URL with a port"),
+                        ));
+                    }
+                }
+                if redis.db != 0 {
+                    return Err(err(key("db"), "a Redis Cluster has only database 0".into()));
+                }
+                if let Some(local) = &redis.local {
+                    for item in local.split(',') {
+                        let item = item.trim();
+                        let port_ok = match item.rsplit_once(':') {
+                            Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok(),
+                            None => !item.is_empty(),
+                        };
+                        if !port_ok || item.contains("://") {
+                            return Err(err(
+                                key("local"),
+                                format!(
+                                    "`{item}` is not a host or host:port of this node's replicas"
+                                ),
+                            ));
+                        }
+                    }
+                }
             }
             if redis.sentinels.is_some() && redis.service.is_none() {
                 return Err(err(
@@ -703,6 +759,19 @@ impl Settings {
                     &self.source_name,
                     format!("caches.{alias}.namespace"),
                     "must not be empty (it would cover every key of the Redis database)",
+                ));
+            }
+            let on_cluster = self
+                .redis
+                .get(*topology)
+                .is_some_and(|r| r.cluster.is_some());
+            if on_cluster && namespace.contains(['{', '}']) {
+                return Err(SettingsError::new(
+                    &self.source_name,
+                    format!("caches.{alias}.namespace"),
+                    format!(
+                        "`{namespace}` is on a Redis Cluster, where `{{` and `}}` in a namespace would pick the keys' hash slot: leave them out"
+                    ),
                 ));
             }
             for (other, other_topology, other_namespace) in &spaces[i + 1..] {

@@ -171,7 +171,7 @@ fn unreachable_combinations_are_refused() {
     );
     assert_eq!(
         err("[redis.main]\ndb = 1"),
-        "caches.toml: redis.main: set one of `url` (one Redis), `master` (+ `local`) or `sentinels` (+ `service`)"
+        "caches.toml: redis.main: set one of `url` (one Redis), `master` (+ `local`), `sentinels` (+ `service`) or `cluster` (seed nodes)"
     );
     assert_eq!(
         err("[redis.main]\nurl = \"http://h\""),
@@ -267,5 +267,57 @@ fn key_headers_must_be_field_names() {
             "[caches.default.http]\nkey_headers = [\"x-tenant\"]"
         )
         .is_ok()
+    );
+}
+
+#[test]
+fn a_cluster_topology_is_read_and_checked() {
+    let settings = Settings::from_toml_str(
+        "caches.toml",
+        r#"
+        [redis.main]
+        cluster = ["redis://10.0.0.5:7000", "10.0.0.6:7000"]
+        local_replica = "10.0.0.7"
+
+        [caches.default]
+        backend = "redis"
+        "#,
+    )
+    .unwrap();
+    let main = &settings.redis["main"];
+    assert_eq!(main.cluster.as_ref().unwrap().len(), 2);
+    assert_eq!(main.local.as_deref(), Some("10.0.0.7"));
+    assert_eq!(
+        settings.caches["default"].tiers(),
+        vec![TierKind::Local, TierKind::Master]
+    );
+
+    assert_eq!(
+        err("[redis.main]\ncluster = []"),
+        "caches.toml: redis.main.cluster: at least one seed node is needed"
+    );
+    assert_eq!(
+        err("[redis.main]\ncluster = [\"redis://h\"]"),
+        "caches.toml: redis.main.cluster: `redis://h` is not host:port or a redis:// URL with a port"
+    );
+    assert_eq!(
+        err("[redis.main]\ncluster = [\"h:7000\"]\ndb = 2"),
+        "caches.toml: redis.main.db: a Redis Cluster has only database 0"
+    );
+    assert_eq!(
+        err("[redis.main]\ncluster = [\"h:7000\"]\nlocal = \"h:x\""),
+        "caches.toml: redis.main.local: `h:x` is not a host or host:port of this node's replicas"
+    );
+    assert_eq!(
+        err("[redis.main]\ncluster = [\"h:7000\"]\nurl = \"redis://h:1\""),
+        "caches.toml: redis.main: `url`, `master`, `sentinels` and `cluster` are exclusive: set only one"
+    );
+    let braces = err(
+        "[redis.main]\ncluster = [\"h:7000\"]\n[caches.default]\nbackend = \"redis\"\nnamespace = \"app{1}:\"",
+    );
+    assert!(
+        braces
+            .starts_with("caches.toml: caches.default.namespace: `app{1}:` is on a Redis Cluster"),
+        "{braces}"
     );
 }

@@ -27,8 +27,23 @@ pub fn raw_command(port: u16, command: &str) -> Option<String> {
     raw_command_auth(port, None, command)
 }
 
+/// Like [`raw_command`], after `READONLY` (a cluster replica answers reads
+/// of its slots on such a connection instead of redirecting them).
+pub fn raw_command_readonly(port: u16, command: &str) -> Option<String> {
+    raw_command_after(port, Some("READONLY"), command)
+}
+
 /// Like [`raw_command`], after `AUTH password` when one is given.
 pub fn raw_command_auth(port: u16, password: Option<&str>, command: &str) -> Option<String> {
+    raw_command_after(
+        port,
+        password.map(|p| format!("AUTH {p}")).as_deref(),
+        command,
+    )
+}
+
+/// Sends `first` (if any, its one-line reply skipped), then `command`.
+fn raw_command_after(port: u16, first: Option<&str>, command: &str) -> Option<String> {
     let mut stream = TcpStream::connect_timeout(
         &format!("127.0.0.1:{port}").parse().ok()?,
         Duration::from_millis(200),
@@ -37,14 +52,12 @@ pub fn raw_command_auth(port: u16, password: Option<&str>, command: &str) -> Opt
     stream
         .set_read_timeout(Some(Duration::from_millis(500)))
         .ok()?;
-    let auth = password
-        .map(|p| format!("AUTH {p}\r\n"))
-        .unwrap_or_default();
+    let before = first.map(|c| format!("{c}\r\n")).unwrap_or_default();
     stream
-        .write_all(format!("{auth}{command}\r\n").as_bytes())
+        .write_all(format!("{before}{command}\r\n").as_bytes())
         .ok()?;
     let mut reader = BufReader::new(stream);
-    if password.is_some() {
+    if first.is_some() {
         let mut ok = String::new();
         reader.read_line(&mut ok).ok()?;
     }

@@ -312,7 +312,36 @@ async fn redis_for(
             )
         }
     };
-    let topology = if let Some(url) = &redis.url {
+    let topology = if let Some(seeds) = &redis.cluster {
+        let seeds = seeds
+            .iter()
+            .map(|seed| {
+                if seed.contains("://") {
+                    seed.clone()
+                } else {
+                    let (host, port) = seed.rsplit_once(':').unwrap_or((seed, "6379"));
+                    cachette_redis::node_url(
+                        host,
+                        port.parse().unwrap_or(6379),
+                        redis.username.as_deref(),
+                        redis.password.as_deref(),
+                        0,
+                    )
+                }
+            })
+            .collect::<Vec<_>>();
+        let local = redis
+            .local
+            .as_deref()
+            .map(|l| {
+                l.split(',')
+                    .map(|item| item.trim().to_owned())
+                    .filter(|item| !item.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        Topology::cluster(seeds, local)
+    } else if let Some(url) = &redis.url {
         Topology::single(url.clone())
     } else if let Some(master) = &redis.master {
         Topology::fixed(master.clone(), redis.local.as_deref().map(local_url))
