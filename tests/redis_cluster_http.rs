@@ -174,7 +174,11 @@ async fn a_primary_killed_under_load_fails_no_request_and_its_promoted_replica_t
     tokio::time::sleep(Duration::from_millis(500)).await;
     cluster.node_on(victim).unwrap().kill(); // SIGKILL
     let killed = Instant::now();
-    cache.delete(&doomed_key).await;
+    let deleted = cache.delete(&doomed_key).await;
+    assert!(
+        deleted.journaled.iter().any(|t| &**t == "master"),
+        "the delete waits in the journal: {deleted:?}"
+    );
     let promoted = async {
         while cluster.primary_of_slot(0) != Some(heir) {
             tokio::time::sleep(Duration::from_millis(50)).await;
