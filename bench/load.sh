@@ -10,7 +10,7 @@
 # seconds per wrk run), WARMUP (2), THREADS (2), CONNECTIONS (64),
 # STAMPEDE (500 clients), MEMORY_MIB (256), OUT (bench/results).
 #
-# Installs wrk, nginx, redis-server and python3 with apt-get when missing
+# Installs wrk, nginx, redis-server, redis-tools and python3 with apt-get when missing
 # (run as root or with sudo). Starts everything it needs on free loopback
 # ports, by PID, and stops it on exit.
 set -euo pipefail
@@ -40,6 +40,7 @@ need() { # need <command> <debian package>
 need wrk wrk
 need nginx nginx-light
 need redis-server redis-server
+need redis-cli redis-tools
 need python3 python3-minimal
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
@@ -126,13 +127,49 @@ redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
 PIDS+=($!)
 wait_port "$REDIS_PORT"
 
+# A Redis Cluster of 3 primaries (no replicas: one machine), for the
+# cluster-hit row. A node also listens on port + 10000 (its bus).
+cluster_port() {
+    python3 -c '
+import socket
+while True:
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]
+    if p > 55535: continue
+    t = socket.socket()
+    try:
+        t.bind(("127.0.0.1", p + 10000)); print(p); break
+    except OSError:
+        pass
+'
+}
+CLUSTER_SEEDS=()
+for i in 1 2 3; do
+    port=$(cluster_port)
+    mkdir -p "$WORK/cluster-$port"
+    redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no \
+        --cluster-enabled yes --cluster-config-file nodes.conf \
+        --dir "$WORK/cluster-$port" --logfile "$WORK/cluster-$port/redis.log" &
+    PIDS+=($!)
+    wait_port "$port"
+    CLUSTER_SEEDS+=("127.0.0.1:$port")
+done
+redis-cli --cluster create "${CLUSTER_SEEDS[@]}" --cluster-replicas 0 --cluster-yes >/dev/null
+for seed in "${CLUSTER_SEEDS[@]}"; do
+    for _ in $(seq 1 200); do
+        redis-cli -p "${seed#*:}" cluster info | grep -q cluster_state:ok && break
+        sleep 0.05
+    done
+done
+CLUSTER_URLS=$(printf 'redis://%s,' "${CLUSTER_SEEDS[@]}")
+CLUSTER_URLS=${CLUSTER_URLS%,}
+
 STAMPEDE_TSV="$WORK/stampede.tsv"
 : >"$STAMPEDE_TSV"
 
 for size in $SIZES; do
     echo "==> body $size bytes"
     APP_PORT=$(free_port)
-    "$BIN/examples/bench_server" "$APP_PORT" "$size" "redis://127.0.0.1:$REDIS_PORT/0" >/dev/null &
+    "$BIN/examples/bench_server" "$APP_PORT" "$size" "redis://127.0.0.1:$REDIS_PORT/0" "$CLUSTER_URLS" >/dev/null &
     APP=$!
     PIDS+=("$APP")
     wait_port "$APP_PORT"
@@ -185,6 +222,7 @@ NGINX
         "1|plain|http://127.0.0.1:$APP_PORT/plain"
         "2|layer-memory|http://127.0.0.1:$APP_PORT/cached"
         "3|layer-redis|http://127.0.0.1:$APP_PORT/redis"
+        "3c|layer-cluster|http://127.0.0.1:$APP_PORT/cluster"
         "4|proxy|http://127.0.0.1:$PROXY_PORT/plain"
         "5|nginx|http://127.0.0.1:$NGINX_PORT/plain"
     )
@@ -257,6 +295,7 @@ names = {
     "plain": "1. axum route, pre-built bytes, no layer (the limit)",
     "layer-memory": "2. same route + CacheLayer, memory hit",
     "layer-redis": "3. same route + CacheLayer, local Redis hit (no memory tier)",
+    "layer-cluster": "3c. same route + CacheLayer, Redis Cluster hit, 3 primaries (no memory tier)",
     "proxy": "4. cachette proxy, memory hit",
     "nginx": "5. nginx proxy_cache hit (the peer)",
     "miss-plain": "7a. route without the layer, new key each request (1 conn)",

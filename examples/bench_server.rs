@@ -3,13 +3,14 @@
 //! routes for the miss and stampede measurements.
 //!
 //! ```sh
-//! cargo run --release --example bench_server -- 3001 1024 [redis://127.0.0.1:6379/0]
+//! cargo run --release --example bench_server -- 3001 1024 [redis://127.0.0.1:6379/0] [redis://127.0.0.1:7000,...]
 //! wrk -t2 -c64 -d10s http://127.0.0.1:3001/plain
 //! wrk -t2 -c64 -d10s http://127.0.0.1:3001/cached
 //! ```
 //!
-//! Arguments: port (default 3001), body size in bytes (default 1024), and
-//! optionally a Redis URL. Routes, all answering the same body with
+//! Arguments: port (default 3001), body size in bytes (default 1024),
+//! optionally a Redis URL, and optionally Redis Cluster seed URLs
+//! (comma-separated). Routes, all answering the same body with
 //! `Cache-Control: max-age=3600`:
 //!
 //! | route | what |
@@ -17,6 +18,7 @@
 //! | `/plain` | the route alone: the physical limit |
 //! | `/cached` | the route behind `CacheLayer`, memory tier |
 //! | `/redis` | the route behind `CacheLayer` whose only tier is the Redis at the URL (memory disabled) |
+//! | `/cluster` | the same over the Redis Cluster at the seeds (memory disabled, reads from the primaries) |
 //! | `/miss/{n}` | the route alone, under any path |
 //! | `/miss-cached/{n}` | behind the layer: each new `n` is a miss that is stored |
 //! | `/slow/{n}` | an origin taking 200 ms, counting its calls |
@@ -90,7 +92,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ))
         .await?;
         let redis_only = redis.tiered("bench-redis", None);
-        app = app.route("/redis", get(handler).layer(CacheLayer::new(redis_only)));
+        app = app.route(
+            "/redis",
+            get(handler.clone()).layer(CacheLayer::new(redis_only)),
+        );
+    }
+    if let Some(seeds) = args.next() {
+        let cluster = cachette::redis::RedisTiers::connect(cachette::redis::RedisConfig::new(
+            cachette::redis::Topology::cluster(seeds.split(','), Vec::new()),
+            "bench:",
+        ))
+        .await?;
+        let cluster_only = cluster.tiered("bench-cluster", None);
+        app = app.route(
+            "/cluster",
+            get(handler).layer(CacheLayer::new(cluster_only)),
+        );
     }
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     println!("bench server on http://127.0.0.1:{port}, body {size} bytes");
