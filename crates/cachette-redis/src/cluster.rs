@@ -253,7 +253,13 @@ pub(crate) fn parse_slots(reply: &Value) -> Option<Vec<Primary>> {
             }
         }
     }
-    Some(primaries.into_values().collect())
+    let mut primaries: Vec<Primary> = primaries.into_values().collect();
+    for primary in &mut primaries {
+        // Nodes list replicas in their own order: compare shapes as sets.
+        primary.replicas.sort();
+        primary.ranges.sort();
+    }
+    Some(primaries)
 }
 
 /// The cluster's shape as last read, for stats and per-primary calls.
@@ -405,6 +411,25 @@ fn follow_change(conns: &Connections, master: &Node, before: &[Primary], now: &[
         }
         Err(error) => tracing::warn!(%error, "could not rebuild the local replica connection"),
     }
+}
+
+/// Loads a script on every primary (`SCRIPT LOAD`), so that pipelines of
+/// `EVALSHA` find it. redis-rs's own `SCRIPT LOAD` goes to every node,
+/// replicas included, and fails when one of them is down or loading.
+pub(crate) async fn load_on_primaries(
+    conn: &mut ClusterConnection,
+    code: &str,
+) -> Result<(), CacheError> {
+    conn.route_command(
+        redis::cmd("SCRIPT").arg("LOAD").arg(code).clone(),
+        RoutingInfo::MultiNode((
+            redis::cluster_routing::MultipleNodeRoutingInfo::AllMasters,
+            Some(redis::cluster_routing::ResponsePolicy::AllSucceeded),
+        )),
+    )
+    .await
+    .map(|_| ())
+    .map_err(redis_error)
 }
 
 /// Runs `command(slot_tag)` once for every slot, one pipeline per primary

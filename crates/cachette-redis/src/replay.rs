@@ -92,6 +92,30 @@ async fn apply_pipelined(
             key_of(record).map_or(0, |k| crate::cluster::hash_slot(keys.entry(k).as_bytes()));
         by_slot.entry(slot).or_default().push(i);
     }
+    let node = tier.node()?;
+    let mut conn = node.shared.clone();
+    if let Some(parts) = &node.cluster {
+        // The scripts on every primary (not every node: a replica down
+        // must not stop the replay).
+        let mut cluster_conn = parts.conn.clone();
+        for code in [
+            &tier.space.scripts.set_code,
+            &tier.space.scripts.delete_code,
+        ] {
+            crate::cluster::load_on_primaries(&mut cluster_conn, code).await?;
+        }
+    }
+    // A replayed variant is listed in its URL's variants index first, as
+    // a direct write is (the set script cannot reach that slot).
+    let now = SystemTime::now();
+    for record in run {
+        if let Some(JournalOp::Set { key, entry }) = &record.op {
+            let ttl = entry.remaining_ttl(now);
+            if !ttl.is_zero() {
+                tier.index_variants(&mut conn, key, entry, ttl).await?;
+            }
+        }
+    }
     let mut outcomes: Vec<Option<Outcome>> = (0..run.len()).map(|_| None).collect();
     for indexes in by_slot.values() {
         let group: Vec<&RecordedOp> = indexes.iter().map(|i| run[*i]).collect();
@@ -101,8 +125,6 @@ async fn apply_pipelined(
         }
     }
     if tier.space.bus {
-        let node = tier.node()?;
-        let mut conn = node.shared.clone();
         for record in run {
             if let Some(JournalOp::Delete { key, .. }) = &record.op {
                 tier.publish(&mut conn, 'd', key.as_str()).await;
@@ -125,8 +147,14 @@ async fn apply_pipeline(
     let shared = &tier.space;
     let node = tier.node()?;
     let mut conn = node.exclusive().await?;
-    // Load both scripts once so the pipeline can use EVALSHA.
-    for script in [&shared.scripts.set, &shared.scripts.delete] {
+    // Load both scripts once so the pipeline can use EVALSHA (on a cluster,
+    // the caller loaded them on every primary).
+    let scripts = if node.cluster.is_some() {
+        Vec::new()
+    } else {
+        vec![&shared.scripts.set, &shared.scripts.delete]
+    };
+    for script in scripts {
         script
             .prepare_invoke()
             .load_async(&mut conn)

@@ -253,18 +253,28 @@ pub(crate) struct Scripts {
     pub(crate) purge_tag_chunk: Script,
     pub(crate) purge_slot: Script,
     pub(crate) index_add: Script,
+    /// The sources of the scripts a cluster pipelines (loaded on every
+    /// primary first).
+    pub(crate) set_code: String,
+    pub(crate) delete_code: String,
+    pub(crate) purge_slot_code: String,
 }
 
 impl Default for Scripts {
     fn default() -> Self {
+        let (set_code, delete_code, purge_slot_code) =
+            (set_script(), delete_script(), purge_slot_script());
         Self {
-            set: Script::new(&set_script()),
-            delete: Script::new(&delete_script()),
+            set: Script::new(&set_code),
+            delete: Script::new(&delete_code),
             purge_mark: Script::new(&purge_mark_script()),
             incr: Script::new(INCR),
             purge_tag_chunk: Script::new(&purge_tag_chunk_script()),
-            purge_slot: Script::new(&purge_slot_script()),
+            purge_slot: Script::new(&purge_slot_code),
             index_add: Script::new(INDEX_ADD),
+            set_code,
+            delete_code,
+            purge_slot_code,
         }
     }
 }

@@ -491,12 +491,10 @@ impl RedisTier {
         };
         let mut conn = parts.conn.clone();
         let script = &self.space.scripts.purge_slot;
-        // EVALSHA in the pipelines needs the script on every node.
-        script
-            .prepare_invoke()
-            .load_async(&mut conn)
-            .await
-            .map_err(|e| self.fail(e))?;
+        // EVALSHA in the pipelines needs the script on every primary (not
+        // on every node: a replica that is down or loading must not stop
+        // purges).
+        cluster::load_on_primaries(&mut conn, &self.space.scripts.purge_slot_code).await?;
         let keys = &self.space.keys;
         let version = self.space.conns.master_clock(at);
         let window = self.window_ms();
@@ -625,6 +623,10 @@ impl RedisTier {
             if ttl.is_zero() {
                 return Ok(InPlace::Done);
             }
+            if self.space.keys.is_cluster() {
+                // The variants index must outlive the entry it lists.
+                self.index_variants(&mut conn, key, &updated, ttl).await?;
+            }
             let mut invocation = self.set_invocation(key, &updated, ttl, "cas");
             invocation.arg(version);
             match self
@@ -714,7 +716,7 @@ impl RedisTier {
     /// On a cluster, lists `key` in the variants indexes of `entry` before
     /// the entry is stored (they live in other slots than the entry, so the
     /// set script cannot): an entry is never stored unindexed.
-    async fn index_variants(
+    pub(crate) async fn index_variants(
         &self,
         conn: &mut Shared,
         key: &CacheKey,

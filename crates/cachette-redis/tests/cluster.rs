@@ -354,3 +354,54 @@ async fn a_cluster_namespace_with_braces_is_refused_at_startup() {
     assert!(error.contains("may not contain"), "{error}");
     let _ = CacheKey::new("x").unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_variant_is_indexed_and_a_stalled_replica_stops_no_replay_or_purge() {
+    let mut cluster = RedisCluster::start(3, 1);
+    let ns = "cl5:";
+    let dir = tempfile::tempdir().unwrap();
+    let mut journal = cachette_redis::JournalConfig::new(dir.path().join("journal"));
+    journal.probe_interval = Duration::from_secs(3600);
+    let redis = connect(cluster_config(&cluster, Vec::new(), ns).journal(journal)).await;
+    let master = redis.master_tier();
+    // A variant write and a plain write that waited in the journal.
+    let variants_tag = cachette_core::variants_tag(&key("GET:h/doc"));
+    let variant = "GET:h/doc#vary:accept=text";
+    let journal = redis.journal().unwrap();
+    for (k, tags) in [(variant, vec![variants_tag.as_str()]), ("plain", vec![])] {
+        cachette_core::Journal::record(
+            journal,
+            cachette_core::JournalOp::Set {
+                key: key(k),
+                entry: entry_at(k, SystemTime::now(), TTL, &tags),
+            },
+        )
+        .await
+        .unwrap();
+    }
+    // A replica stalls (its connections open, unanswered): the replay and
+    // purges need the primaries only.
+    let replica = cluster
+        .cluster_nodes()
+        .into_iter()
+        .find(|n| !n.primary)
+        .unwrap()
+        .port;
+    cluster.node_on(replica).unwrap().pause();
+    assert_eq!(redis.replay_journal().await.unwrap(), 0);
+    assert_eq!(
+        body(&master.get(&key(variant)).await.unwrap().unwrap()),
+        variant
+    );
+    assert_eq!(
+        body(&master.get(&key("plain")).await.unwrap().unwrap()),
+        "plain"
+    );
+    // The replayed variant is found by its URL's invalidation.
+    master.invalidate_tag(&variants_tag).await.unwrap();
+    assert!(master.get(&key(variant)).await.unwrap().is_none());
+    // A purge across every slot runs with the replica down.
+    master.invalidate_prefix("pl").await.unwrap();
+    assert!(master.get(&key("plain")).await.unwrap().is_none());
+    cluster.node_on(replica).unwrap().resume();
+}

@@ -305,6 +305,25 @@ impl RedisServer {
         self.spawn();
     }
 
+    /// Stops the process with SIGSTOP: its connections stay open and
+    /// unanswered (a stalled server), until [`Self::resume`].
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Continues a paused process (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .args([signal, &child.id().to_string()])
+                .status();
+        }
+    }
+
     /// Whether the process is running.
     pub fn is_running(&mut self) -> bool {
         self.child
