@@ -276,7 +276,8 @@ impl Shape {
             .clone()
     }
 
-    /// Reads `CLUSTER SLOTS` now (any node), remembers and returns it. A
+    /// Reads `CLUSTER SLOTS` now (from a primary: a stalled or loading
+    /// replica must not time out purges), remembers and returns it. A
     /// cluster whose slots are not all served is an error (a purge could
     /// not reach every slot).
     pub(crate) async fn refresh(
@@ -286,7 +287,7 @@ impl Shape {
         let reply = conn
             .route_command(
                 redis::cmd("CLUSTER").arg("SLOTS").clone(),
-                RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary),
             )
             .await
             .map_err(redis_error)?;
