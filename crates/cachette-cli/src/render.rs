@@ -113,6 +113,13 @@ fn cache(out: &mut String, cache: &CacheReport) {
         c.origin_errors,
         c.invalidations
     );
+    if c.fills_led + c.fills_waited + c.fill_waits_timed_out + c.leases_expired > 0 {
+        let _ = writeln!(
+            out,
+            "  fleet fills: led {}  waited {}  waits timed out {}  leases expired {}",
+            c.fills_led, c.fills_waited, c.fill_waits_timed_out, c.leases_expired
+        );
+    }
     let mut rows = vec![
         [
             "tier", "kind", "up", "breaker", "role", "address", "entries", "bytes", "hits",

@@ -4,7 +4,7 @@ use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 
-use crate::{CacheError, CacheKey, Entry, EntryMeta, Payload};
+use crate::{CacheError, CacheKey, Entry, EntryMeta, FillWakers, LeaseEnd, LeaseState, Payload};
 
 /// What a tier can tell about itself for stats and health reports, where it
 /// knows: how much it holds, and which server it talks to in which role.
@@ -186,6 +186,61 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
             backend: self.kind(),
             operation: "soften_tag",
         })
+    }
+
+    /// Takes the fill lease of `key` for `ttl` as `token`, if nobody holds
+    /// it (see [`Tiered::fleet_fill`](crate::Tiered::fleet_fill)). Backends
+    /// shared between nodes implement the lease family atomically (Redis: a
+    /// script); the default has no leases.
+    async fn lease(
+        &self,
+        key: &CacheKey,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<LeaseState, CacheError> {
+        let _ = (key, token, ttl);
+        Err(CacheError::Unsupported {
+            backend: self.kind(),
+            operation: "lease",
+        })
+    }
+
+    /// Extends `token`'s lease on `key` to `ttl` from now; `false` when the
+    /// lease is no longer `token`'s.
+    async fn renew_lease(
+        &self,
+        key: &CacheKey,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<bool, CacheError> {
+        let _ = (key, token, ttl);
+        Err(CacheError::Unsupported {
+            backend: self.kind(),
+            operation: "renew_lease",
+        })
+    }
+
+    /// Ends `token`'s lease on `key` (nothing if it is no longer
+    /// `token`'s): the outcome stays readable for `linger`, and the nodes
+    /// waiting on it are woken.
+    async fn end_lease(
+        &self,
+        key: &CacheKey,
+        token: &str,
+        end: LeaseEnd,
+        linger: Duration,
+    ) -> Result<(), CacheError> {
+        let _ = (key, token, end, linger);
+        Err(CacheError::Unsupported {
+            backend: self.kind(),
+            operation: "end_lease",
+        })
+    }
+
+    /// Where this node's waiters on other nodes' leases are woken; `None`
+    /// for a backend without leases.
+    fn fill_wakers(&self) -> Option<&FillWakers> {
+        None
     }
 
     /// Removes every key of this backend's namespace (and nothing else).

@@ -13,6 +13,7 @@ mod error;
 mod glob;
 mod journal;
 mod key;
+mod lease;
 mod single_flight;
 mod stats;
 pub mod sweep;
@@ -26,6 +27,10 @@ pub use glob::{escape_glob, glob_match};
 pub use journal::{Journal, JournalOp, Recorded, unix_millis};
 pub use key::{
     CacheKey, MAX_KEY_LEN, VARIANTS_TAG_PREFIX, is_variants_tag, stable_hash, variants_tag,
+};
+pub use lease::{
+    DEFAULT_FILL_LEASE, FillLease, FillWakers, FillWatch, FleetFill, LeaseEnd, LeaseHolder,
+    LeaseOptions, LeaseState,
 };
 pub use single_flight::{Role, SingleFlight};
 pub use stats::{

@@ -187,6 +187,15 @@ counters! {
         origin_errors,
         /// Invalidations issued (keys, prefixes, tags, clears).
         invalidations,
+        /// Fills this node made for the fleet (it held the fill lease).
+        fills_led,
+        /// Waits on another node's fill that ended with its stored result.
+        fills_waited,
+        /// Waits on another node's fill that ran out of time.
+        fill_waits_timed_out,
+        /// Fill leases taken over after their holder let them run out
+        /// (it died or hung).
+        leases_expired,
     }
 }
 

@@ -776,6 +776,23 @@ impl Tiered {
         Ok((index, &self.inner.tiers[index]))
     }
 
+    /// The authoritative tier's wake-ups for fleet fills, when it has
+    /// leases (see [`fleet_fill`](Self::fleet_fill)).
+    pub(crate) fn lease_wakers(&self) -> Option<&crate::FillWakers> {
+        let (_, tier) = self.authority().ok()?;
+        tier.backend.fill_wakers()
+    }
+
+    /// A lease call on the authoritative tier, with its timeout and breaker.
+    pub(crate) async fn lease_call<'a, T, F, Fut>(&'a self, call: F) -> Result<T, CacheError>
+    where
+        F: FnOnce(&'a dyn Backend) -> Fut,
+        Fut: Future<Output = Result<T, CacheError>> + 'a,
+    {
+        let (_, tier) = self.authority()?;
+        Self::call(tier, false, call(tier.backend.as_ref())).await
+    }
+
     /// Reads `key` from the authoritative tier only (the master), for
     /// operations that must start from the shared value rather than this
     /// node's copy (`incr_version`). An entry whose lifetime is over is
@@ -787,6 +804,22 @@ impl Tiered {
         let (_, tier) = self.authority()?;
         let entry = Self::call(tier, false, tier.backend.get(key)).await?;
         Ok(entry.filter(|e| !e.remaining_ttl(SystemTime::now()).is_zero()))
+    }
+
+    /// Reads `key` from the authoritative tier and copies what it holds
+    /// into the tiers above (replacing their copies): for a node that
+    /// learned that another node just stored a newer entry, which this
+    /// node's upper tiers may hide behind an older one.
+    pub async fn get_shared(&self, key: &CacheKey) -> Option<Arc<Entry>> {
+        let (index, tier) = self.authority().ok()?;
+        let entry = Self::call(tier, false, tier.backend.get(key))
+            .await
+            .ok()??;
+        if entry.remaining_ttl(SystemTime::now()).is_zero() || self.hidden_by_journal(key, &entry) {
+            return None;
+        }
+        self.fill_above(index, key, entry.clone()).await;
+        Some(entry)
     }
 
     /// Gives `key` a new lifetime (`meta`) on the authoritative tier, where

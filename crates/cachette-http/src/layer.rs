@@ -42,7 +42,14 @@ pub(crate) struct Config {
     pub(crate) hit_for_miss: Duration,
     pub(crate) key_headers: Vec<HeaderName>,
     pub(crate) coalesce: bool,
+    /// Fill leases on the shared tier, when fleet coalescing is on.
+    pub(crate) fleet: Option<cachette_core::LeaseOptions>,
+    pub(crate) fill_lease: Duration,
+    pub(crate) soft_timeout: Option<Duration>,
+    pub(crate) refresh_ahead: Option<f64>,
 }
+
+pub use cachette_core::DEFAULT_FILL_LEASE;
 
 /// The default `max_body_bytes`: 8 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
@@ -89,7 +96,18 @@ impl Default for Config {
             hit_for_miss: Duration::from_secs(30),
             key_headers: Vec::new(),
             coalesce: true,
+            fleet: None,
+            fill_lease: DEFAULT_FILL_LEASE,
+            soft_timeout: None,
+            refresh_ahead: None,
         }
+    }
+}
+
+impl Config {
+    /// The fleet lease options the settings make.
+    fn lease_options(&self) -> cachette_core::LeaseOptions {
+        cachette_core::LeaseOptions::new(self.fill_lease, self.lock_timeout)
     }
 }
 
@@ -366,7 +384,12 @@ impl CacheLayer {
     /// call and does not store the result (pingora's cache-lock semantics):
     /// a hung fill delays its followers by this much, never for good.
     pub fn lock_timeout(self, timeout: Duration) -> Self {
-        self.with(|c| c.lock_timeout = timeout)
+        self.with(|c| {
+            c.lock_timeout = timeout;
+            if c.fleet.is_some() {
+                c.fleet = Some(c.lease_options());
+            }
+        })
     }
 
     /// The most bytes of origin bodies read into memory to be stored at
@@ -397,6 +420,53 @@ impl CacheLayer {
     /// Whether concurrent misses for one key make one origin call (default on).
     pub fn coalesce(self, coalesce: bool) -> Self {
         self.with(|c| c.coalesce = coalesce)
+    }
+
+    /// Coalesces misses across every node sharing the cache's last tier
+    /// (the Redis master), not only within this process (default off): the
+    /// first node to miss a key takes a fill lease on the shared tier and
+    /// calls the origin; the other nodes wait for its result (woken by the
+    /// bus, at most [`lock_timeout`](Self::lock_timeout)) and read it from
+    /// the shared tier. One request per node waits; the others coalesce
+    /// behind it as without this. A cache without a shared tier, or with
+    /// it down, coalesces per node.
+    pub fn fleet_coalescing(self, on: bool) -> Self {
+        self.with(|c| c.fleet = on.then(|| c.lease_options()))
+    }
+
+    /// How long a fleet fill lease lasts (default [`DEFAULT_FILL_LEASE`]).
+    /// Its holder renews it every third of this while it fills; a holder
+    /// that dies or hangs loses it this long after its last renewal, and
+    /// another node fills.
+    pub fn fill_lease(self, lease: Duration) -> Self {
+        self.with(|c| {
+            c.fill_lease = lease.max(Duration::from_millis(10));
+            if c.fleet.is_some() {
+                c.fleet = Some(c.lease_options());
+            }
+        })
+    }
+
+    /// When a stale entry is at hand and the origin has not answered within
+    /// `timeout`, serve the stale entry (`Cache-Status: ...; fwd=stale;
+    /// detail=soft-timeout`) and let the origin call finish in the
+    /// background to update the cache (FusionCache's soft timeout; off by
+    /// default). Past [`origin_timeout`](Self::origin_timeout) /
+    /// [`fill_timeout`](Self::fill_timeout) (the hard timeouts) the call
+    /// fails. Entries that must be revalidated (`must-revalidate`,
+    /// `no-cache`, `proxy-revalidate`) are never served this way.
+    pub fn soft_timeout(self, timeout: Duration) -> Self {
+        self.with(|c| c.soft_timeout = Some(timeout))
+    }
+
+    /// Refreshes a hot entry in the background before it expires: a hit
+    /// in the last `fraction` of its freshness lifetime (e.g. `0.1`: the
+    /// last 10 %) starts one refresh per key (per fleet, with
+    /// [`fleet_coalescing`](Self::fleet_coalescing)), so a key under steady
+    /// load never misses. Off by default; values outside `(0, 1)` turn it
+    /// off.
+    pub fn refresh_ahead(self, fraction: f64) -> Self {
+        self.with(|c| c.refresh_ahead = (fraction > 0.0 && fraction < 1.0).then_some(fraction))
     }
 
     /// Request fields every stored response is keyed on, as if it carried

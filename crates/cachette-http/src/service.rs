@@ -9,7 +9,10 @@ use std::{
 };
 
 use bytes::Bytes;
-use cachette_core::{CacheKey, Entry, EntryMeta, Freshness, Payload, Role, StoredResponse, Tiered};
+use cachette_core::{
+    CacheKey, Entry, EntryMeta, FleetFill, Freshness, LeaseEnd, Payload, Role, StoredResponse,
+    Tiered,
+};
 use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, header, request,
 };
@@ -376,19 +379,20 @@ where
             }
             let freshness = entry.freshness(now);
             match freshness {
-                Freshness::Fresh { .. } => {
+                Freshness::Fresh { ttl } => {
                     count(&counters.hits);
                     tracing::debug!(cache = layer.cache.name(), key = %primary, tier = %tier, outcome = "hit");
                     let status = CacheStatus::hit(ttl_seconds(freshness), Some(tier));
-                    return Ok(serve_entry(
-                        layer,
-                        &entry,
-                        stored,
-                        &parts.headers,
-                        head,
-                        now,
-                        &status,
-                    ));
+                    let response =
+                        serve_entry(layer, &entry, stored, &parts.headers, head, now, &status);
+                    if layer
+                        .config
+                        .refresh_ahead
+                        .is_some_and(|fraction| due_for_refresh(&entry, ttl, fraction))
+                    {
+                        spawn_refresh(inner, state.clone(), parts, primary, key, entry);
+                    }
+                    return Ok(response);
                 }
                 Freshness::Stale {
                     within_stale_while_revalidate: true,
@@ -468,6 +472,110 @@ where
         count(&counters.misses);
         return pass_through(inner, state, Request::from_parts(parts, body), fwd).await;
     }
+    if let (Some(soft), Some(entry)) = (layer.config.soft_timeout, &stale) {
+        if !entry.meta().must_revalidate && entry.as_response().is_some() {
+            return soft_timed(
+                inner, state, parts, body, primary, authorized, fwd, fill_key, stale, soft,
+            )
+            .await;
+        }
+    }
+    fill(
+        inner, state, parts, body, primary, authorized, fwd, fill_key, stale,
+    )
+    .await
+}
+
+/// [`fill`] in a task of its own, raced with the soft timeout: past it, the
+/// stale entry is served and the fill goes on to update the cache (it no
+/// longer depends on this request).
+#[allow(clippy::too_many_arguments)]
+async fn soft_timed<S, ReqBody, ResBody>(
+    inner: S,
+    state: Arc<CacheLayer>,
+    parts: request::Parts,
+    body: ReqBody,
+    primary: CacheKey,
+    authorized: bool,
+    fwd: Forward,
+    fill_key: CacheKey,
+    stale: Option<Arc<Entry>>,
+    soft: Duration,
+) -> Result<Response<CacheBody<ResBody>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: fmt::Display + Send + 'static,
+    ReqBody: Default + Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: fmt::Display + Send,
+{
+    let Some(entry) = stale.clone() else {
+        return fill(
+            inner, state, parts, body, primary, authorized, fwd, fill_key, stale,
+        )
+        .await;
+    };
+    let client = parts.headers.clone();
+    let mut task = tokio::spawn(fill(
+        inner,
+        state.clone(),
+        parts,
+        body,
+        primary.clone(),
+        authorized,
+        fwd,
+        fill_key,
+        stale,
+    ));
+    match tokio::time::timeout(soft, &mut task).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) => Ok(plain_response(
+            StatusCode::BAD_GATEWAY,
+            "origin call was lost\n",
+        )),
+        Err(_) => {
+            // The task is detached, not cancelled: it stores what it gets.
+            let layer = &*state;
+            count(&layer.cache.counters().stale_served);
+            tracing::debug!(key = %primary, timeout = ?soft, "origin slower than the soft timeout; stale entry served, fill continues");
+            let Some(stored) = entry.as_response() else {
+                return Ok(plain_response(StatusCode::BAD_GATEWAY, "unreachable\n"));
+            };
+            let now = SystemTime::now();
+            let mut status = CacheStatus::forward(Forward::Stale);
+            status.detail = Some("soft-timeout");
+            Ok(serve_entry(
+                layer, &entry, stored, &client, false, now, &status,
+            ))
+        }
+    }
+}
+
+/// The origin call for a key, coalesced per node and, with fleet
+/// coalescing, across nodes.
+#[allow(clippy::too_many_arguments)]
+async fn fill<S, ReqBody, ResBody>(
+    inner: S,
+    state: Arc<CacheLayer>,
+    parts: request::Parts,
+    body: ReqBody,
+    primary: CacheKey,
+    authorized: bool,
+    fwd: Forward,
+    fill_key: CacheKey,
+    stale: Option<Arc<Entry>>,
+) -> Result<Response<CacheBody<ResBody>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: fmt::Display + Send + 'static,
+    ReqBody: Default + Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: fmt::Display + Send,
+{
+    let layer = &*state;
+    let counters = layer.cache.counters();
     count(&counters.misses);
     tracing::debug!(cache = layer.cache.name(), key = %primary, outcome = fwd.as_str());
     let client_headers = parts.headers.clone();
@@ -489,7 +597,50 @@ where
         .fills
         .run_or_give_up(&fill_key, layer.config.lock_timeout, || async {
             let (inner, parts, body) = leader_request.take()?;
-            let (response, filled) = fetch(
+            let mut lease = None;
+            if let Some(options) = layer.config.fleet {
+                match layer.cache.fleet_fill(&fill_key, options).await {
+                    FleetFill::Lead(held) => lease = Some(held),
+                    FleetFill::Filled => {
+                        if let Some(filled) =
+                            filled_elsewhere(layer, &primary, &client_headers).await
+                        {
+                            // Served from it below, as every request here.
+                            leader_request = Some((inner, parts, body));
+                            return Some(filled);
+                        }
+                        // Gone already (purged, another variant): fill here.
+                    }
+                    FleetFill::Unstorable => {
+                        // Nothing to share: every request here goes to the
+                        // origin now, in parallel (hit-for-miss).
+                        layer
+                            .flights
+                            .mark_uncacheable(&primary, layer.config.hit_for_miss);
+                        leader_request = Some((inner, parts, body));
+                        return None;
+                    }
+                    FleetFill::TimedOut => {
+                        // Another node's fill is late: our own call, not
+                        // stored over what that fill will store.
+                        let (response, _) = fetch(
+                            inner,
+                            layer,
+                            parts,
+                            body,
+                            &primary,
+                            stale.clone(),
+                            fwd,
+                            false,
+                        )
+                        .await;
+                        own_response = Some(response);
+                        return None;
+                    }
+                    FleetFill::Unavailable => {}
+                }
+            }
+            let fetched = fetch(
                 inner,
                 layer,
                 parts,
@@ -498,8 +649,8 @@ where
                 stale.clone(),
                 fwd,
                 true,
-            )
-            .await;
+            );
+            let (response, filled) = under_lease(lease, fetched).await;
             own_response = Some(response);
             filled
         })
@@ -561,6 +712,59 @@ where
     };
     let (response, _) = fetch(inner, layer, parts, body, &primary, stale, fwd, true).await;
     response
+}
+
+/// Runs an origin call under the fleet lease, if this node holds one, and
+/// ends the lease with its outcome: a fresh stored result is shared, an
+/// unstorable, failed or stale-if-error one sends the waiters to the
+/// origin themselves.
+async fn under_lease<B, E>(
+    lease: Option<cachette_core::FillLease>,
+    fetched: impl std::future::Future<Output = Fetched<B, E>>,
+) -> Fetched<B, E> {
+    let Some(mut lease) = lease else {
+        return fetched.await;
+    };
+    let (response, filled) = lease.hold(fetched).await;
+    let shared = filled.as_ref().is_some_and(|f| !f.stale);
+    lease
+        .end(if shared {
+            LeaseEnd::Filled
+        } else {
+            LeaseEnd::Unstorable
+        })
+        .await;
+    (response, filled)
+}
+
+/// What another node stored for `primary` (and this request's variant),
+/// read from the shared tier and copied into this node's tiers; `None` when
+/// nothing fresh is there.
+async fn filled_elsewhere(
+    layer: &CacheLayer,
+    primary: &CacheKey,
+    client: &HeaderMap,
+) -> Option<Filled> {
+    let now = SystemTime::now();
+    let found = layer.cache.get_shared(primary).await?;
+    let (entry, variant) = match found.payload() {
+        Payload::Response(_) => (found, None),
+        Payload::Variants(names) => {
+            let key = KeyOptions::variant(primary, names, client);
+            let entry = layer.cache.get_shared(&key).await?;
+            (entry, Some((names.clone(), key)))
+        }
+        _ => return None,
+    };
+    if entry.as_response().is_none() || !matches!(entry.freshness(now), Freshness::Fresh { .. }) {
+        return None;
+    }
+    Some(Filled {
+        entry,
+        variant,
+        stale: false,
+        fwd_status: None,
+    })
 }
 
 /// An origin body that failed midway (`502`) or stalled (`504`): the stale
@@ -969,8 +1173,25 @@ async fn store(
     (entry, filled)
 }
 
-/// Starts one background refresh of a stale entry (stale-while-revalidate);
-/// a refresh already running for the key makes this a no-op.
+/// Whether a fresh entry with `ttl` left is in the last `fraction` of its
+/// freshness lifetime (refresh ahead). Saturating: a clock that moved back
+/// makes no lifetime negative.
+fn due_for_refresh(entry: &Entry, ttl: Duration, fraction: f64) -> bool {
+    let meta = entry.meta();
+    if meta.persistent {
+        return false;
+    }
+    let lifetime = meta
+        .fresh_until
+        .duration_since(meta.stored_at)
+        .unwrap_or_default();
+    ttl <= lifetime.mul_f64(fraction)
+}
+
+/// Starts one background refresh of an entry (stale-while-revalidate, or
+/// refresh ahead of expiry); a refresh already running for the key makes
+/// this a no-op. With fleet coalescing, one node refreshes for the fleet
+/// and the others take its result.
 fn spawn_refresh<S, ReqBody, ResBody>(
     inner: S,
     state: Arc<CacheLayer>,
@@ -1004,7 +1225,30 @@ fn spawn_refresh<S, ReqBody, ResBody>(
             .flights
             .fills
             .run_or_give_up(&key, layer.config.lock_timeout, || async {
-                let (_, filled) = fetch(
+                let mut lease = None;
+                if let Some(options) = layer.config.fleet {
+                    match layer.cache.fleet_fill(&key, options).await {
+                        FleetFill::Lead(held) => {
+                            // Another node may have refreshed it a moment
+                            // ago: its newer entry, not another origin call.
+                            if let Some(newer) = layer.cache.get_shared(&key).await {
+                                if newer.meta().stored_at > stale.meta().stored_at {
+                                    held.end(LeaseEnd::Filled).await;
+                                    return None;
+                                }
+                            }
+                            lease = Some(held);
+                        }
+                        FleetFill::Filled => {
+                            // Another node refreshed it: take its entry,
+                            // which this node's older copy would hide.
+                            return filled_elsewhere(layer, &primary, &parts.headers).await;
+                        }
+                        FleetFill::Unstorable | FleetFill::TimedOut => return None,
+                        FleetFill::Unavailable => {}
+                    }
+                }
+                let fetched = fetch(
                     inner,
                     layer,
                     parts,
@@ -1013,9 +1257,8 @@ fn spawn_refresh<S, ReqBody, ResBody>(
                     Some(stale),
                     Forward::Stale,
                     true,
-                )
-                .await;
-                filled
+                );
+                under_lease(lease, fetched).await.1
             })
             .await;
         layer

@@ -179,6 +179,11 @@ pub(crate) async fn run_subscriber(shared: Weak<Space>, targets: Targets) {
                         return;
                     };
                     strong.bus_received.fetch_add(1, Ordering::Relaxed);
+                    if kind == "l" {
+                        // A fill lease ended: its waiters here read its outcome.
+                        strong.fill_wakers.wake(argument);
+                        continue;
+                    }
                     apply(&strong, &targets, kind, argument).await;
                 }
                 changed = generation.changed() => {

@@ -128,6 +128,11 @@ impl Keys {
         format!("{}t:*", escape_glob(&self.namespace))
     }
 
+    /// The fill lease of `key` (one key: any slot will do on a cluster).
+    pub(crate) fn lease(&self, key: &str) -> String {
+        format!("{}l:{key}", self.namespace)
+    }
+
     /// The bus channel of the namespace.
     pub(crate) fn bus_channel(&self) -> String {
         format!("{}bus", self.namespace)

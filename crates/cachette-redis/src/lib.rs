@@ -29,6 +29,7 @@ mod cluster;
 mod config;
 mod journal;
 pub mod keys;
+mod lease;
 mod liveness;
 mod node;
 mod replay;

@@ -203,6 +203,8 @@ pub(crate) struct Space {
     pub(crate) readonly_logged: AtomicBool,
     pub(crate) bus_received: AtomicU64,
     pub(crate) bus_subscriptions: AtomicU64,
+    /// This node's waiters on other nodes' fill leases, woken by the bus.
+    pub(crate) fill_wakers: cachette_core::FillWakers,
     pub(crate) tasks: Tasks,
 }
 
@@ -235,6 +237,7 @@ impl Space {
             readonly_logged: AtomicBool::new(false),
             bus_received: AtomicU64::new(0),
             bus_subscriptions: AtomicU64::new(0),
+            fill_wakers: cachette_core::FillWakers::default(),
             tasks: Tasks::default(),
         }
     }

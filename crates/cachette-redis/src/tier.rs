@@ -785,6 +785,38 @@ impl Backend for RedisTier {
         "redis"
     }
 
+    async fn lease(
+        &self,
+        key: &CacheKey,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<cachette_core::LeaseState, CacheError> {
+        self.take_lease(key, token, ttl).await
+    }
+
+    async fn renew_lease(
+        &self,
+        key: &CacheKey,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<bool, CacheError> {
+        self.renew(key, token, ttl).await
+    }
+
+    async fn end_lease(
+        &self,
+        key: &CacheKey,
+        token: &str,
+        end: cachette_core::LeaseEnd,
+        linger: Duration,
+    ) -> Result<(), CacheError> {
+        self.end(key, token, end, linger).await
+    }
+
+    fn fill_wakers(&self) -> Option<&cachette_core::FillWakers> {
+        (self.role == Role::Master).then_some(&self.space.fill_wakers)
+    }
+
     async fn get(&self, key: &CacheKey) -> Result<Option<Arc<Entry>>, CacheError> {
         let node = self.node()?;
         let mut conn = node.shared.clone();

@@ -405,3 +405,44 @@ async fn a_replayed_variant_is_indexed_and_a_stalled_replica_stops_no_replay_or_
     assert!(master.get(&key("plain")).await.unwrap().is_none());
     cluster.node_on(replica).unwrap().resume();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fill_leases_work_across_slots_and_nodes() {
+    use cachette_core::{FleetFill, LeaseEnd, LeaseOptions};
+    let cluster = RedisCluster::start(3, 1);
+    let ns = "cl6:";
+    let a = connect(cluster_config(&cluster, Vec::new(), ns)).await;
+    let b = connect(cluster_config(&cluster, Vec::new(), ns)).await;
+    let (a, b) = (tiered(&a, None).await, tiered(&b, None).await);
+    let options = LeaseOptions::new(Duration::from_millis(400), Duration::from_secs(3));
+    // Keys on every primary: each lease is one key, any slot.
+    for k in spread_keys(&cluster, ns, "fill", 12) {
+        let FleetFill::Lead(lease) = a.fleet_fill(&key(&k), options).await else {
+            panic!("{k}: the first node leads");
+        };
+        let waiter = {
+            let (b, k) = (b.clone(), k.clone());
+            tokio::spawn(async move { b.fleet_fill(&key(&k), options).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished(), "{k}: the second node waits");
+        let report = a.set(&key(&k), entry(&format!("v-{k}"), TTL)).await;
+        assert!(report.is_complete());
+        lease.end(LeaseEnd::Filled).await;
+        assert!(matches!(waiter.await.unwrap(), FleetFill::Filled), "{k}");
+        assert_eq!(
+            body(&b.get_shared(&key(&k)).await.unwrap()),
+            format!("v-{k}")
+        );
+    }
+    // A lease left to run out is taken over.
+    let FleetFill::Lead(lease) = a.fleet_fill(&key("dead"), options).await else {
+        panic!("leads");
+    };
+    std::mem::forget(lease);
+    assert!(matches!(
+        b.fleet_fill(&key("dead"), options).await,
+        FleetFill::Lead(_)
+    ));
+    assert_eq!(b.snapshot().cache.leases_expired, 1);
+}

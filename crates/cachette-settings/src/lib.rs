@@ -173,8 +173,22 @@ pub struct HttpSettings {
     pub include_host: Option<bool>,
     /// Heuristic freshness fraction (off by default).
     pub heuristic_freshness: Option<f32>,
-    /// Origin calls slower than this count as errors.
+    /// Origin calls slower than this count as errors (the hard timeout;
+    /// `hard_timeout` is another name for it).
+    #[serde(alias = "hard_timeout")]
     pub origin_timeout: Option<HumanDuration>,
+    /// With a stale entry at hand, an origin slower than this gets the
+    /// stale entry served while its call finishes in the background.
+    pub soft_timeout: Option<HumanDuration>,
+    /// Coalesce misses across every node on the cache's Redis master
+    /// (needs the `master` tier; default off).
+    pub fleet_coalescing: Option<bool>,
+    /// How long a fleet fill lease lasts, renewed while the fill runs
+    /// (default 5 s).
+    pub fill_lease: Option<HumanDuration>,
+    /// Refresh a hit in the background in the last fraction of its
+    /// freshness lifetime (e.g. 0.1; off by default).
+    pub refresh_ahead: Option<f64>,
     /// Head and body of an origin call being stored, together (default 60 s).
     pub fill_timeout: Option<HumanDuration>,
     /// Longest pause between body chunks of a call being stored (default 30 s).
@@ -227,6 +241,14 @@ pub struct CacheSettings {
     pub journal: Option<JournalSettings>,
     /// Options of the response-cache layer built for this alias.
     pub http: Option<HttpSettings>,
+    /// `get_or_set` (and `#[cached]`) coalesce across every node on the
+    /// cache's Redis master, not only within the process (needs the
+    /// `master` tier; default off).
+    #[serde(default)]
+    pub fleet_coalescing: bool,
+    /// How long a fleet fill lease lasts, renewed while the fill runs
+    /// (default 5 s).
+    pub fill_lease: Option<HumanDuration>,
     /// The tiers after validation (`backend` resolved).
     #[serde(skip)]
     resolved: Vec<TierKind>,
@@ -273,6 +295,8 @@ impl CacheSettings {
             memory: None,
             journal: None,
             http: None,
+            fleet_coalescing: false,
+            fill_lease: None,
             resolved: vec![TierKind::Memory],
         }
     }
@@ -709,7 +733,26 @@ impl Settings {
                     "must not contain spaces or control characters".into(),
                 ));
             }
+            let shared = tiers.contains(&TierKind::Master);
+            if cache.fleet_coalescing && !shared {
+                return Err(err(
+                    key("fleet_coalescing"),
+                    "fleet coalescing takes its leases on the Redis master: it needs the `master` tier".into(),
+                ));
+            }
             if let Some(http) = &cache.http {
+                if http.fleet_coalescing == Some(true) && !shared {
+                    return Err(err(
+                        key("http.fleet_coalescing"),
+                        "fleet coalescing takes its leases on the Redis master: it needs the `master` tier".into(),
+                    ));
+                }
+                if http.refresh_ahead.is_some_and(|f| !(f > 0.0 && f < 1.0)) {
+                    return Err(err(
+                        key("http.refresh_ahead"),
+                        "must be a fraction strictly between 0 and 1 (e.g. 0.1: the last 10 % of the lifetime)".into(),
+                    ));
+                }
                 if http
                     .heuristic_freshness
                     .is_some_and(|f| !(0.0..=1.0).contains(&f))

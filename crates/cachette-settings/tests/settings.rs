@@ -321,3 +321,39 @@ fn a_cluster_topology_is_read_and_checked() {
         "{braces}"
     );
 }
+
+#[test]
+fn fleet_coalescing_needs_the_master_and_its_options_are_checked() {
+    assert_eq!(
+        err("[caches.default]\ntiers = [\"memory\"]\nfleet_coalescing = true"),
+        "caches.toml: caches.default.fleet_coalescing: fleet coalescing takes its leases on the Redis master: it needs the `master` tier"
+    );
+    assert_eq!(
+        err(
+            "[caches.default]\ntiers = [\"memory\"]\n[caches.default.http]\nfleet_coalescing = true"
+        ),
+        "caches.toml: caches.default.http.fleet_coalescing: fleet coalescing takes its leases on the Redis master: it needs the `master` tier"
+    );
+    assert!(
+        err("[caches.default]\n[caches.default.http]\nrefresh_ahead = 1.5")
+            .starts_with("caches.toml: caches.default.http.refresh_ahead: must be a fraction strictly between 0 and 1")
+    );
+    let settings = Settings::from_toml_str(
+        "caches.toml",
+        "[redis.main]\nurl = \"redis://127.0.0.1:6379\"\n[caches.default]\ntiers = [\"memory\", \"master\"]\nfleet_coalescing = true\nfill_lease = \"2s\"\n[caches.default.http]\nfleet_coalescing = true\nfill_lease = \"3s\"\nsoft_timeout = \"150ms\"\nhard_timeout = \"4s\"\nrefresh_ahead = 0.1",
+    )
+    .unwrap();
+    let cache = &settings.caches["default"];
+    assert!(cache.fleet_coalescing);
+    assert_eq!(cache.fill_lease.unwrap().0, Duration::from_secs(2));
+    let http = cache.http.as_ref().unwrap();
+    assert_eq!(http.fleet_coalescing, Some(true));
+    assert_eq!(http.fill_lease.unwrap().0, Duration::from_secs(3));
+    assert_eq!(http.soft_timeout.unwrap().0, Duration::from_millis(150));
+    assert_eq!(
+        http.origin_timeout.unwrap().0,
+        Duration::from_secs(4),
+        "hard_timeout is origin_timeout"
+    );
+    assert_eq!(http.refresh_ahead, Some(0.1));
+}

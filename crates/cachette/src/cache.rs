@@ -10,8 +10,8 @@ use std::{
 
 use bytes::Bytes;
 use cachette_core::{
-    CacheError, CacheKey, Entry, EntryMeta, Payload, SingleFlight, StatsSnapshot, Tiered,
-    escape_glob,
+    CacheError, CacheKey, Entry, EntryMeta, FleetFill, LeaseEnd, Payload, SingleFlight,
+    StatsSnapshot, Tiered, escape_glob,
 };
 use serde::{Serialize, de::DeserializeOwned};
 
@@ -150,6 +150,15 @@ pub(crate) struct CacheInner {
     pub(crate) redis: Option<cachette_redis::RedisTiers>,
     #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) http: cachette_settings::HttpSettings,
+    /// Fill leases across nodes for `get_or_set`, when fleet coalescing is on.
+    pub(crate) fleet: Option<cachette_core::LeaseOptions>,
+}
+
+/// The lease options of the data API: a waiter waits at least twice the
+/// lease, so that a dead holder's lease runs out and another node fills
+/// before anyone gives up.
+pub(crate) fn data_lease_options(lease: Duration) -> cachette_core::LeaseOptions {
+    cachette_core::LeaseOptions::new(lease, (lease * 2).max(Duration::from_secs(10)))
 }
 
 /// One named cache: typed values through serde (MessagePack) or raw bytes,
@@ -258,7 +267,37 @@ impl Cache {
                 #[cfg(feature = "redis")]
                 redis: None,
                 http: cachette_settings::HttpSettings::default(),
+                fleet: None,
             }),
+        }
+    }
+
+    /// This cache with `get_or_set` coalesced across every node on its
+    /// shared tier (the Redis master): one producer call per key for the
+    /// fleet, the other nodes read its stored value. `lease` is the fill
+    /// lease ([`DEFAULT_FILL_LEASE`](cachette_core::DEFAULT_FILL_LEASE) is
+    /// the settings' default). Without a shared tier (or with it down),
+    /// calls coalesce per process, as without this.
+    pub fn with_fleet_coalescing(self, lease: Duration) -> Self {
+        let mut inner = match Arc::try_unwrap(self.inner) {
+            Ok(inner) => inner,
+            Err(shared) => CacheInner {
+                alias: shared.alias.clone(),
+                tiered: shared.tiered.clone(),
+                timeout: shared.timeout,
+                key_prefix: shared.key_prefix.clone(),
+                version: shared.version,
+                key_function: shared.key_function.clone(),
+                flights: SingleFlight::new(),
+                #[cfg(feature = "redis")]
+                redis: shared.redis.clone(),
+                http: shared.http.clone(),
+                fleet: shared.fleet,
+            },
+        };
+        inner.fleet = Some(data_lease_options(lease));
+        Self {
+            inner: Arc::new(inner),
         }
     }
 
@@ -545,21 +584,49 @@ impl Cache {
                 .inner
                 .flights
                 .run(&stored, || async {
-                    let value = producer().await;
+                    let tiered = &self.inner.tiered;
+                    let mut lease = None;
+                    if let Some(options) = self.inner.fleet {
+                        match tiered.fleet_fill(&stored, options).await {
+                            FleetFill::Lead(held) => lease = Some(held),
+                            FleetFill::Filled => {
+                                if let Some(kept) = tiered.get_shared(&stored).await {
+                                    return Some(kept.payload().clone());
+                                }
+                            }
+                            // Not shared, late, or no lease: produce here.
+                            _ => {}
+                        }
+                    }
+                    let value = match &mut lease {
+                        Some(lease) => lease.hold(producer()).await,
+                        None => producer().await,
+                    };
                     let payload = encode(&value).ok();
                     // As Django: `add`, then read back. When two callers (or
                     // nodes) miss at once, the first writer wins and every
                     // caller returns the stored value.
+                    let mut kept = None;
                     if let (Some(payload), Some(meta)) = (&payload, self.meta(&opts)) {
-                        if self.inner.tiered.tier_names().next().is_some() {
+                        if tiered.tier_names().next().is_some() {
                             let entry = Arc::new(Entry::new(payload.clone(), meta));
-                            if matches!(self.inner.tiered.add(&stored, entry).await, Ok(true)) {
-                                self.inner.tiered.counters().stored.incr();
+                            if matches!(tiered.add(&stored, entry).await, Ok(true)) {
+                                tiered.counters().stored.incr();
                             }
-                            if let Some(kept) = self.entry(&stored).await {
-                                return Some(kept.payload().clone());
-                            }
+                            kept = self.entry(&stored).await;
                         }
+                    }
+                    if let Some(lease) = lease {
+                        lease
+                            .end(if kept.is_some() {
+                                LeaseEnd::Filled
+                            } else {
+                                LeaseEnd::Unstorable
+                            })
+                            .await;
+                    }
+                    if let Some(kept) = kept {
+                        return Some(kept.payload().clone());
                     }
                     produced = Some(value);
                     payload

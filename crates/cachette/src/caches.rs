@@ -218,6 +218,13 @@ impl CachesBuilder {
                     #[cfg(feature = "redis")]
                     redis: redis_tiers,
                     http: cache_settings.http.clone().unwrap_or_default(),
+                    fleet: cache_settings.fleet_coalescing.then(|| {
+                        crate::cache::data_lease_options(
+                            cache_settings
+                                .fill_lease
+                                .map_or(cachette_core::DEFAULT_FILL_LEASE, |d| d.0),
+                        )
+                    }),
                 }),
             };
             caches.insert(alias.clone(), cache);

@@ -63,6 +63,18 @@ pub(crate) fn layer_for(cache: &Cache) -> CacheLayer {
     if let Some(timeout) = d(&http.origin_timeout) {
         layer = layer.origin_timeout(timeout);
     }
+    if let Some(timeout) = d(&http.soft_timeout) {
+        layer = layer.soft_timeout(timeout);
+    }
+    if let Some(lease) = d(&http.fill_lease) {
+        layer = layer.fill_lease(lease);
+    }
+    if http.fleet_coalescing == Some(true) {
+        layer = layer.fleet_coalescing(true);
+    }
+    if let Some(fraction) = http.refresh_ahead {
+        layer = layer.refresh_ahead(fraction);
+    }
     if let Some(strip) = http.strip_set_cookie {
         layer = layer.strip_set_cookie(strip);
     }

@@ -34,8 +34,8 @@
 pub use cachette_core as core;
 pub use cachette_core::{
     Backend, BreakerConfig, BreakerState, CacheError, CacheKey, DecodeError, Entry, EntryMeta,
-    Freshness, Hit, Payload, SingleFlight, StatsSnapshot, StoredResponse, TierOptions, Tiered,
-    TieredBuilder, WriteReport, async_trait,
+    FleetFill, Freshness, Hit, LeaseOptions, Payload, SingleFlight, StatsSnapshot, StoredResponse,
+    TierOptions, Tiered, TieredBuilder, WriteReport, async_trait,
 };
 
 #[cfg(feature = "moka")]

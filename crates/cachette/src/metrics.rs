@@ -83,6 +83,26 @@ const CACHE_COUNTERS: &[CacheCounter] = &[
         "Invalidations issued (keys, prefixes, tags, clears)",
         |c| c.invalidations,
     ),
+    (
+        "cachette_fleet_fills_led_total",
+        "Fills this node made for the fleet (it held the fill lease)",
+        |c| c.fills_led,
+    ),
+    (
+        "cachette_fleet_fills_waited_total",
+        "Waits on another node's fill that ended with its stored result",
+        |c| c.fills_waited,
+    ),
+    (
+        "cachette_fleet_fill_waits_timed_out_total",
+        "Waits on another node's fill that ran out of time",
+        |c| c.fill_waits_timed_out,
+    ),
+    (
+        "cachette_fleet_leases_expired_total",
+        "Fill leases taken over after their holder let them run out",
+        |c| c.leases_expired,
+    ),
 ];
 
 type TierCounter = (

@@ -90,6 +90,18 @@ pub struct CacheCounters {
     pub origin_errors: u64,
     /// Invalidations issued.
     pub invalidations: u64,
+    /// Fills this node made for the fleet (it held the fill lease).
+    #[serde(default)]
+    pub fills_led: u64,
+    /// Waits on another node's fill that ended with its stored result.
+    #[serde(default)]
+    pub fills_waited: u64,
+    /// Waits on another node's fill that ran out of time.
+    #[serde(default)]
+    pub fill_waits_timed_out: u64,
+    /// Fill leases taken over after their holder let them run out.
+    #[serde(default)]
+    pub leases_expired: u64,
 }
 
 /// One tier at one moment.
@@ -293,6 +305,10 @@ impl Cache {
                 bypassed: c.bypassed,
                 origin_errors: c.origin_errors,
                 invalidations: c.invalidations,
+                fills_led: c.fills_led,
+                fills_waited: c.fills_waited,
+                fill_waits_timed_out: c.fill_waits_timed_out,
+                leases_expired: c.leases_expired,
             },
             tiers,
             redis: None,
