@@ -251,19 +251,40 @@ NGINX
     done
 
     echo "    stampede: $STAMPEDE clients, one cold key, origin 200 ms"
-    for target in layer proxy; do
+    # The fleet: this server and two more on the same Redis, the clients
+    # spread over the three; origin calls summed over them.
+    FLEET_PORTS=("$APP_PORT")
+    FLEET_PIDS=()
+    for _ in 1 2; do
+        port=$(free_port)
+        "$BIN/examples/bench_server" "$port" "$size" "redis://127.0.0.1:$REDIS_PORT/0" >/dev/null &
+        FLEET_PIDS+=($!)
+        PIDS+=($!)
+        wait_port "$port"
+        FLEET_PORTS+=("$port")
+    done
+    fleet_calls() {
+        local total=0
+        for port in "${FLEET_PORTS[@]}"; do
+            total=$((total + $(curl -fsS "http://127.0.0.1:$port/calls")))
+        done
+        echo "$total"
+    }
+    for target in layer proxy fleet; do
         for round in $(seq 1 "$ROUNDS"); do
-            if [ "$target" = layer ]; then
-                url="http://127.0.0.1:$APP_PORT/slow-cached/$size-$round"
-            else
-                url="http://127.0.0.1:$PROXY_PORT/slow/$size-$round"
-            fi
-            before=$(curl -fsS "http://127.0.0.1:$APP_PORT/calls")
+            case "$target" in
+                layer) url="http://127.0.0.1:$APP_PORT/slow-cached/$size-$round" ;;
+                proxy) url="http://127.0.0.1:$PROXY_PORT/slow/$size-$round" ;;
+                fleet) url=$(printf "http://127.0.0.1:%s/slow-fleet/$size-$round," "${FLEET_PORTS[@]}")
+                       url=${url%,} ;;
+            esac
+            before=$(fleet_calls)
             line=$("$BIN/examples/bench_stampede" "$url" "$STAMPEDE")
-            after=$(curl -fsS "http://127.0.0.1:$APP_PORT/calls")
+            after=$(fleet_calls)
             echo "$size	$target	$round	$((after - before))	$line" >>"$STAMPEDE_TSV"
         done
     done
+    for pid in "${FLEET_PIDS[@]}"; do stop "$pid"; done
     stop "$NGINX_PID"
     stop "$PROXY"
     stop "$APP"
@@ -336,7 +357,8 @@ for (size, target), data in sorted(stampedes.items()):
     clients = data[0][1]["requests"]
     ok = min(int(f["ok"]) for _, f in data)
     label = f"{size // 1024} KiB" if size >= 1024 else f"{size} B"
-    lines.append(f"| 6. {target} ({ok}/{clients} ok) | {label} | {clients} | {calls} | {get('p50_ms'):.1f} | {get('p99_ms'):.1f} | {get('max_ms'):.1f} |")
+    shown = "fleet: 3 servers on one Redis" if target == "fleet" else target
+    lines.append(f"| 6. {shown} ({ok}/{clients} ok) | {label} | {clients} | {calls} | {get('p50_ms'):.1f} | {get('p99_ms'):.1f} | {get('max_ms'):.1f} |")
 
 lines.append("")
 lines.append("Derived (targets in docs/benchmarks.md):")

@@ -23,6 +23,7 @@
 //! | `/miss-cached/{n}` | behind the layer: each new `n` is a miss that is stored |
 //! | `/slow/{n}` | an origin taking 200 ms, counting its calls |
 //! | `/slow-cached/{n}` | the same behind the layer |
+//! | `/slow-fleet/{n}` | the same behind a layer with fleet coalescing over the Redis at the URL (memory + Redis): start several servers on one Redis for a fleet |
 //! | `/calls` | how many times the 200 ms origin ran |
 
 use std::{
@@ -65,6 +66,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             ([("cache-control", "max-age=3600")], "slow origin\n")
         }
     });
+    let slow_fleet = slow.clone();
     let mut app = Router::new()
         .route("/plain", get(handler.clone()))
         .route("/cached", get(handler.clone()).layer(memory_layer("bench")))
@@ -95,6 +97,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         app = app.route(
             "/redis",
             get(handler.clone()).layer(CacheLayer::new(redis_only)),
+        );
+        // The fleet stampede: every server of the fleet on this Redis,
+        // one fill lease per key across them.
+        let fleet = redis.tiered(
+            "bench-fleet",
+            Some(Arc::new(MemoryTier::with_max_bytes(64 * 1024 * 1024))),
+        );
+        app = app.route(
+            "/slow-fleet/{n}",
+            slow_fleet.layer(CacheLayer::new(fleet).fleet_coalescing(true)),
         );
     }
     if let Some(seeds) = args.next() {

@@ -1,7 +1,9 @@
 //! A stampede: N clients, each on its own open connection, request one URL
 //! at the same instant. Prints how many succeeded and their latency
 //! percentiles. Used by bench/load.sh against a cold key whose origin takes
-//! 200 ms, with the origin's call counter read before and after.
+//! 200 ms, with the origin's call counter read before and after. Several
+//! URLs (comma-separated: one per server of a fleet) get the clients in
+//! turn.
 //!
 //! ```sh
 //! cargo run --release --example bench_stampede -- http://127.0.0.1:3001/slow-cached/1 500
@@ -16,29 +18,32 @@ use hyper_util::rt::TokioIo;
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let url: http::Uri = args
+    let urls: Vec<http::Uri> = args
         .next()
-        .ok_or("usage: bench_stampede URL [N]")?
-        .parse()?;
+        .ok_or("usage: bench_stampede URL[,URL...] [N]")?
+        .split(',')
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
     let clients: usize = args.next().map(|n| n.parse()).transpose()?.unwrap_or(500);
-    let authority = url.authority().ok_or("the URL needs host:port")?.clone();
 
     // Connect everyone first: the stampede measures the cache, not connects.
     let mut senders = Vec::with_capacity(clients);
-    for _ in 0..clients {
+    for i in 0..clients {
+        let url = urls[i % urls.len()].clone();
+        let authority = url.authority().ok_or("the URL needs host:port")?.clone();
         let stream = tokio::net::TcpStream::connect(authority.as_str()).await?;
         stream.set_nodelay(true)?;
         let (sender, connection) =
             hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream)).await?;
         tokio::spawn(connection);
-        senders.push(sender);
+        senders.push((sender, url, authority));
     }
     let (go, ready) = tokio::sync::watch::channel(false);
     let go = Arc::new(go);
     let mut tasks = Vec::with_capacity(clients);
-    for mut sender in senders {
+    for (mut sender, url, authority) in senders {
         let mut ready = ready.clone();
-        let request = http::Request::get(url.clone())
+        let request = http::Request::get(url)
             .header(http::header::HOST, authority.as_str())
             .body(Empty::<Bytes>::new())?;
         tasks.push(tokio::spawn(async move {

@@ -195,43 +195,63 @@ async fn a_dead_leaseholder_loses_its_lease_and_another_node_fills() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_leader_whose_request_is_dropped_hands_the_fill_over_at_once() {
+async fn a_fill_survives_its_client_hanging_up_and_the_waiting_node_gets_it() {
     let server = RedisServer::start();
     let fleet = nodes(&server, "fc3:", 2).await;
     let calls = Counter::default();
     let delay = Duration::from_millis(300);
-    // A long lease: only giving it up can explain a fast takeover.
     let apps: Vec<Router> = fleet
         .iter()
-        .map(|n| {
-            origin(
-                fleet_layer(n.cache.clone()).fill_lease(Duration::from_secs(10)),
-                &calls,
-                delay,
-                "max-age=60",
-            )
-        })
+        .map(|n| origin(fleet_layer(n.cache.clone()), &calls, delay, "max-age=60"))
         .collect();
     let leader = {
         let app = apps[0].clone();
         tokio::spawn(async move { fetch(&app, "/page").await })
     };
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let started = Instant::now();
     let follower = {
         let app = apps[1].clone();
         tokio::spawn(async move { fetch(&app, "/page").await })
     };
     tokio::time::sleep(Duration::from_millis(50)).await;
+    // The leader's client hangs up mid-fill.
     leader.abort();
     let reply = follower.await.unwrap();
     assert_eq!(reply.status, 200);
+    assert_eq!(reply.text(), "call 1", "the fill went on and was shared");
+    assert_eq!(calls.get(), 1);
+    assert!(fetch(&apps[0], "/page").await.is_hit());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_dropped_mid_fill_is_given_up_and_taken_at_once() {
+    let server = RedisServer::start();
+    let fleet = nodes(&server, "fc8:", 2).await;
+    // A long lease: only giving it up can explain a fast takeover.
+    let options = LeaseOptions::new(Duration::from_secs(10), Duration::from_secs(5));
+    let FleetFill::Lead(held) = fleet[0].cache.fleet_fill(&page_key(), options).await else {
+        panic!("node 0 leads");
+    };
+    let waiter = {
+        let cache = fleet[1].cache.clone();
+        tokio::spawn(async move { cache.fleet_fill(&page_key(), options).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!waiter.is_finished(), "node 1 waits");
+    let dropped = Instant::now();
+    // The fill is cancelled (its task aborted, a panic unwinding).
+    drop(held);
+    assert!(matches!(waiter.await.unwrap(), FleetFill::Lead(_)));
     assert!(
-        started.elapsed() < Duration::from_millis(100) + delay + Duration::from_millis(200),
-        "the waiting node took over after {:?}",
-        started.elapsed()
+        dropped.elapsed() < Duration::from_millis(200),
+        "taken over {:?} after it was dropped",
+        dropped.elapsed()
     );
-    assert_eq!(calls.get(), 2, "the dropped call and the takeover");
+    assert_eq!(
+        fleet[1].cache.snapshot().cache.leases_expired,
+        0,
+        "given up, not expired"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

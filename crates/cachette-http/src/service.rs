@@ -472,13 +472,16 @@ where
         count(&counters.misses);
         return pass_through(inner, state, Request::from_parts(parts, body), fwd).await;
     }
-    if let (Some(soft), Some(entry)) = (layer.config.soft_timeout, &stale) {
-        if !entry.meta().must_revalidate && entry.as_response().is_some() {
-            return soft_timed(
-                inner, state, parts, body, primary, authorized, fwd, fill_key, stale, soft,
-            )
-            .await;
-        }
+    let soft = layer.config.soft_timeout.and_then(|soft| {
+        let entry = stale.as_ref()?;
+        (!entry.meta().must_revalidate && entry.as_response().is_some())
+            .then(|| (soft, entry.clone()))
+    });
+    if soft.is_some() || layer.config.fleet.is_some() {
+        return detached(
+            inner, state, parts, body, primary, authorized, fwd, fill_key, stale, soft,
+        )
+        .await;
     }
     fill(
         inner, state, parts, body, primary, authorized, fwd, fill_key, stale,
@@ -486,11 +489,13 @@ where
     .await
 }
 
-/// [`fill`] in a task of its own, raced with the soft timeout: past it, the
-/// stale entry is served and the fill goes on to update the cache (it no
-/// longer depends on this request).
+/// [`fill`] in a task of its own, so that it no longer depends on this
+/// request: a client that hangs up does not stop a fill other nodes wait
+/// on (fleet coalescing). With a soft timeout and a stale entry, the fill
+/// is raced with the timeout: past it, the stale entry is served and the
+/// fill goes on to update the cache.
 #[allow(clippy::too_many_arguments)]
-async fn soft_timed<S, ReqBody, ResBody>(
+async fn detached<S, ReqBody, ResBody>(
     inner: S,
     state: Arc<CacheLayer>,
     parts: request::Parts,
@@ -500,7 +505,7 @@ async fn soft_timed<S, ReqBody, ResBody>(
     fwd: Forward,
     fill_key: CacheKey,
     stale: Option<Arc<Entry>>,
-    soft: Duration,
+    soft: Option<(Duration, Arc<Entry>)>,
 ) -> Result<Response<CacheBody<ResBody>>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
@@ -510,13 +515,7 @@ where
     ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: fmt::Display + Send,
 {
-    let Some(entry) = stale.clone() else {
-        return fill(
-            inner, state, parts, body, primary, authorized, fwd, fill_key, stale,
-        )
-        .await;
-    };
-    let client = parts.headers.clone();
+    let client = soft.as_ref().map(|_| parts.headers.clone());
     let mut task = tokio::spawn(fill(
         inner,
         state.clone(),
@@ -528,12 +527,18 @@ where
         fill_key,
         stale,
     ));
-    match tokio::time::timeout(soft, &mut task).await {
-        Ok(Ok(result)) => result,
-        Ok(Err(_)) => Ok(plain_response(
+    let lost = || {
+        Ok(plain_response(
             StatusCode::BAD_GATEWAY,
             "origin call was lost\n",
-        )),
+        ))
+    };
+    let (Some((soft, entry)), Some(client)) = (soft, client) else {
+        return task.await.unwrap_or_else(|_| lost());
+    };
+    match tokio::time::timeout(soft, &mut task).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) => lost(),
         Err(_) => {
             // The task is detached, not cancelled: it stores what it gets.
             let layer = &*state;

@@ -82,7 +82,7 @@ fn values_are_read_as_people_write_them() {
 fn unknown_keys_name_the_key() {
     assert_eq!(
         err("[caches.default]\ntimeuot = 5"),
-        "caches.toml: caches.default.timeuot: unknown field: found `timeuot`, expected `one of `tiers`, `backend`, `redis`, `timeout`, `key_prefix`, `version`, `key_function`, `namespace`, `memory`, `journal`, `http``"
+        "caches.toml: caches.default.timeuot: unknown field: found `timeuot`, expected `one of `tiers`, `backend`, `redis`, `timeout`, `key_prefix`, `version`, `key_function`, `namespace`, `memory`, `journal`, `http`, `fleet_coalescing`, `fill_lease``"
     );
     let e = err("[caches.default.memory]\nmax_byte = 5");
     assert!(
