@@ -3,7 +3,8 @@
 //! percentiles. Used by bench/load.sh against a cold key whose origin takes
 //! 200 ms, with the origin's call counter read before and after. Several
 //! URLs (comma-separated: one per server of a fleet) get the clients in
-//! turn.
+//! turn, all with the first URL's authority as `Host`: one site behind a
+//! load balancer, so one cache key on every server.
 //!
 //! ```sh
 //! cargo run --release --example bench_stampede -- http://127.0.0.1:3001/slow-cached/1 500
@@ -26,25 +27,31 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect::<Result<_, _>>()?;
     let clients: usize = args.next().map(|n| n.parse()).transpose()?.unwrap_or(500);
 
+    let host = urls[0]
+        .authority()
+        .ok_or("the URL needs host:port")?
+        .clone();
     // Connect everyone first: the stampede measures the cache, not connects.
     let mut senders = Vec::with_capacity(clients);
     for i in 0..clients {
         let url = urls[i % urls.len()].clone();
-        let authority = url.authority().ok_or("the URL needs host:port")?.clone();
-        let stream = tokio::net::TcpStream::connect(authority.as_str()).await?;
+        let server = url.authority().ok_or("the URL needs host:port")?.clone();
+        let stream = tokio::net::TcpStream::connect(server.as_str()).await?;
         stream.set_nodelay(true)?;
         let (sender, connection) =
             hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream)).await?;
         tokio::spawn(connection);
-        senders.push((sender, url, authority));
+        senders.push((sender, url));
     }
     let (go, ready) = tokio::sync::watch::channel(false);
     let go = Arc::new(go);
     let mut tasks = Vec::with_capacity(clients);
-    for (mut sender, url, authority) in senders {
+    for (mut sender, url) in senders {
         let mut ready = ready.clone();
-        let request = http::Request::get(url)
-            .header(http::header::HOST, authority.as_str())
+        // Origin-form: an absolute URI's authority would override `Host`.
+        let path = url.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+        let request = http::Request::get(path)
+            .header(http::header::HOST, host.as_str())
             .body(Empty::<Bytes>::new())?;
         tasks.push(tokio::spawn(async move {
             let _ = ready.wait_for(|go| *go).await;

@@ -470,3 +470,71 @@ async fn a_must_revalidate_entry_is_not_served_on_a_soft_timeout() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(fetch(&app, "/page").await.text(), "call 2");
 }
+
+static REPORT_CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The producer behind both nodes of the next test: `#[cached]` on this
+/// node (the installed `Caches`).
+#[cachette::cached(cache = "reports", key = "report")]
+async fn build_report() -> String {
+    let n = REPORT_CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    format!("report {n}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_and_get_or_set_on_two_nodes_from_settings_run_one_producer() {
+    let server = RedisServer::start();
+    let toml = format!(
+        r#"
+        [redis.main]
+        url = "{}"
+        [caches.reports]
+        tiers = ["memory", "master"]
+        fleet_coalescing = true
+        fill_lease = "2s"
+        "#,
+        server.url()
+    );
+    let settings = || cachette::settings::Settings::from_toml_str("fleet.toml", &toml).unwrap();
+    // Node A: `#[cached]` through the installed caches; node B: another
+    // `Caches` from the same settings (its own connections and bus), using
+    // the data API on the same key.
+    cachette::Caches::from_settings(settings())
+        .await
+        .unwrap()
+        .install()
+        .unwrap();
+    let other = cachette::Caches::from_settings(settings()).await.unwrap();
+    let b = other.cache("reports").unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await; // both buses subscribed
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let b = b.clone();
+        tasks.push(tokio::spawn(async move {
+            if i % 2 == 0 {
+                build_report().await
+            } else {
+                b.get_or_set(
+                    "report",
+                    || async {
+                        let n = REPORT_CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        format!("report {n}")
+                    },
+                    (),
+                )
+                .await
+                .unwrap()
+            }
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), "report 1");
+    }
+    assert_eq!(
+        REPORT_CALLS.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one producer call for both nodes"
+    );
+}

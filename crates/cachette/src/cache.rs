@@ -344,7 +344,7 @@ impl Cache {
         CacheKey::new(raw)
     }
 
-    fn meta(&self, opts: &Opts) -> Option<EntryMeta> {
+    pub(crate) fn meta(&self, opts: &Opts) -> Option<EntryMeta> {
         let now = SystemTime::now();
         let meta = match opts.timeout.unwrap_or(self.inner.timeout) {
             Timeout::After(ttl) if ttl.is_zero() => return None,

@@ -3,7 +3,7 @@
 
 use std::{future::Future, time::Duration};
 
-use cachette_core::Payload;
+use cachette_core::{FleetFill, LeaseEnd, Payload};
 use serde::{Serialize, de::DeserializeOwned};
 
 use cachette_core::escape_glob;
@@ -126,11 +126,38 @@ where
         .inner
         .flights
         .run(&stored, move || async move {
+            // With fleet coalescing, one node runs the call for the fleet.
+            let mut lease = None;
+            if let Some(options) = cache_ref.inner.fleet {
+                let tiered = &cache_ref.inner.tiered;
+                match tiered.fleet_fill(stored_ref, options).await {
+                    FleetFill::Lead(held) => lease = Some(held),
+                    FleetFill::Filled => {
+                        if let Some(kept) = tiered.get_shared(stored_ref).await {
+                            return Some(kept.payload().clone());
+                        }
+                    }
+                    _ => {}
+                }
+            }
             let call = call_slot.take()?;
-            let value = call().await;
+            let value = match &mut lease {
+                Some(lease) => lease.hold(call()).await,
+                None => call().await,
+            };
             let payload = shareable(&value);
             if let Some(payload) = &payload {
                 cache_ref.store(stored_ref, payload.clone(), opts_ref).await;
+            }
+            if let Some(lease) = lease {
+                let stored = payload.is_some() && cache_ref.meta(opts_ref).is_some();
+                lease
+                    .end(if stored {
+                        LeaseEnd::Filled
+                    } else {
+                        LeaseEnd::Unstorable
+                    })
+                    .await;
             }
             *own_slot = Some(value);
             payload
