@@ -538,3 +538,140 @@ async fn cached_and_get_or_set_on_two_nodes_from_settings_run_one_producer() {
         "one producer call for both nodes"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_error_hands_the_fill_to_the_next_node_and_keeps_coalescing_on() {
+    let server = RedisServer::start();
+    let fleet = nodes(&server, "fc9:", 3).await;
+    let calls = Counter::default();
+    let make = |cache: Tiered| {
+        let calls = calls.clone();
+        Router::new()
+            .route(
+                "/page",
+                get(move || {
+                    let calls = calls.clone();
+                    async move {
+                        let n = calls.hit();
+                        tokio::time::sleep(Duration::from_millis(150)).await;
+                        if n == 1 {
+                            // Not storable: no freshness given.
+                            (
+                                http::StatusCode::SERVICE_UNAVAILABLE,
+                                [("retry-after", "1")],
+                                "down".to_owned(),
+                            )
+                        } else {
+                            (
+                                http::StatusCode::OK,
+                                [("cache-control", "max-age=60")],
+                                format!("call {n}"),
+                            )
+                        }
+                    }
+                }),
+            )
+            .layer(fleet_layer(cache).hit_for_miss(Duration::from_secs(30)))
+    };
+    let apps: Vec<Router> = fleet.iter().map(|n| make(n.cache.clone())).collect();
+    // Node 0 leads and gets the error; nodes 1 and 2 wait on it.
+    let first = {
+        let app = apps[0].clone();
+        tokio::spawn(async move { fetch(&app, "/page").await })
+    };
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let replies = stampede(&apps[1..], 10).await;
+    assert_eq!(first.await.unwrap().status, 503);
+    assert!(
+        replies
+            .iter()
+            .all(|(r, _)| r.status == 200 && r.text() == "call 2")
+    );
+    assert_eq!(
+        calls.get(),
+        2,
+        "the error, then one fill for the other nodes"
+    );
+    let hit_for_miss: u64 = fleet
+        .iter()
+        .map(|n| n.cache.snapshot().cache.hit_for_miss)
+        .sum();
+    assert_eq!(hit_for_miss, 0, "an error is not unstorable content");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_wait_on_a_late_fill_every_request_calls_the_origin_and_stores_nothing() {
+    let server = RedisServer::start();
+    let fleet = nodes(&server, "fc10:", 2).await;
+    // Node 0 holds the lease far longer than node 1 waits.
+    let options = LeaseOptions::new(Duration::from_secs(10), Duration::from_secs(5));
+    let FleetFill::Lead(held) = fleet[0].cache.fleet_fill(&page_key(), options).await else {
+        panic!("node 0 leads");
+    };
+    let calls = Counter::default();
+    let app = origin(
+        fleet_layer(fleet[1].cache.clone()).lock_timeout(Duration::from_millis(300)),
+        &calls,
+        Duration::from_millis(20),
+        "max-age=60",
+    );
+    let replies = stampede(std::slice::from_ref(&app), 5).await;
+    assert!(replies.iter().all(|(r, _)| r.status == 200));
+    assert!(
+        replies
+            .iter()
+            .all(|(r, _)| r.cache_status().contains("lock-timeout")),
+        "{:?}",
+        replies
+            .iter()
+            .map(|(r, _)| r.cache_status().to_owned())
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(calls.get(), 5);
+    assert!(
+        fleet[1].cache.get_shared(&page_key()).await.is_none(),
+        "nothing stored over what the late fill will store"
+    );
+    assert_eq!(fleet[1].cache.snapshot().cache.fill_waits_timed_out, 1);
+    drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_answered_on_the_soft_timeout_leave_one_fill_running_not_one_each() {
+    let calls = Counter::default();
+    let counter = calls.clone();
+    let app = Router::new()
+        .route(
+            "/page",
+            get(move || {
+                let calls = counter.clone();
+                async move {
+                    let n = calls.hit();
+                    if n > 1 {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    (
+                        [("cache-control", "max-age=1"), ("etag", "\"v\"")],
+                        format!("call {n}"),
+                    )
+                }
+            }),
+        )
+        .layer(
+            layer()
+                .soft_timeout(Duration::from_millis(50))
+                .lock_timeout(Duration::from_millis(200)),
+        );
+    assert_eq!(fetch(&app, "/page").await.text(), "call 1");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let replies = stampede(std::slice::from_ref(&app), 10).await;
+    assert!(
+        replies.iter().all(|(r, _)| r.text() == "call 1"),
+        "all stale"
+    );
+    // The followers' tasks went with their requests; the leader's fill
+    // finished and stored.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(calls.get(), 2, "one background fill, not one per request");
+    assert_eq!(fetch(&app, "/page").await.text(), "call 2");
+}

@@ -107,7 +107,7 @@ impl FillWakers {
         FillWatch {
             wakers: self,
             key: key.clone(),
-            notify,
+            notify: Some(notify),
         }
     }
 
@@ -133,7 +133,19 @@ impl FillWakers {
 pub struct FillWatch<'a> {
     wakers: &'a FillWakers,
     key: CacheKey,
-    notify: Arc<Notify>,
+    /// `None` only while dropping.
+    notify: Option<Arc<Notify>>,
+}
+
+impl FillWatch<'_> {
+    fn notify(&self) -> &Notify {
+        // Always `Some` outside `drop`; a fresh `Notify` otherwise is
+        // never woken, which a waiter's poll covers.
+        static SPARE: std::sync::OnceLock<Notify> = std::sync::OnceLock::new();
+        self.notify
+            .as_deref()
+            .unwrap_or_else(|| SPARE.get_or_init(Notify::new))
+    }
 }
 
 impl Drop for FillWatch<'_> {
@@ -143,8 +155,13 @@ impl Drop for FillWatch<'_> {
             .waiting
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        // Two references left = the map's and ours: no other waiter.
-        if Arc::strong_count(&self.notify) <= 2 {
+        // Our reference goes under the lock, so of two watchers dropping at
+        // once the second sees only the map's and removes the entry.
+        drop(self.notify.take());
+        if waiting
+            .get(&self.key)
+            .is_some_and(|notify| Arc::strong_count(notify) == 1)
+        {
             waiting.remove(&self.key);
         }
     }
@@ -246,39 +263,54 @@ impl FillLease {
     /// own ordering keeps a late result from overwriting a newer one.
     pub async fn hold<F: Future>(&mut self, fill: F) -> F::Output {
         let every = (self.options.lease / 3).max(Duration::from_millis(1));
+        let this = &*self;
         let mut fill = std::pin::pin!(fill);
-        loop {
-            let nap = tokio::time::sleep(every);
-            let mut nap = std::pin::pin!(nap);
-            // The fill, or the next renewal, whichever comes first.
-            let done = std::future::poll_fn(|cx| {
-                if let std::task::Poll::Ready(output) = fill.as_mut().poll(cx) {
-                    return std::task::Poll::Ready(Some(output));
+        let mut next = Box::pin(tokio::time::sleep(every));
+        // A renewal runs beside the fill, never in its way: a slow Redis
+        // (its breaker still closed) must not pause the origin call.
+        let mut renewal: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>>> = None;
+        std::future::poll_fn(|cx| {
+            if let std::task::Poll::Ready(output) = fill.as_mut().poll(cx) {
+                return std::task::Poll::Ready(output);
+            }
+            if let Some(running) = renewal.as_mut() {
+                if running.as_mut().poll(cx).is_ready() {
+                    renewal = None;
                 }
-                nap.as_mut().poll(cx).map(|()| None)
-            })
-            .await;
-            if let Some(output) = done {
-                return output;
             }
-            let renewed = self
-                .tiered
-                .lease_call(|b| b.renew_lease(&self.key, &self.token, self.options.lease))
-                .await;
-            if !matches!(renewed, Ok(true)) {
-                tracing::debug!(key = %self.key, "fill lease not renewed; the fill goes on");
+            if renewal.is_none() && next.as_mut().poll(cx).is_ready() {
+                next.as_mut()
+                    .reset(tokio::time::Instant::now() + every);
+                let _ = next.as_mut().poll(cx);
+                let mut running: std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>> =
+                    Box::pin(async move {
+                        let renewed = this
+                            .tiered
+                            .lease_call(|b| b.renew_lease(&this.key, &this.token, this.options.lease))
+                            .await;
+                        if !matches!(renewed, Ok(true)) {
+                            tracing::debug!(key = %this.key, "fill lease not renewed; the fill goes on");
+                        }
+                    });
+                if running.as_mut().poll(cx).is_pending() {
+                    renewal = Some(running);
+                }
             }
-        }
+            std::task::Poll::Pending
+        })
+        .await
     }
 
     /// Ends the lease with the fill's outcome and wakes the waiting nodes.
     pub async fn end(mut self, end: LeaseEnd) {
-        self.ended = true;
         let linger = self.options.linger();
         let ended = self
             .tiered
             .lease_call(|b| b.end_lease(&self.key, &self.token, end, linger))
             .await;
+        // Only now: dropped during the call, the lease is still given up
+        // (a no-op if the end landed: the end compares the token's state).
+        self.ended = true;
         if let Err(error) = ended {
             // The waiters find out by polling, or when the lease runs out.
             tracing::debug!(key = %self.key, %error, "fill lease not ended");
@@ -325,7 +357,7 @@ impl Tiered {
         loop {
             // Registered before asking: a lease that ends between the
             // answer and the wait still wakes us.
-            let notified = watch.notify.notified();
+            let notified = watch.notify().notified();
             let mut notified = std::pin::pin!(notified);
             notified.as_mut().enable();
             let state = match self
@@ -419,7 +451,7 @@ mod tests {
         let key = CacheKey::new("k").unwrap();
         let watch = wakers.watch(&key);
         {
-            let notified = watch.notify.notified();
+            let notified = watch.notify().notified();
             let mut notified = std::pin::pin!(notified);
             notified.as_mut().enable();
             // Woken before the wait starts: not lost.

@@ -12,7 +12,7 @@ use http::{HeaderName, request};
 use http_cache_semantics::CacheOptions;
 use tower_layer::Layer;
 
-use crate::{CacheService, KeyOptions, body::BufferBudget, service::Filled};
+use crate::{CacheService, KeyOptions, body::BufferBudget, service::Shared};
 
 /// A predicate over the request head: `true` means "do not use the cache".
 pub type Unless = Arc<dyn Fn(&request::Parts) -> bool + Send + Sync>;
@@ -129,7 +129,7 @@ impl fmt::Debug for Config {
 /// background refreshes, so that coalescing works across clones and routes.
 #[derive(Debug)]
 pub(crate) struct Flights {
-    pub(crate) fills: SingleFlight<Option<Filled>>,
+    pub(crate) fills: SingleFlight<Shared>,
     pub(crate) refreshing: Mutex<HashSet<CacheKey>>,
     /// Origin bodies being read into memory to be stored, all requests
     /// together.

@@ -3,7 +3,10 @@
 use std::{
     fmt,
     future::poll_fn,
-    sync::{Arc, PoisonError},
+    sync::{
+        Arc, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
     task::{Context, Poll},
     time::{Duration, SystemTime},
 };
@@ -37,6 +40,28 @@ pub(crate) struct Filled {
     /// Served stale because the origin failed (stale-if-error).
     stale: bool,
     fwd_status: Option<u16>,
+    /// Every tier took the write (none failed or journaled it): other nodes
+    /// can read it from the shared tier now.
+    written: bool,
+}
+
+/// What a node's fill leaves for the requests waiting on it.
+#[derive(Debug, Clone)]
+pub(crate) enum Shared {
+    /// A result to answer from, when it fits the request.
+    Entry(Filled),
+    /// Nothing to share: each waiting request calls the origin, storing
+    /// what it may.
+    Alone,
+    /// Another node's fill is late: each waiting request calls the origin
+    /// and stores nothing over what that fill will store.
+    AloneUnstored,
+}
+
+impl From<Option<Filled>> for Shared {
+    fn from(filled: Option<Filled>) -> Self {
+        filled.map_or(Self::Alone, Self::Entry)
+    }
 }
 
 /// The service made by [`CacheLayer`]: answers GET and HEAD from the cache,
@@ -484,7 +509,7 @@ where
         .await;
     }
     fill(
-        inner, state, parts, body, primary, authorized, fwd, fill_key, stale,
+        inner, state, parts, body, primary, authorized, fwd, fill_key, stale, None,
     )
     .await
 }
@@ -516,17 +541,22 @@ where
     ResBody::Error: fmt::Display + Send,
 {
     let client = soft.as_ref().map(|_| parts.headers.clone());
-    let mut task = tokio::spawn(fill(
-        inner,
-        state.clone(),
-        parts,
-        body,
-        primary.clone(),
-        authorized,
-        fwd,
-        fill_key,
-        stale,
-    ));
+    let leading = Arc::new(AtomicBool::new(false));
+    let mut task = AbortUnlessLeading {
+        task: tokio::spawn(fill(
+            inner,
+            state.clone(),
+            parts,
+            body,
+            primary.clone(),
+            authorized,
+            fwd,
+            fill_key,
+            stale,
+            Some(leading.clone()),
+        )),
+        leading,
+    };
     let lost = || {
         Ok(plain_response(
             StatusCode::BAD_GATEWAY,
@@ -534,9 +564,9 @@ where
         ))
     };
     let (Some((soft, entry)), Some(client)) = (soft, client) else {
-        return task.await.unwrap_or_else(|_| lost());
+        return (&mut task.task).await.unwrap_or_else(|_| lost());
     };
-    match tokio::time::timeout(soft, &mut task).await {
+    match tokio::time::timeout(soft, &mut task.task).await {
         Ok(Ok(result)) => result,
         Ok(Err(_)) => lost(),
         Err(_) => {
@@ -557,8 +587,26 @@ where
     }
 }
 
+/// A request's fill task: aborted when the request goes (its client hung
+/// up, or it was answered stale on the soft timeout), unless it is the
+/// node's leader for the key, whose fill others wait on and which must
+/// finish to store its result.
+struct AbortUnlessLeading<T> {
+    task: tokio::task::JoinHandle<T>,
+    leading: Arc<AtomicBool>,
+}
+
+impl<T> Drop for AbortUnlessLeading<T> {
+    fn drop(&mut self) {
+        if !self.leading.load(Ordering::Acquire) {
+            self.task.abort();
+        }
+    }
+}
+
 /// The origin call for a key, coalesced per node and, with fleet
-/// coalescing, across nodes.
+/// coalescing, across nodes. `leading` (when the call runs in its own
+/// task) is raised while this request's fill is the one others wait on.
 #[allow(clippy::too_many_arguments)]
 async fn fill<S, ReqBody, ResBody>(
     inner: S,
@@ -570,6 +618,7 @@ async fn fill<S, ReqBody, ResBody>(
     fwd: Forward,
     fill_key: CacheKey,
     stale: Option<Arc<Entry>>,
+    leading: Option<Arc<AtomicBool>>,
 ) -> Result<Response<CacheBody<ResBody>>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
@@ -601,7 +650,12 @@ where
         .flights
         .fills
         .run_or_give_up(&fill_key, layer.config.lock_timeout, || async {
-            let (inner, parts, body) = leader_request.take()?;
+            let Some((inner, parts, body)) = leader_request.take() else {
+                return Shared::Alone;
+            };
+            if let Some(leading) = &leading {
+                leading.store(true, Ordering::Release);
+            }
             let mut lease = None;
             if let Some(options) = layer.config.fleet {
                 match layer.cache.fleet_fill(&fill_key, options).await {
@@ -612,7 +666,7 @@ where
                         {
                             // Served from it below, as every request here.
                             leader_request = Some((inner, parts, body));
-                            return Some(filled);
+                            return Shared::Entry(filled);
                         }
                         // Gone already (purged, another variant): fill here.
                     }
@@ -623,24 +677,14 @@ where
                             .flights
                             .mark_uncacheable(&primary, layer.config.hit_for_miss);
                         leader_request = Some((inner, parts, body));
-                        return None;
+                        return Shared::Alone;
                     }
                     FleetFill::TimedOut => {
-                        // Another node's fill is late: our own call, not
-                        // stored over what that fill will store.
-                        let (response, _) = fetch(
-                            inner,
-                            layer,
-                            parts,
-                            body,
-                            &primary,
-                            stale.clone(),
-                            fwd,
-                            false,
-                        )
-                        .await;
-                        own_response = Some(response);
-                        return None;
+                        // Another node's fill is late: every request here
+                        // makes its own call, not stored over what that
+                        // fill will store.
+                        leader_request = Some((inner, parts, body));
+                        return Shared::AloneUnstored;
                     }
                     FleetFill::Unavailable => {}
                 }
@@ -655,12 +699,16 @@ where
                 fwd,
                 true,
             );
-            let (response, filled) = under_lease(lease, fetched).await;
+            let (response, filled) = under_lease(layer, &primary, lease, fetched).await;
             own_response = Some(response);
-            filled
+            Shared::from(filled)
         })
         .await;
-    let Some((filled, role)) = flight else {
+    if let Some(leading) = &leading {
+        // Nobody waits on this request any more.
+        leading.store(false, Ordering::Release);
+    }
+    let Some((shared, role)) = flight else {
         // Another request's origin call for this key has not finished within
         // the lock timeout: go to the origin ourselves, without storing (the
         // stuck fill, if it ever finishes, stores its own result).
@@ -679,9 +727,9 @@ where
             return response;
         }
     }
-    count(&counters.coalesced);
     let now = SystemTime::now();
-    if let Some(filled) = filled {
+    let storing = !matches!(shared, Shared::AloneUnstored);
+    if let Shared::Entry(filled) = shared {
         let matches = match &filled.variant {
             None => true,
             Some((names, key)) => KeyOptions::variant(&primary, names, &client_headers) == *key,
@@ -696,6 +744,7 @@ where
                 CacheStatus::hit(ttl_seconds(filled.entry.freshness(now)), None)
             };
             status.collapsed = true;
+            count(&counters.coalesced);
             return Ok(serve_entry(
                 layer,
                 &filled.entry,
@@ -708,22 +757,28 @@ where
         }
     }
     // The shared result does not fit this request (not storable, other
-    // variant, origin error): make our own origin call.
+    // variant, origin error), or another node's fill is late: make our own
+    // origin call.
     let Some((inner, parts, body)) = leader_request.take() else {
         return Ok(plain_response(
             StatusCode::BAD_GATEWAY,
             "origin call was lost\n",
         ));
     };
-    let (response, _) = fetch(inner, layer, parts, body, &primary, stale, fwd, true).await;
+    let (response, _) = fetch(inner, layer, parts, body, &primary, stale, fwd, storing).await;
     response
 }
 
 /// Runs an origin call under the fleet lease, if this node holds one, and
-/// ends the lease with its outcome: a fresh stored result is shared, an
-/// unstorable, failed or stale-if-error one sends the waiters to the
-/// origin themselves.
+/// ends the lease with its outcome: a fresh result stored on every tier is
+/// shared; one that is not storable (or not fresh: nothing to share) sends
+/// the waiters to the origin at once; an error, a stale-if-error answer or
+/// a failed write gives the lease up, so that the next node tries (an
+/// outage is not "unstorable content": coalescing stays on through it).
+/// The end is sent in the background: the answer does not wait on Redis.
 async fn under_lease<B, E>(
+    layer: &CacheLayer,
+    primary: &CacheKey,
     lease: Option<cachette_core::FillLease>,
     fetched: impl std::future::Future<Output = Fetched<B, E>>,
 ) -> Fetched<B, E> {
@@ -731,14 +786,16 @@ async fn under_lease<B, E>(
         return fetched.await;
     };
     let (response, filled) = lease.hold(fetched).await;
-    let shared = filled.as_ref().is_some_and(|f| !f.stale);
-    lease
-        .end(if shared {
-            LeaseEnd::Filled
-        } else {
+    let now = SystemTime::now();
+    let end = match &filled {
+        Some(f) if !f.stale && !matches!(f.entry.freshness(now), Freshness::Fresh { .. }) => {
             LeaseEnd::Unstorable
-        })
-        .await;
+        }
+        Some(f) if !f.stale && f.written => LeaseEnd::Filled,
+        _ if layer.flights.is_uncacheable(primary) => LeaseEnd::Unstorable,
+        _ => LeaseEnd::Abandoned,
+    };
+    tokio::spawn(lease.end(end));
     (response, filled)
 }
 
@@ -769,6 +826,7 @@ async fn filled_elsewhere(
         variant,
         stale: false,
         fwd_status: None,
+        written: true,
     })
 }
 
@@ -821,6 +879,7 @@ fn stale_if_error<B>(
         variant: None,
         stale: true,
         fwd_status,
+        written: false,
     };
     Some((response, filled))
 }
@@ -1147,13 +1206,18 @@ async fn store(
         meta.tags.push(cachette_core::variants_tag(primary));
     }
     let entry = Arc::new(Entry::response(response, meta));
+    // Taken by every tier now (not failed, not waiting in a journal).
+    let written = |report: &cachette_core::WriteReport| {
+        report.failed.is_empty() && report.journaled.is_empty()
+    };
     if vary.is_empty() {
-        let _ = layer.cache.set(primary, entry.clone()).await;
+        let report = layer.cache.set(primary, entry.clone()).await;
         let filled = Filled {
             entry: entry.clone(),
             variant: None,
             stale: false,
             fwd_status: None,
+            written: written(&report),
         };
         return (entry, filled);
     }
@@ -1167,16 +1231,21 @@ async fn store(
         .max(now + Duration::from_secs(24 * 3600));
     let marker_meta = EntryMeta::new(now, Duration::ZERO).keep_at_least_until(marker_until);
     let marker = Arc::new(Entry::variants(vary.clone(), marker_meta));
-    let _ = layer.cache.set(primary, marker).await;
-    let _ = layer.cache.set(&key, entry.clone()).await;
+    let marked = layer.cache.set(primary, marker).await;
+    let report = layer.cache.set(&key, entry.clone()).await;
     let filled = Filled {
         entry: entry.clone(),
         variant: Some((vary, key)),
         stale: false,
         fwd_status: None,
+        written: written(&marked) && written(&report),
     };
     (entry, filled)
 }
+
+/// How long a key whose background refresh brought nothing new waits
+/// before the next one.
+const REFRESH_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Whether a fresh entry with `ttl` left is in the last `fraction` of its
 /// freshness lifetime (refresh ahead). Saturating: a clock that moved back
@@ -1226,7 +1295,7 @@ fn spawn_refresh<S, ReqBody, ResBody>(
         let layer = &*state;
         // Bounded twice over: the fetch by the fill timeout, and waiting on
         // another request's fill for the key by the lock timeout.
-        let _ = layer
+        let refreshed = layer
             .flights
             .fills
             .run_or_give_up(&key, layer.config.lock_timeout, || async {
@@ -1239,7 +1308,7 @@ fn spawn_refresh<S, ReqBody, ResBody>(
                             if let Some(newer) = layer.cache.get_shared(&key).await {
                                 if newer.meta().stored_at > stale.meta().stored_at {
                                     held.end(LeaseEnd::Filled).await;
-                                    return None;
+                                    return Shared::Alone;
                                 }
                             }
                             lease = Some(held);
@@ -1247,9 +1316,12 @@ fn spawn_refresh<S, ReqBody, ResBody>(
                         FleetFill::Filled => {
                             // Another node refreshed it: take its entry,
                             // which this node's older copy would hide.
-                            return filled_elsewhere(layer, &primary, &parts.headers).await;
+                            return filled_elsewhere(layer, &primary, &parts.headers)
+                                .await
+                                .into();
                         }
-                        FleetFill::Unstorable | FleetFill::TimedOut => return None,
+                        FleetFill::Unstorable => return Shared::Alone,
+                        FleetFill::TimedOut => return Shared::AloneUnstored,
                         FleetFill::Unavailable => {}
                     }
                 }
@@ -1263,9 +1335,16 @@ fn spawn_refresh<S, ReqBody, ResBody>(
                     Forward::Stale,
                     true,
                 );
-                under_lease(lease, fetched).await.1
+                under_lease(layer, &primary, lease, fetched).await.1.into()
             })
             .await;
+        let fresh = matches!(&refreshed, Some((Shared::Entry(f), _)) if !f.stale);
+        if !fresh {
+            // Nothing new (the origin failed, the result is not shared,
+            // another node's fill is late): hits in the window must not
+            // start a refresh each, at request rate.
+            tokio::time::sleep(REFRESH_BACKOFF).await;
+        }
         layer
             .flights
             .refreshing

@@ -180,6 +180,9 @@ impl RedisTier {
             .await
             .map_err(|e| self.fail(e))?;
         if ended == 1 {
+            // Other nodes hear the bus; this node's own waiters (other
+            // caches on the namespace) do not: it skips its own messages.
+            self.space.fill_wakers.wake(key.as_str());
             self.publish(&mut conn, 'l', key.as_str()).await;
         }
         Ok(())

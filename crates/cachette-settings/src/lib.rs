@@ -34,6 +34,7 @@ use std::{
     collections::BTreeMap,
     fmt,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use figment::{
@@ -740,7 +741,32 @@ impl Settings {
                     "fleet coalescing takes its leases on the Redis master: it needs the `master` tier".into(),
                 ));
             }
+            let too_short =
+                |d: &Option<HumanDuration>| d.is_some_and(|d| d.0 < Duration::from_millis(10));
+            if too_short(&cache.fill_lease) {
+                return Err(err(
+                    key("fill_lease"),
+                    "must be at least 10ms (it is renewed every third of it)".into(),
+                ));
+            }
             if let Some(http) = &cache.http {
+                if too_short(&http.fill_lease) {
+                    return Err(err(
+                        key("http.fill_lease"),
+                        "must be at least 10ms (it is renewed every third of it)".into(),
+                    ));
+                }
+                let lease = http.fill_lease.map_or(Duration::from_secs(5), |d| d.0);
+                let wait = http.lock_timeout.map_or(Duration::from_secs(10), |d| d.0);
+                if http.fleet_coalescing == Some(true) && lease >= wait {
+                    return Err(err(
+                        key("http.fill_lease"),
+                        format!(
+                            "must be shorter than lock_timeout ({}): a node that dies holding the lease must lose it before the other nodes stop waiting",
+                            humantime::format_duration(wait)
+                        ),
+                    ));
+                }
                 if http.fleet_coalescing == Some(true) && !shared {
                     return Err(err(
                         key("http.fleet_coalescing"),

@@ -338,6 +338,17 @@ fn fleet_coalescing_needs_the_master_and_its_options_are_checked() {
         err("[caches.default]\n[caches.default.http]\nrefresh_ahead = 1.5")
             .starts_with("caches.toml: caches.default.http.refresh_ahead: must be a fraction strictly between 0 and 1")
     );
+    let redis = "[redis.main]\nurl = \"redis://127.0.0.1:6379\"\n[caches.default]\ntiers = [\"memory\", \"master\"]\n";
+    assert_eq!(
+        err(&format!(
+            "{redis}[caches.default.http]\nfleet_coalescing = true\nfill_lease = \"10s\""
+        )),
+        "caches.toml: caches.default.http.fill_lease: must be shorter than lock_timeout (10s): a node that dies holding the lease must lose it before the other nodes stop waiting"
+    );
+    assert!(
+        err(&format!("{redis}fill_lease = \"1ms\""))
+            .contains("caches.default.fill_lease: must be at least 10ms")
+    );
     let settings = Settings::from_toml_str(
         "caches.toml",
         "[redis.main]\nurl = \"redis://127.0.0.1:6379\"\n[caches.default]\ntiers = [\"memory\", \"master\"]\nfleet_coalescing = true\nfill_lease = \"2s\"\n[caches.default.http]\nfleet_coalescing = true\nfill_lease = \"3s\"\nsoft_timeout = \"150ms\"\nhard_timeout = \"4s\"\nrefresh_ahead = 0.1",

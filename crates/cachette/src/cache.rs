@@ -158,6 +158,7 @@ pub(crate) struct CacheInner {
 /// lease, so that a dead holder's lease runs out and another node fills
 /// before anyone gives up.
 pub(crate) fn data_lease_options(lease: Duration) -> cachette_core::LeaseOptions {
+    let lease = lease.max(Duration::from_millis(10));
     cachette_core::LeaseOptions::new(lease, (lease * 2).max(Duration::from_secs(10)))
 }
 
