@@ -40,6 +40,10 @@ need_pkg curl curl
 need_pkg redis-server redis-server
 need_pkg redis-sentinel redis-sentinel
 need_pkg redis-cli redis-tools
+# A real headless browser for the status page test (driven through
+# chromedriver).
+need_pkg chromium chromium
+need_pkg chromedriver chromium-driver
 
 echo "==> cargo fmt --check"
 cargo fmt --all --check

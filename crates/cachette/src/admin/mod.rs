@@ -3,6 +3,7 @@
 //!
 //! | route | answers |
 //! |---|---|
+//! | `GET /` | the status page: every cache's traffic, hit ratio (a chart of the last minutes), tiers, breakers, journal and bus, refreshed every second; a purge form when a token is configured ([`status_page`]) |
 //! | `GET /health` | JSON: each cache's status and tiers (up, role, address, breaker), master, journal depth. `200` while every cache can serve from some tier, `503` when one cannot |
 //! | `GET /stats` | JSON: the full [`Report`] (counters, latencies, usage, Redis, journal) |
 //! | `GET /metrics` | the metrics in the Prometheus text format |
@@ -30,11 +31,14 @@ use crate::{
     ops::{Purge, Report, Status},
 };
 
+pub mod status_page;
+
 struct AdminState {
     caches: Caches,
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
     token: Option<String>,
+    page: String,
 }
 
 impl Caches {
@@ -72,8 +76,17 @@ impl Caches {
             handle: recorder.handle(),
             recorder,
             token,
+            page: status_page::page(has_token),
         });
         let router = Router::new()
+            .route(
+                "/",
+                get(|State(state): State<Arc<AdminState>>| async move {
+                    status_page::html(&state.page)
+                }),
+            )
+            .route("/status.css", get(status_page::style))
+            .route("/status.js", get(status_page::script))
             .route("/health", get(health))
             .route("/stats", get(stats))
             .route("/metrics", get(prometheus));
