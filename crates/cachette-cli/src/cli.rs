@@ -31,6 +31,21 @@ pub enum Command {
     Purge(PurgeArgs),
     /// Inspects or replays this node's journal of master writes that failed.
     Journal(JournalArgs),
+    /// A live terminal view of a running process's caches (from its admin
+    /// routes): one row per cache and tier, refreshed every second; q quits.
+    Top(TopArgs),
+}
+
+/// `cachette top`.
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// The running process's admin routes, e.g. http://127.0.0.1:9090
+    /// (`cachette proxy --admin`, or an app's `caches.admin_router()`).
+    #[arg(long)]
+    pub admin: String,
+    /// How often to read them.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub interval: Duration,
 }
 
 /// `cachette proxy`.

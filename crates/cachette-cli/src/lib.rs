@@ -16,6 +16,7 @@ mod failure;
 pub mod proxy;
 mod remote;
 mod render;
+mod top;
 
 use std::str::FromStr;
 
@@ -36,6 +37,7 @@ pub async fn run(cli: cli::Cli) -> Outcome {
             JournalAction::Status(args) => commands::journal_status(args).await,
             JournalAction::Replay(args) => commands::journal_replay(args).await,
         },
+        Command::Top(args) => top::run(args).await,
     }
 }
 
