@@ -180,6 +180,8 @@ tiers = ["memory"]
     .await;
     assert!(hits.replace(',', "").parse::<u64>().unwrap() >= 9);
     wait_for_text(&browser, "#overall", |t| t == "status: ok").await;
+    let bus = r#"article[data-cache="pages"] [data-figure="bus"] .value"#;
+    wait_for_text(&browser, bus, |t| t == "connected").await;
 
     // A few seconds of history in the chart (longer for the screenshot in
     // docs/: `STATUS_PAGE_HISTORY_SECS=45`).
@@ -205,6 +207,7 @@ tiers = ["memory"]
     )
     .await;
     wait_for_text(&browser, "#overall", |t| t == "status: degraded").await;
+    wait_for_text(&browser, bus, |t| t == "DOWN").await;
 
     // The purge form, with the token typed in.
     browser

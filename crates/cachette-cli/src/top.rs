@@ -217,9 +217,21 @@ fn draw_cache(frame: &mut Frame<'_>, area: Rect, view: &View, cache: &CacheRepor
     }
     if let Some(redis) = &cache.redis {
         spans.push(Span::raw(format!(
-            "  master {}  failovers {}  bus resubscriptions {}",
+            "  master {}  failovers {}  ",
             redis.master.as_deref().unwrap_or("unknown"),
             redis.failovers,
+        )));
+        let (bus, style) = match redis.bus_connected {
+            Some(true) => ("bus connected", Style::default().fg(Color::Green)),
+            Some(false) => (
+                "bus DOWN",
+                Style::default().fg(Color::Red).add_modifier(Modifier::BOLD),
+            ),
+            None => ("bus off", Style::default()),
+        };
+        spans.push(Span::styled(bus, style));
+        spans.push(Span::raw(format!(
+            "  resubscriptions {}",
             redis.bus_subscriptions
         )));
     }

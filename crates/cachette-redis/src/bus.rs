@@ -144,7 +144,10 @@ pub(crate) async fn run_subscriber(shared: Weak<Space>, targets: Targets) {
         clear_memory(&targets, "after (re)subscribing to the bus").await;
         if let Some(strong) = shared.upgrade() {
             strong.bus_subscriptions.fetch_add(1, Ordering::Relaxed);
+            strong.bus_connected.store(true, Ordering::Relaxed);
         }
+        // Down again whenever this subscription ends, however it ends.
+        let _connected = Connected(shared.clone());
         tracing::info!(master = %node.addr, %channel, "subscribed to the invalidation bus; memory tier cleared");
 
         loop {
@@ -179,6 +182,9 @@ pub(crate) async fn run_subscriber(shared: Weak<Space>, targets: Targets) {
                         return;
                     };
                     strong.bus_received.fetch_add(1, Ordering::Relaxed);
+                    strong
+                        .bus_last_message_ms
+                        .store(cachette_core::unix_millis(std::time::SystemTime::now()), Ordering::Relaxed);
                     if kind == "l" {
                         // A fill lease ended: its waiters here read its outcome.
                         strong.fill_wakers.wake(argument);
@@ -194,6 +200,17 @@ pub(crate) async fn run_subscriber(shared: Weak<Space>, targets: Targets) {
                     break;
                 }
             }
+        }
+    }
+}
+
+/// Marks the bus down when a subscription ends.
+struct Connected(Weak<Space>);
+
+impl Drop for Connected {
+    fn drop(&mut self) {
+        if let Some(space) = self.0.upgrade() {
+            space.bus_connected.store(false, Ordering::Relaxed);
         }
     }
 }

@@ -77,6 +77,11 @@ pub struct RedisStats {
     pub bus_received: u64,
     /// Bus (re)subscriptions (each one cleared the memory tier).
     pub bus_subscriptions: u64,
+    /// Whether the bus subscription is up now (`None`: the bus is off).
+    pub bus_connected: Option<bool>,
+    /// Milliseconds since the last message from another node (`None`:
+    /// none yet).
+    pub bus_last_message_age_ms: Option<u64>,
     /// Failed attempts to resolve the master through Sentinel.
     pub resolve_errors: u64,
     /// The master's clock minus this node's, in ms, as last measured (write
@@ -387,6 +392,15 @@ impl RedisTiers {
             failovers: space.conns.failovers.load(Ordering::Relaxed),
             bus_received: space.bus_received.load(Ordering::Relaxed),
             bus_subscriptions: space.bus_subscriptions.load(Ordering::Relaxed),
+            bus_connected: space
+                .bus
+                .then(|| space.bus_connected.load(Ordering::Relaxed)),
+            bus_last_message_age_ms: match space.bus_last_message_ms.load(Ordering::Relaxed) {
+                0 => None,
+                at => Some(
+                    cachette_core::unix_millis(std::time::SystemTime::now()).saturating_sub(at),
+                ),
+            },
             resolve_errors: space.conns.resolve_errors.load(Ordering::Relaxed),
             clock_offset_ms: space.conns.clock_offset_ms(),
             journal,

@@ -203,6 +203,10 @@ pub(crate) struct Space {
     pub(crate) readonly_logged: AtomicBool,
     pub(crate) bus_received: AtomicU64,
     pub(crate) bus_subscriptions: AtomicU64,
+    /// Whether the bus subscription is up now.
+    pub(crate) bus_connected: AtomicBool,
+    /// When the last message from another node arrived (Unix ms; 0: none).
+    pub(crate) bus_last_message_ms: AtomicU64,
     /// This node's waiters on other nodes' fill leases, woken by the bus.
     pub(crate) fill_wakers: cachette_core::FillWakers,
     pub(crate) tasks: Tasks,
@@ -237,6 +241,8 @@ impl Space {
             readonly_logged: AtomicBool::new(false),
             bus_received: AtomicU64::new(0),
             bus_subscriptions: AtomicU64::new(0),
+            bus_connected: AtomicBool::new(false),
+            bus_last_message_ms: AtomicU64::new(0),
             fill_wakers: cachette_core::FillWakers::default(),
             tasks: Tasks::default(),
         }

@@ -593,6 +593,16 @@ async fn a_full_disk_does_not_break_the_journal_for_good() {
     // The master is back; the backlog cannot be replayed (the disk is full),
     // and a delete goes to the master directly.
     master.restart();
+    // Once the tier has reconnected (its first calls after a restart may
+    // still meet the dead connection).
+    let master_tier = redis.master_tier();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            master_tier.health().await.is_ok()
+        })
+        .await,
+        "the master answers again"
+    );
     let deleted = cache.delete(&key("victim")).await;
     assert!(deleted.is_complete(), "{deleted:?}");
 

@@ -272,6 +272,10 @@ pub fn describe_metrics() {
         Unit::Count,
         "Invalidation bus (re)subscriptions: reconnects, each clearing the memory tier"
     );
+    describe_gauge!(
+        "cachette_bus_connected",
+        "1 while the invalidation bus subscription is up, 0 while it is down (absent: bus off)"
+    );
 }
 
 fn status_value(status: Status) -> f64 {
@@ -366,6 +370,13 @@ impl Report {
                 counter!("cachette_bus_received_total", &cache()).absolute(redis.bus_received);
                 counter!("cachette_bus_subscriptions_total", &cache())
                     .absolute(redis.bus_subscriptions);
+                if let Some(connected) = redis.bus_connected {
+                    gauge!("cachette_bus_connected", &cache()).set(if connected {
+                        1.0
+                    } else {
+                        0.0
+                    });
+                }
             }
         }
     }

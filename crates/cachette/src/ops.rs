@@ -180,6 +180,12 @@ pub struct RedisReport {
     pub bus_received: u64,
     /// Bus (re)subscriptions; each cleared the memory tier.
     pub bus_subscriptions: u64,
+    /// Whether the bus subscription is up now (absent: the bus is off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bus_connected: Option<bool>,
+    /// Seconds since the last message from another node (absent: none yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bus_last_message_age_secs: Option<f64>,
     /// Failed attempts to resolve the master through Sentinel.
     pub resolve_errors: u64,
 }
@@ -341,6 +347,10 @@ impl Cache {
                 readonly_skips: stats.readonly_skips,
                 bus_received: stats.bus_received,
                 bus_subscriptions: stats.bus_subscriptions,
+                bus_connected: stats.bus_connected,
+                bus_last_message_age_secs: stats
+                    .bus_last_message_age_ms
+                    .map(|ms| ms as f64 / 1000.0),
                 resolve_errors: stats.resolve_errors,
             });
         }

@@ -146,12 +146,16 @@ function journal(cache) {
 function redis(cache) {
   const r = cache.redis;
   if (!r) return null;
+  const busDown = r.bus_connected === false;
   return el("div", {},
+    busDown ? el("p", { class: "warning", role: "alert" }, "Warning: the invalidation bus is down: other nodes' invalidations do not reach this node's memory tier (it was cleared, and is cleared again on reconnection).") : null,
     el("h3", {}, "Redis and bus"),
     el("ul", { class: "figures" },
       figure("master", r.master || "unknown"),
       figure("local replica", r.local || "—"),
       figure("failovers", number(r.failovers)),
+      figure("bus", r.bus_connected === undefined ? "off" : r.bus_connected ? "connected" : "DOWN", "bus"),
+      figure("last bus message", r.bus_last_message_age_secs === undefined ? "none yet" : r.bus_last_message_age_secs.toFixed(0) + " s ago"),
       figure("bus subscriptions", number(r.bus_subscriptions)),
       figure("bus messages", number(r.bus_received)),
       figure("resolve errors", number(r.resolve_errors))));
