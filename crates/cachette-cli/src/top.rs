@@ -73,9 +73,12 @@ impl View {
                 .history
                 .entry(cache.alias.clone())
                 .or_insert_with(|| (current, VecDeque::new()));
+            // Counters that went down: the process restarted; this interval
+            // says nothing.
+            let reset = current.requests < previous.requests || current.hits < previous.hits;
             let requests = current.requests.saturating_sub(previous.requests);
-            let hits = current.hits.saturating_sub(previous.hits);
-            if let Some(seconds) = seconds {
+            let hits = current.hits.saturating_sub(previous.hits).min(requests);
+            if let (Some(seconds), false) = (seconds, reset) {
                 self.rates
                     .insert(cache.alias.clone(), requests as f64 / seconds);
                 // An idle interval keeps the last ratio: the line does not
@@ -166,11 +169,11 @@ fn tier_row(tier: &TierReport) -> Row<'static> {
     ])
 }
 
-/// Lines a cache's block takes: borders, figures, sparkline, table head
-/// and one line per tier.
+/// Lines a cache's block takes: borders, states, figures, sparkline,
+/// table head and one line per tier.
 fn cache_height(cache: &CacheReport) -> u16 {
     let tiers = u16::try_from(cache.tiers.len()).unwrap_or(u16::MAX);
-    tiers.saturating_add(6)
+    tiers.saturating_add(7)
 }
 
 fn draw_cache(frame: &mut Frame<'_>, area: Rect, view: &View, cache: &CacheReport) {
@@ -183,7 +186,8 @@ fn draw_cache(frame: &mut Frame<'_>, area: Rect, view: &View, cache: &CacheRepor
     let block = Block::default().borders(Borders::ALL).title(title);
     let inner = block.inner(area);
     frame.render_widget(block, area);
-    let [figures, spark, table] = Layout::vertical([
+    let [alarms, figures, spark, table] = Layout::vertical([
+        Constraint::Length(1),
         Constraint::Length(1),
         Constraint::Length(2),
         Constraint::Min(1),
@@ -191,15 +195,21 @@ fn draw_cache(frame: &mut Frame<'_>, area: Rect, view: &View, cache: &CacheRepor
     .areas(inner);
     let (requests, hits) = (c.hits + c.misses + c.stale_served, c.hits + c.stale_served);
     let rate = view.rates.get(&cache.alias).copied().unwrap_or(0.0);
-    let mut spans = vec![Span::raw(format!(
-        "req/s {rate:.1}  hit ratio {}  hits {}  misses {}  stale {}  coalesced {}  origin errors {}",
-        percent(hits, requests),
-        c.hits,
-        c.misses,
-        c.stale_served,
-        c.coalesced,
-        c.origin_errors
-    ))];
+    frame.render_widget(
+        Paragraph::new(Line::from(Span::raw(format!(
+            "req/s {rate:.1}  hit ratio {}  hits {}  misses {}  stale {}  coalesced {}  origin errors {}",
+            percent(hits, requests),
+            c.hits,
+            c.misses,
+            c.stale_served,
+            c.coalesced,
+            c.origin_errors
+        )))),
+        figures,
+    );
+    // The states an operator acts on come first, on their own line, so a
+    // narrow terminal does not cut them off.
+    let mut spans = Vec::new();
     if let Some(journal) = &cache.journal {
         let style = if journal.depth > 0 || !journal.writable {
             Style::default()
@@ -216,11 +226,6 @@ fn draw_cache(frame: &mut Frame<'_>, area: Rect, view: &View, cache: &CacheRepor
         spans.push(Span::styled(text, style));
     }
     if let Some(redis) = &cache.redis {
-        spans.push(Span::raw(format!(
-            "  master {}  failovers {}  ",
-            redis.master.as_deref().unwrap_or("unknown"),
-            redis.failovers,
-        )));
         let (bus, style) = match redis.bus_connected {
             Some(true) => ("bus connected", Style::default().fg(Color::Green)),
             Some(false) => (
@@ -229,13 +234,18 @@ fn draw_cache(frame: &mut Frame<'_>, area: Rect, view: &View, cache: &CacheRepor
             ),
             None => ("bus off", Style::default()),
         };
-        spans.push(Span::styled(bus, style));
+        spans.push(Span::styled(format!("  {bus}"), style));
         spans.push(Span::raw(format!(
-            "  resubscriptions {}",
-            redis.bus_subscriptions
+            " ({} resubscriptions)  master {}  failovers {}",
+            redis.bus_subscriptions,
+            redis.master.as_deref().unwrap_or("unknown"),
+            redis.failovers,
         )));
     }
-    frame.render_widget(Paragraph::new(Line::from(spans)), figures);
+    if spans.is_empty() {
+        spans.push(Span::raw("  memory only"));
+    }
+    frame.render_widget(Paragraph::new(Line::from(spans)), alarms);
     let ratios: Vec<u64> = view
         .history
         .get(&cache.alias)
@@ -303,16 +313,36 @@ pub(crate) fn draw(frame: &mut Frame<'_>, view: &View) {
     let Some(report) = &view.report else {
         return;
     };
-    let constraints: Vec<Constraint> = report
-        .caches
+    // As many whole blocks as fit, then a line saying how many did not.
+    let mut room = body.height;
+    let mut shown = 0;
+    for cache in &report.caches {
+        let needed = cache_height(cache);
+        let reserve = u16::from(shown + 1 < report.caches.len());
+        if needed.saturating_add(reserve) > room {
+            break;
+        }
+        room -= needed;
+        shown += 1;
+    }
+    let mut constraints: Vec<Constraint> = report.caches[..shown]
         .iter()
         .map(|c| Constraint::Length(cache_height(c)))
-        .chain(std::iter::once(Constraint::Min(0)))
         .collect();
+    constraints.push(Constraint::Min(0));
     let areas = Layout::vertical(constraints).split(body);
-    for (cache, area) in report.caches.iter().zip(areas.iter()) {
-        if area.height > 2 {
-            draw_cache(frame, *area, view, cache);
+    for (cache, area) in report.caches[..shown].iter().zip(areas.iter()) {
+        draw_cache(frame, *area, view, cache);
+    }
+    let hidden = report.caches.len() - shown;
+    if hidden > 0 {
+        if let Some(rest) = areas.last() {
+            frame.render_widget(
+                Paragraph::new(format!(
+                    "… {hidden} more cache(s): a taller terminal shows them"
+                )),
+                *rest,
+            );
         }
     }
 }
@@ -341,7 +371,9 @@ impl Drop for Restore {
 /// `cachette top`.
 pub(crate) async fn run(args: TopArgs) -> Result<(), Failure> {
     let admin = remote::base(&args.admin)?;
-    let interval = args.interval.max(Duration::from_millis(100));
+    let interval = args
+        .interval
+        .clamp(Duration::from_millis(100), Duration::from_secs(3600));
     let limit = interval.max(Duration::from_secs(2));
     // Unreachable at the start: a clear error, not an empty screen.
     let first = read(&admin, limit)
@@ -356,9 +388,9 @@ pub(crate) async fn run(args: TopArgs) -> Result<(), Failure> {
     let mut terminal = ratatui::try_init()
         .map_err(|e| Failure::operational(format!("cannot use this terminal: {e}")))?;
     let _restore = Restore;
-    // Keys are read on a thread of their own (crossterm's reads block);
-    // it raises `quit` on q, Esc or Ctrl-C, and ends when the view does.
-    let quit = Arc::new(AtomicBool::new(false));
+    // Keys are read on a thread of their own (crossterm's reads block); it
+    // wakes `quit` on q, Esc or Ctrl-C, and ends when the view does.
+    let quit = Arc::new(tokio::sync::Notify::new());
     let ended = Arc::new(AtomicBool::new(false));
     let _end = End(ended.clone());
     {
@@ -381,27 +413,29 @@ pub(crate) async fn run(args: TopArgs) -> Result<(), Failure> {
                     break;
                 }
             }
-            quit.store(true, Ordering::Relaxed);
+            // A permit: the view quits even if it is not waiting right now.
+            quit.notify_one();
         });
     }
-    let mut next = Instant::now();
+    // A reading slower than the interval delays the next one (no burst of
+    // back-to-back readings when the admin routes are slow).
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
     loop {
         terminal
             .draw(|frame| draw(frame, &view))
             .map_err(|e| Failure::operational(format!("cannot draw: {e}")))?;
-        next += interval;
-        while Instant::now() < next {
-            if quit.load(Ordering::Relaxed) {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::select! {
+            () = quit.notified() => return Ok(()),
+            _ = ticker.tick() => {}
         }
-        match read(&admin, limit).await {
-            Ok(report) => view.update(report, Instant::now()),
-            Err(error) => view.error = Some(error),
-        }
-        if quit.load(Ordering::Relaxed) {
-            return Ok(());
+        tokio::select! {
+            () = quit.notified() => return Ok(()),
+            read = read(&admin, limit) => match read {
+                Ok(report) => view.update(report, Instant::now()),
+                Err(error) => view.error = Some(error),
+            },
         }
     }
 }
@@ -448,7 +482,11 @@ mod tests {
     }
 
     fn screen(view: &View) -> String {
-        let mut terminal = Terminal::new(TestBackend::new(140, 20)).unwrap();
+        screen_of(view, 140, 20)
+    }
+
+    fn screen_of(view: &View, width: u16, height: u16) -> String {
+        let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
         terminal.draw(|frame| draw(frame, view)).unwrap();
         let buffer = terminal.backend().buffer().clone();
         let mut out = String::new();
@@ -496,5 +534,41 @@ mod tests {
             "{text}"
         );
         assert!(text.contains(" pages "), "{text}");
+    }
+
+    #[test]
+    fn a_restart_is_not_a_spike_and_the_alarms_fit_a_narrow_terminal() {
+        let mut view = View::default();
+        let start = Instant::now();
+        view.update(report(100, 100, "closed"), start);
+        // The process restarted: counters went down.
+        view.update(report(1, 0, "closed"), start + Duration::from_secs(1));
+        assert!(view.history["pages"].1.is_empty(), "no interval recorded");
+        view.update(report(2, 0, "closed"), start + Duration::from_secs(2));
+        assert_eq!(view.history["pages"].1.back(), Some(&1000));
+        let text = screen_of(&view, 60, 20);
+        assert!(text.contains("journal 4 waiting"), "{text}");
+    }
+
+    #[test]
+    fn caches_that_do_not_fit_are_counted_not_squeezed() {
+        let mut many = report(1, 1, "closed");
+        let one = many.caches[0].clone();
+        many.caches = (0..5)
+            .map(|i| {
+                let mut cache = one.clone();
+                cache.alias = format!("cache{i}");
+                cache
+            })
+            .collect();
+        let mut view = View::default();
+        view.update(many, Instant::now());
+        let text = screen_of(&view, 140, 24);
+        assert!(
+            text.contains(" cache0 ") && text.contains(" cache1 "),
+            "{text}"
+        );
+        assert!(!text.contains(" cache2 "), "{text}");
+        assert!(text.contains("3 more cache(s)"), "{text}");
     }
 }

@@ -80,7 +80,7 @@ async fn top_draws_the_caches_of_a_running_proxy_and_quits_on_q() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("util-linux `script` gives the view a pseudo-terminal");
+        .expect("util-linux `script` (Debian's bsdutils, always installed) gives the view a pseudo-terminal");
     let mut stdout = child.stdout.take().unwrap();
     let reader = std::thread::spawn(move || {
         let mut raw = Vec::new();
@@ -97,7 +97,11 @@ async fn top_draws_the_caches_of_a_running_proxy_and_quits_on_q() {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
-        assert!(Instant::now() < deadline, "`q` did not quit the view");
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("`q` did not quit the view");
+        }
         std::thread::sleep(Duration::from_millis(50));
     };
     drop(stdin);

@@ -166,6 +166,9 @@ pub(crate) async fn run_subscriber(shared: Weak<Space>, targets: Targets) {
                             // Messages have been missed for an unknown while
                             // already: drop memory now, not on reconnection.
                             tracing::warn!("invalidation bus subscription silent (no heartbeat answer); memory tier cleared, resubscribing");
+                            if let Some(strong) = shared.upgrade() {
+                                strong.bus_connected.store(false, Ordering::Relaxed);
+                            }
                             clear_memory(&targets, "after losing the bus").await;
                             break;
                         }

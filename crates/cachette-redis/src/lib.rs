@@ -319,6 +319,7 @@ impl RedisTiers {
             return;
         }
         let targets = bus::Targets { memory };
+        self.space.bus_started.store(true, Ordering::Relaxed);
         let task = tokio::spawn(bus::run_subscriber(Arc::downgrade(&self.space), targets));
         self.space.tasks.add(task.abort_handle());
     }
@@ -392,8 +393,9 @@ impl RedisTiers {
             failovers: space.conns.failovers.load(Ordering::Relaxed),
             bus_received: space.bus_received.load(Ordering::Relaxed),
             bus_subscriptions: space.bus_subscriptions.load(Ordering::Relaxed),
-            bus_connected: space
-                .bus
+            // A cache without a memory tier has no subscriber: no bus to
+            // report, rather than one forever "down".
+            bus_connected: (space.bus && space.bus_started.load(Ordering::Relaxed))
                 .then(|| space.bus_connected.load(Ordering::Relaxed)),
             bus_last_message_age_ms: match space.bus_last_message_ms.load(Ordering::Relaxed) {
                 0 => None,

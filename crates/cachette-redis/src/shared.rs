@@ -203,6 +203,8 @@ pub(crate) struct Space {
     pub(crate) readonly_logged: AtomicBool,
     pub(crate) bus_received: AtomicU64,
     pub(crate) bus_subscriptions: AtomicU64,
+    /// Whether a bus subscriber was started (caches with a memory tier).
+    pub(crate) bus_started: AtomicBool,
     /// Whether the bus subscription is up now.
     pub(crate) bus_connected: AtomicBool,
     /// When the last message from another node arrived (Unix ms; 0: none).
@@ -241,6 +243,7 @@ impl Space {
             readonly_logged: AtomicBool::new(false),
             bus_received: AtomicU64::new(0),
             bus_subscriptions: AtomicU64::new(0),
+            bus_started: AtomicBool::new(false),
             bus_connected: AtomicBool::new(false),
             bus_last_message_ms: AtomicU64::new(0),
             fill_wakers: cachette_core::FillWakers::default(),

@@ -81,9 +81,12 @@ impl Caches {
         let router = Router::new()
             .route(
                 "/",
-                get(|State(state): State<Arc<AdminState>>| async move {
-                    status_page::html(&state.page)
-                }),
+                get(
+                    |State(state): State<Arc<AdminState>>,
+                     axum::extract::OriginalUri(uri): axum::extract::OriginalUri| async move {
+                        status_page::html(&state.page, uri.path())
+                    },
+                ),
             )
             .route("/status.css", get(status_page::style))
             .route("/status.js", get(status_page::script))

@@ -5,7 +5,9 @@
 
 const POLL_MS = 1000;
 const KEEP = 300; // samples per cache: five minutes at one per second
-const history = new Map(); // alias -> [{t, requests, hits, stale}]
+const history = new Map(); // alias -> [{t, requests, hits}]
+// Where the admin routes are mounted ("" at the root, "/admin" nested).
+const BASE = (document.querySelector('meta[name="cachette-base"]') || {}).content || "";
 
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
@@ -62,7 +64,11 @@ function figure(label, value, id) {
 function remember(cache, now) {
   const c = cache.counters;
   const samples = history.get(cache.alias) || [];
-  samples.push({ t: now, requests: c.hits + c.misses + c.stale_served, hits: c.hits + c.stale_served });
+  const sample = { t: now, requests: c.hits + c.misses + c.stale_served, hits: c.hits + c.stale_served };
+  const last = samples[samples.length - 1];
+  // Counters that went down: the process restarted; start the history again.
+  if (last && (sample.requests < last.requests || sample.hits < last.hits)) samples.length = 0;
+  samples.push(sample);
   while (samples.length > KEEP) samples.shift();
   history.set(cache.alias, samples);
   return samples;
@@ -73,9 +79,10 @@ function rates(samples) {
   const out = [];
   for (let i = 1; i < samples.length; i++) {
     const a = samples[i - 1], b = samples[i];
-    const seconds = Math.max((b.t - a.t) / 1000, 0.001);
-    const requests = Math.max(b.requests - a.requests, 0);
-    const hits = Math.max(b.hits - a.hits, 0);
+    const seconds = (b.t - a.t) / 1000;
+    if (!(seconds > 0)) continue;
+    const requests = b.requests - a.requests;
+    const hits = Math.min(b.hits - a.hits, requests);
     out.push({ rps: requests / seconds, ratio: requests ? hits / requests : null });
   }
   return out;
@@ -125,6 +132,15 @@ function tierTable(cache) {
   return el("div", { class: "table-wrap" }, el("table", {}, el("caption", { class: "muted" }, "Tiers, in read order"), el("thead", {}, head), el("tbody", {}, ...rows)));
 }
 
+// Warnings of this reading, announced once (in #alerts) when they change,
+// not every second with the re-rendered panel.
+let warnings = [];
+
+function warning(cache, text, level) {
+  warnings.push(`${cache.alias}: ${text}`);
+  return el("p", { class: "warning" + (level ? " " + level : "") }, text);
+}
+
 function journal(cache) {
   const j = cache.journal;
   if (!j) return null;
@@ -138,8 +154,8 @@ function journal(cache) {
       figure("dropped", number(j.dropped)),
       figure("writable", j.writable ? "yes" : "NO")),
   ];
-  if (waiting) parts.push(el("p", { class: "warning", role: "alert" }, `Warning: ${number(j.depth)} writes/invalidations wait for the master (not applied there yet).`));
-  if (!j.writable) parts.push(el("p", { class: "warning bad", role: "alert" }, "Warning: the journal cannot record (disk error): master writes that fail now are lost."));
+  if (waiting) parts.push(warning(cache, `Warning: ${number(j.depth)} writes/invalidations wait for the master (not applied there yet).`));
+  if (!j.writable) parts.push(warning(cache, "Warning: the journal cannot record (disk error): master writes that fail now are lost.", "bad"));
   return el("div", {}, ...parts);
 }
 
@@ -148,7 +164,7 @@ function redis(cache) {
   if (!r) return null;
   const busDown = r.bus_connected === false;
   return el("div", {},
-    busDown ? el("p", { class: "warning", role: "alert" }, "Warning: the invalidation bus is down: other nodes' invalidations do not reach this node's memory tier (it was cleared, and is cleared again on reconnection).") : null,
+    busDown ? warning(cache, "Warning: the invalidation bus is down: other nodes' invalidations do not reach this node's memory tier (it was cleared, and is cleared again on reconnection).") : null,
     el("h3", {}, "Redis and bus"),
     el("ul", { class: "figures" },
       figure("master", r.master || "unknown"),
@@ -161,14 +177,14 @@ function redis(cache) {
       figure("resolve errors", number(r.resolve_errors))));
 }
 
-function renderCache(cache, now) {
+function renderCache(cache, index, now) {
   const points = rates(remember(cache, now));
   const last = points.length ? points[points.length - 1] : { rps: 0, ratio: null };
   const c = cache.counters;
   const lookups = c.hits + c.misses + c.stale_served;
   const fleet = c.fills_led + c.fills_waited + c.fill_waits_timed_out + c.leases_expired > 0;
-  return el("article", { class: "cache", "data-cache": cache.alias, "aria-labelledby": "cache-" + cache.alias },
-    el("div", { class: "cache-head" }, el("h2", { id: "cache-" + cache.alias }, cache.alias), state(cache.status)),
+  return el("article", { class: "cache", "data-cache": cache.alias, "aria-labelledby": "cache-" + index },
+    el("div", { class: "cache-head" }, el("h2", { id: "cache-" + index }, cache.alias), state(cache.status)),
     el("ul", { class: "figures" },
       figure("requests/s", last.rps.toFixed(1), "rps"),
       figure("hit ratio (last s)", percent(last.ratio), "ratio-now"),
@@ -201,15 +217,30 @@ function fillCacheChoice(caches) {
 async function poll() {
   const error = document.getElementById("error");
   try {
-    const response = await fetch("stats", { cache: "no-store", headers: { accept: "application/json" } });
+    const response = await fetch(BASE + "/stats", { cache: "no-store", headers: { accept: "application/json" } });
     if (!response.ok) throw new Error(`/stats answered ${response.status}`);
     const report = await response.json();
-    const now = Date.now();
+    const now = performance.now(); // monotonic: a clock step makes no spike
     const overall = document.getElementById("overall");
     overall.textContent = "status: " + report.status;
     overall.className = "state state-" + report.status;
-    document.getElementById("caches").replaceChildren(...report.caches.map((c) => renderCache(c, now)));
-    document.getElementById("updated").textContent = "updated " + new Date(now).toLocaleTimeString();
+    // The panels are drawn anew; tables scrolled sideways stay where they were.
+    const caches = document.getElementById("caches");
+    const scrolled = new Map();
+    caches.querySelectorAll("article").forEach((a) => {
+      const wrap = a.querySelector(".table-wrap");
+      if (wrap) scrolled.set(a.dataset.cache, wrap.scrollLeft);
+    });
+    warnings = [];
+    caches.replaceChildren(...report.caches.map((c, i) => renderCache(c, i, now)));
+    caches.querySelectorAll("article").forEach((a) => {
+      const wrap = a.querySelector(".table-wrap");
+      if (wrap && scrolled.has(a.dataset.cache)) wrap.scrollLeft = scrolled.get(a.dataset.cache);
+    });
+    const alerts = document.getElementById("alerts");
+    const said = warnings.join("\n");
+    if (alerts.textContent !== said) alerts.textContent = said;
+    document.getElementById("updated").textContent = "updated " + new Date().toLocaleTimeString();
     fillCacheChoice(report.caches);
     error.hidden = true;
   } catch (e) {
@@ -239,7 +270,7 @@ function setUpPurge() {
     try {
       // The token goes in this one request's header; the page keeps it
       // only in the field, and the server never writes it into the page.
-      const response = await fetch("purge", {
+      const response = await fetch(BASE + "/purge", {
         method: "POST",
         headers: { "content-type": "application/json", authorization: "Bearer " + token },
         body: JSON.stringify(body),

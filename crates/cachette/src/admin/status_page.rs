@@ -15,9 +15,25 @@ const PAGE: &str = include_str!("status.html");
 const STYLE: &str = include_str!("status.css");
 const SCRIPT: &str = include_str!("status.js");
 
-/// The page, with the purge form on or off.
+/// The page, with the purge form on or off; `{{base}}` stays for [`html`].
 pub(crate) fn page(purge: bool) -> String {
     PAGE.replace("{{purge}}", if purge { "on" } else { "off" })
+}
+
+/// Where the admin routes are mounted, from the path the page was asked
+/// at (`/` at the root; `/admin` or `/admin/` when nested under `/admin`):
+/// the page's own requests go there, not to the host app. Only a plain
+/// path is taken (it goes into the page); anything else is the root.
+pub(crate) fn base_of(path: &str) -> &str {
+    let base = path.trim_end_matches('/');
+    let plain = base
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.' | b'~'));
+    if plain && !base.contains("//") {
+        base
+    } else {
+        ""
+    }
 }
 
 /// Headers every part of the page carries: no caching, no sniffing, no
@@ -45,8 +61,10 @@ fn headers(content_type: &'static str) -> [(HeaderName, HeaderValue); 5] {
     ]
 }
 
-pub(crate) fn html(page: &str) -> Response {
-    (headers("text/html; charset=utf-8"), page.to_owned()).into_response()
+/// The page for a request at `path`.
+pub(crate) fn html(page: &str, path: &str) -> Response {
+    let page = page.replace("{{base}}", base_of(path));
+    (headers("text/html; charset=utf-8"), page).into_response()
 }
 
 pub(crate) async fn style() -> Response {
@@ -65,7 +83,13 @@ mod tests {
     fn the_page_names_its_parts_and_says_whether_purge_is_on() {
         assert!(page(true).contains(r#"<meta name="cachette-purge" content="on">"#));
         assert!(page(false).contains(r#"<meta name="cachette-purge" content="off">"#));
-        assert!(PAGE.contains(r#"src="status.js""#) && PAGE.contains(r#"href="status.css""#));
+        assert!(PAGE.contains(r#"src="{{base}}/status.js""#));
+        assert_eq!(base_of("/"), "");
+        assert_eq!(base_of("/admin"), "/admin");
+        assert_eq!(base_of("/ops/admin/"), "/ops/admin");
+        // Nothing that could leave the attribute or the origin.
+        assert_eq!(base_of("/a\"><script>"), "");
+        assert_eq!(base_of("//evil.example"), "");
         // Server data only ever goes in as text.
         assert!(!SCRIPT.contains("innerHTML"));
     }
