@@ -54,9 +54,16 @@ pub struct ProxyArgs {
     /// Address to serve clients on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// The upstream server: `http://host:port`, optionally with a base path.
+    /// The upstream server: `http://host:port` or `https://host[:port]`,
+    /// optionally with a base path. An `https://` upstream's certificate is
+    /// verified (system roots and --upstream-ca), its name sent as SNI and
+    /// `Host`, and HTTP/2 used when it offers it.
     #[arg(long)]
     pub upstream: String,
+    /// A PEM file of CA certificates to trust for an `https://` upstream,
+    /// besides the system's roots (a private CA).
+    #[arg(long, value_name = "FILE")]
+    pub upstream_ca: Option<PathBuf>,
     /// Settings file; without it, one memory-only cache (64 MiB).
     #[arg(long)]
     pub config: Option<PathBuf>,

@@ -11,7 +11,9 @@
 //! store the answer to one request under another request's key.
 //!
 //! The forwarder sends every method, path, query and header to the upstream
-//! over a pooled keep-alive client, with `Via` added and `X-Forwarded-For`,
+//! (`http://`, or `https://` with the certificate verified, SNI and `Host`
+//! from the upstream's name, HTTP/2 when offered) over a pooled keep-alive
+//! client, with `Via` added and `X-Forwarded-For`,
 //! `-Proto` and `-Host` set by the proxy; bodies stream both ways. An unreachable upstream is a `502` and a slow one a `504`, which
 //! the layer answers with a stale entry inside stale-if-error. What is stored
 //! and for how long is exactly the layer's RFC 9111 shared-cache behaviour.
@@ -47,10 +49,57 @@ use http::{
     HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, header,
     uri::{Authority, PathAndQuery, Scheme},
 };
+use hyper_rustls::HttpsConnector;
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::TokioExecutor,
 };
+
+/// The TLS client settings for the upstream: certificates verified against
+/// the system's roots and `extra_ca`, TLS 1.2 and 1.3, the ring provider.
+/// An `https://` upstream with no root to verify it by is an error at
+/// startup, not a `502` on every request.
+fn tls_config(
+    url: &str,
+    https: bool,
+    extra_ca: Option<&std::path::Path>,
+) -> Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let mut roots = rustls::RootCertStore::empty();
+    if https {
+        let native = rustls_native_certs::load_native_certs();
+        for cert in native.certs {
+            // A system root rustls cannot parse is skipped, as browsers do.
+            let _ = roots.add(cert);
+        }
+    }
+    if let Some(path) = extra_ca {
+        let shown = path.display();
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|e| format!("--upstream-ca {shown}: {e}"))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("--upstream-ca {shown}: {e}"))?;
+        if certs.is_empty() {
+            return Err(format!("--upstream-ca {shown}: no PEM certificate in it"));
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| format!("--upstream-ca {shown}: {e}"))?;
+        }
+    }
+    if https && roots.is_empty() {
+        return Err(format!(
+            "--upstream `{url}`: no trusted root certificate to verify it (install the system's CA certificates, e.g. Debian's ca-certificates, or pass --upstream-ca FILE)"
+        ));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS settings: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
 
 /// The `Via` pseudonym of this proxy (RFC 9110 §7.6.3).
 const VIA: &str = "1.1 cachette";
@@ -208,7 +257,7 @@ pub fn normalize(
 /// the pooled client.
 #[derive(Clone)]
 pub struct Upstream {
-    client: Client<HttpConnector, Body>,
+    client: Client<HttpsConnector<HttpConnector>, Body>,
     scheme: Scheme,
     authority: Authority,
     base_path: Arc<str>,
@@ -232,6 +281,17 @@ impl Upstream {
     /// An upstream at `url` (`http://host:port[/base]`); responses slower
     /// than `timeout` become `504`.
     pub fn new(url: &str, timeout: Duration) -> Result<Self, String> {
+        Self::with_ca(url, timeout, None)
+    }
+
+    /// [`new`](Self::new), trusting the certificates in the PEM file
+    /// `extra_ca` too (besides the system's roots) for an `https://`
+    /// upstream: a private CA, or a test one.
+    pub fn with_ca(
+        url: &str,
+        timeout: Duration,
+        extra_ca: Option<&std::path::Path>,
+    ) -> Result<Self, String> {
         let uri: Uri = url
             .parse()
             .map_err(|e| format!("--upstream `{url}` is not a URL: {e}"))?;
@@ -239,9 +299,9 @@ impl Upstream {
             .scheme()
             .cloned()
             .ok_or_else(|| format!("--upstream `{url}` needs a scheme: http://{url}"))?;
-        if scheme != Scheme::HTTP {
+        if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
             return Err(format!(
-                "--upstream `{url}`: only http:// upstreams are supported (terminate TLS in front of the upstream's network)"
+                "--upstream `{url}`: the scheme must be http:// or https://"
             ));
         }
         let authority = uri
@@ -252,9 +312,18 @@ impl Upstream {
             return Err(format!("--upstream `{url}` must not have a query"));
         }
         let base_path = uri.path().trim_end_matches('/');
+        let tls = tls_config(url, scheme == Scheme::HTTPS, extra_ca)?;
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        // The TLS layer below takes `https://`; plain `http://` passes.
+        connector.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(256)
@@ -323,6 +392,15 @@ impl Upstream {
         if !parts.headers.contains_key("x-forwarded-host") {
             if let Some(host) = parts.headers.get(header::HOST).cloned() {
                 parts.headers.insert("x-forwarded-host", host);
+            }
+        }
+        // A remote site (an `https://` upstream) is addressed by its own
+        // name, as nginx's default `proxy_set_header Host $proxy_host`; the
+        // client's `Host` goes on in `X-Forwarded-Host`. A local app behind
+        // `http://` gets the client's `Host`.
+        if self.scheme == Scheme::HTTPS {
+            if let Ok(host) = HeaderValue::from_str(self.authority.as_str()) {
+                parts.headers.insert(header::HOST, host);
             }
         }
         // The client's own HTTP version is between it and us.

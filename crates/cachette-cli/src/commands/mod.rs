@@ -122,9 +122,13 @@ pub(crate) async fn proxy(args: ProxyArgs) -> Outcome {
     };
     let layer = caches.layer(&args.cache).map_err(Failure::from)?;
     let trusted = proxy::TrustedProxies::parse(&args.trusted_proxies).map_err(Failure::usage)?;
-    let upstream = proxy::Upstream::new(&args.upstream, args.upstream_timeout)
-        .map_err(Failure::usage)?
-        .trust(trusted);
+    let upstream = proxy::Upstream::with_ca(
+        &args.upstream,
+        args.upstream_timeout,
+        args.upstream_ca.as_deref(),
+    )
+    .map_err(Failure::usage)?
+    .trust(trusted);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| Failure::operational(format!("cannot listen on {}: {e}", args.listen)))?;

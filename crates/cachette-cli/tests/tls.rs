@@ -1,0 +1,228 @@
+//! `cachette proxy` in front of an HTTPS upstream: a real TLS server on
+//! loopback with a certificate from a CA made in the test (rcgen). The
+//! proxy verifies it against `--upstream-ca`, sends the upstream's name as
+//! SNI and `Host`, and caches as over HTTP; a certificate from another CA
+//! is a `502` with a clear log line, never a silent connection.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::{
+    process::{Command, Stdio},
+    sync::{Arc, Mutex},
+};
+
+use axum::{Router, extract::Request, routing::get};
+use cachette_testkit::free_port;
+use common::{HttpClient, cachette, wait_for_port};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+struct Ca {
+    pem: String,
+    cert: rcgen::Certificate,
+    key: KeyPair,
+}
+
+fn ca(name: &str) -> Ca {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    let key = KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    Ca {
+        pem: cert.pem(),
+        cert,
+        key,
+    }
+}
+
+/// An HTTPS server for `localhost` (certificate signed by `ca`) answering
+/// `app`; returns its port.
+async fn https_upstream(ca: &Ca, app: Router) -> u16 {
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca.cert, &ca.key)
+        .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![CertificateDer::from(leaf.der().to_vec())],
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, app) = (acceptor.clone(), app.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper_util::service::TowerToHyperService::new(app);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    port
+}
+
+/// `cachette proxy` with its log in a file; killed on drop.
+struct Proxy {
+    child: std::process::Child,
+    listen: String,
+    log: std::path::PathBuf,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn proxy(upstream: &str, ca_file: &std::path::Path, dir: &std::path::Path) -> Proxy {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let log = dir.join("proxy.log");
+    let child = Command::new(assert_cmd::cargo::cargo_bin("cachette"))
+        .args([
+            "proxy",
+            "--listen",
+            &listen,
+            "--upstream",
+            upstream,
+            "--upstream-ca",
+        ])
+        .arg(ca_file)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for_port(&listen);
+    Proxy { child, listen, log }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_upstream_is_verified_named_and_cached() {
+    let ca = ca("cachette test CA");
+    let hosts = Arc::new(Mutex::new(Vec::new()));
+    let seen = hosts.clone();
+    let app = Router::new().route(
+        "/api/item",
+        get(move |request: Request| {
+            let seen = seen.clone();
+            async move {
+                let host = request
+                    .headers()
+                    .get("host")
+                    .and_then(|h| h.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned();
+                seen.lock().unwrap().push(host);
+                ([("cache-control", "max-age=60")], "from https")
+            }
+        }),
+    );
+    let port = https_upstream(&ca, app).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let proxy = proxy(&format!("https://localhost:{port}"), &ca_file, dir.path());
+
+    let client = HttpClient::new();
+    let url = format!("http://{}/api/item", proxy.listen);
+    let first = client.get(&url, &[]).await;
+    assert_eq!(
+        first.status,
+        200,
+        "{}",
+        std::fs::read_to_string(&proxy.log).unwrap()
+    );
+    assert_eq!(first.text(), "from https");
+    assert!(first.header("cache-status").contains("fwd=miss"));
+    let second = client.get(&url, &[]).await;
+    assert!(
+        second.header("cache-status").contains("hit"),
+        "{}",
+        second.header("cache-status")
+    );
+    let hosts = hosts.lock().unwrap().clone();
+    assert_eq!(
+        hosts,
+        vec![format!("localhost:{port}")],
+        "one call, addressed by the upstream's own name"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_certificate_from_another_ca_is_a_502_with_a_clear_log_line() {
+    let upstream_ca = ca("the upstream's CA");
+    let trusted_ca = ca("another CA");
+    let port = https_upstream(
+        &upstream_ca,
+        Router::new().route("/", get(|| async { "must not be read" })),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &trusted_ca.pem).unwrap();
+    let proxy = proxy(&format!("https://localhost:{port}"), &ca_file, dir.path());
+    let reply = HttpClient::new()
+        .get(&format!("http://{}/", proxy.listen), &[])
+        .await;
+    assert_eq!(reply.status, 502);
+    assert!(!reply.text().contains("must not be read"));
+    let log = std::fs::read_to_string(&proxy.log).unwrap();
+    assert!(
+        log.contains("upstream unreachable") && log.to_lowercase().contains("certificate"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_missing_or_empty_ca_file_is_refused_at_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.pem");
+    let output = cachette()
+        .args([
+            "proxy",
+            "--upstream",
+            "https://localhost:1",
+            "--upstream-ca",
+        ])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--upstream-ca") && stderr.contains("nope.pem"),
+        "{stderr}"
+    );
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "not a certificate\n").unwrap();
+    let output = cachette()
+        .args([
+            "proxy",
+            "--upstream",
+            "https://localhost:1",
+            "--upstream-ca",
+        ])
+        .arg(&empty)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no PEM certificate"));
+}
