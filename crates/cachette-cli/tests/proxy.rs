@@ -477,3 +477,65 @@ async fn underscored_forwarding_headers_are_dropped_too() {
     assert!(mapped.contains("::ffff:10.9.9.9".parse().unwrap()));
     assert!(!mapped.contains("11.0.0.1".parse().unwrap()));
 }
+
+/// A request over HTTP/2 with prior knowledge (h2c) or HTTP/1.1; returns
+/// the version answered, `Cache-Status` and the body.
+async fn h2c_or_h1(h2: bool, url: &str, host: Option<&str>) -> (http::Version, String, String) {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(h2)
+        .build_http::<http_body_util::Empty<Bytes>>();
+    let mut request = http::Request::get(url);
+    if let Some(host) = host {
+        request = request.header("host", host);
+    }
+    let response = client
+        .request(request.body(http_body_util::Empty::new()).unwrap())
+        .await
+        .unwrap();
+    let version = response.version();
+    let status = response
+        .headers()
+        .get("cache-status")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (version, status, String::from_utf8(body.to_vec()).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_prior_knowledge_gets_the_same_cache_as_http1() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let upstream = UpstreamServer::start(counting_app(calls.clone()));
+    let proxy = start_proxy(&upstream.url(), memory_layer()).await;
+    let url = format!("{proxy}/cached");
+    let (version, status, body) = h2c_or_h1(true, &url, None).await;
+    assert_eq!(version, http::Version::HTTP_2, "h2c on the plain listener");
+    assert!(status.contains("fwd=miss"), "{status}");
+    assert_eq!(body, "version 1");
+    // The same entry over HTTP/1.1 (one key for both protocols), and again
+    // over HTTP/2.
+    let (version, status, body) = h2c_or_h1(false, &url, None).await;
+    assert_eq!(version, http::Version::HTTP_11);
+    assert!(status.contains("hit"), "{status}");
+    assert_eq!(body, "version 1");
+    let (_, status, _) = h2c_or_h1(true, &url, None).await;
+    assert!(status.contains("hit"), "{status}");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_http2_the_authority_is_the_key_not_a_conflicting_host() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let upstream = UpstreamServer::start(counting_app(calls.clone()));
+    let proxy = start_proxy(&upstream.url(), memory_layer()).await;
+    let addr = proxy.trim_start_matches("http://");
+    // :authority is the proxy's address; a Host field says victim.example.
+    let (_, status, _) = h2c_or_h1(true, &format!("{proxy}/cached"), Some("victim.example")).await;
+    assert!(status.contains("fwd=miss"), "{status}");
+    // What was stored is not served for victim.example over HTTP/1.1...
+    let (_, status, _) = h2c_or_h1(false, &format!("{proxy}/cached"), Some("victim.example")).await;
+    assert!(status.contains("fwd=miss"), "not poisoned: {status}");
+    // ...but is for the authority it was asked for.
+    let (_, status, _) = h2c_or_h1(false, &format!("{proxy}/cached"), Some(addr)).await;
+    assert!(status.contains("hit"), "{status}");
+}
