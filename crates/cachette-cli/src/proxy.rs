@@ -263,6 +263,9 @@ pub struct Upstream {
     base_path: Arc<str>,
     timeout: Duration,
     trusted: Arc<TrustedProxies>,
+    /// Fields added to every upstream request the client did not set
+    /// itself (`[proxy] upstream_headers`); their values are secrets.
+    extra_headers: Arc<Vec<(HeaderName, HeaderValue)>>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -335,7 +338,31 @@ impl Upstream {
             base_path: Arc::from(base_path),
             timeout,
             trusted: Arc::default(),
+            extra_headers: Arc::default(),
         })
+    }
+
+    /// Adds these fields to every request to the upstream that does not
+    /// carry them already (a client's own `Authorization` goes on as it
+    /// is, and makes the request uncached as before). Values are marked
+    /// sensitive (never indexed by HTTP/2 header compression, never
+    /// logged). They never reach a client: the proxy copies no request
+    /// field into a response.
+    pub fn with_headers<'a>(
+        mut self,
+        headers: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Self, String> {
+        let mut parsed = Vec::new();
+        for (name, value) in headers {
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|e| format!("proxy.upstream_headers.{name}: {e}"))?;
+            let mut value = HeaderValue::from_str(value)
+                .map_err(|e| format!("proxy.upstream_headers.{name}: {e}"))?;
+            value.set_sensitive(true);
+            parsed.push((name, value));
+        }
+        self.extra_headers = Arc::new(parsed);
+        Ok(self)
     }
 
     /// Believes the forwarding headers (`X-Forwarded-*`, `Forwarded`...) of
@@ -378,6 +405,11 @@ impl Upstream {
             }
         };
         strip_hop_by_hop(&mut parts.headers);
+        for (name, value) in self.extra_headers.iter() {
+            if !parts.headers.contains_key(name) {
+                parts.headers.insert(name.clone(), value.clone());
+            }
+        }
         append(&mut parts.headers, header::VIA, VIA);
         // The forwarding headers are the proxy's own unless a trusted front
         // proxy set them (`normalize` dropped a client's).

@@ -93,6 +93,16 @@ impl Drop for Proxy {
 }
 
 fn proxy(upstream: &str, ca_file: &std::path::Path, dir: &std::path::Path) -> Proxy {
+    proxy_with(upstream, ca_file, dir, &[], &[])
+}
+
+fn proxy_with(
+    upstream: &str,
+    ca_file: &std::path::Path,
+    dir: &std::path::Path,
+    extra_args: &[&str],
+    env: &[(&str, &str)],
+) -> Proxy {
     let listen = format!("127.0.0.1:{}", free_port());
     let log = dir.join("proxy.log");
     let child = Command::new(assert_cmd::cargo::cargo_bin("cachette"))
@@ -105,6 +115,8 @@ fn proxy(upstream: &str, ca_file: &std::path::Path, dir: &std::path::Path) -> Pr
             "--upstream-ca",
         ])
         .arg(ca_file)
+        .args(extra_args)
+        .envs(env.iter().copied())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
@@ -225,4 +237,111 @@ fn a_missing_or_empty_ca_file_is_refused_at_startup() {
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("no PEM certificate"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_from_the_environment_reaches_the_upstream_and_never_a_client() {
+    const TOKEN: &str = "upstream-secret-0123456789";
+    let ca = ca("cachette test CA");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let app = Router::new().route(
+        "/repos",
+        get(move |request: Request| {
+            let record = record.clone();
+            async move {
+                let auth = request
+                    .headers()
+                    .get("authorization")
+                    .and_then(|h| h.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned();
+                record.lock().unwrap().push(auth.clone());
+                let body = if auth == format!("Bearer {TOKEN}") {
+                    "repos for the proxy's token"
+                } else {
+                    "other credentials"
+                };
+                ([("cache-control", "max-age=60")], body)
+            }
+        }),
+    );
+    let port = https_upstream(&ca, app).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let config = dir.path().join("caches.toml");
+    std::fs::write(
+        &config,
+        "[caches.default]\n[proxy.upstream_headers]\nauthorization = \"Bearer ${CACHETTE_TEST_API_TOKEN}\"\n",
+    )
+    .unwrap();
+    let proxy = proxy_with(
+        &format!("https://localhost:{port}"),
+        &ca_file,
+        dir.path(),
+        &["--config", config.to_str().unwrap()],
+        &[("CACHETTE_TEST_API_TOKEN", TOKEN)],
+    );
+    let client = HttpClient::new();
+    let url = format!("http://{}/repos", proxy.listen);
+    let first = client.get(&url, &[]).await;
+    assert_eq!(
+        first.text(),
+        "repos for the proxy's token",
+        "{}",
+        std::fs::read_to_string(&proxy.log).unwrap()
+    );
+    let second = client.get(&url, &[]).await;
+    assert!(
+        second.header("cache-status").contains("hit"),
+        "shared by the proxy's clients"
+    );
+    for reply in [&first, &second] {
+        for (_, value) in reply.headers.iter() {
+            assert!(
+                !value.to_str().unwrap_or("").contains(TOKEN),
+                "{:?}",
+                reply.headers
+            );
+        }
+    }
+    // A client's own credentials go on as they are (and are not cached for others).
+    let own = client
+        .get(&url, &[("authorization", "Bearer client-own")])
+        .await;
+    assert_eq!(own.text(), "other credentials");
+    assert_eq!(
+        seen.lock().unwrap().clone(),
+        vec![format!("Bearer {TOKEN}"), "Bearer client-own".to_owned()]
+    );
+    assert!(
+        !std::fs::read_to_string(&proxy.log).unwrap().contains(TOKEN),
+        "not logged"
+    );
+}
+
+#[test]
+fn an_upstream_header_naming_a_missing_variable_is_refused_at_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("caches.toml");
+    std::fs::write(
+        &config,
+        "[proxy.upstream_headers]\nauthorization = \"Bearer ${CACHETTE_TEST_UNSET_VARIABLE}\"\n",
+    )
+    .unwrap();
+    let output = cachette()
+        .args(["proxy", "--upstream", "http://127.0.0.1:1", "--config"])
+        .arg(&config)
+        .env_remove("CACHETTE_TEST_UNSET_VARIABLE")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("proxy.upstream_headers.authorization")
+            && stderr.contains("CACHETTE_TEST_UNSET_VARIABLE")
+            && stderr.contains("caches.toml"),
+        "{stderr}"
+    );
 }

@@ -390,6 +390,43 @@ pub struct AdminSettings {
     pub token: Option<Secret>,
 }
 
+/// `cachette proxy`'s own settings.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxySettings {
+    /// Fields added to every request to the upstream (unless the client
+    /// sent the field itself), e.g. `authorization = "Bearer ${API_TOKEN}"`.
+    /// `${NAME}` is replaced by the environment variable `NAME` at startup
+    /// (a missing one is an error), so secrets stay out of the file. The
+    /// responses fetched with them are shared by every client of the proxy,
+    /// by design (docs/operations.md).
+    #[serde(default)]
+    pub upstream_headers: BTreeMap<String, Secret>,
+}
+
+/// Replaces every `${NAME}` in `value` by the environment variable `NAME`.
+fn expand_env(value: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| "an unclosed `${` (write `${NAME}`)".to_owned())?;
+        let name = &after[..end];
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(format!("`${{{name}}}` is not an environment variable name"));
+        }
+        let value = std::env::var(name)
+            .map_err(|_| format!("the environment variable `{name}` is not set"))?;
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
 /// The shortest admin token accepted: guessing it must be impractical.
 pub const MIN_TOKEN_LEN: usize = 16;
 
@@ -402,6 +439,8 @@ struct Raw {
     redis: BTreeMap<String, RedisSettings>,
     #[serde(default)]
     admin: AdminSettings,
+    #[serde(default)]
+    proxy: ProxySettings,
 }
 
 /// Every named cache and Redis topology.
@@ -413,6 +452,8 @@ pub struct Settings {
     pub redis: BTreeMap<String, RedisSettings>,
     /// The admin routes.
     pub admin: AdminSettings,
+    /// `cachette proxy`'s settings (upstream request fields).
+    pub proxy: ProxySettings,
     /// Where the settings came from (for messages).
     pub source_name: String,
 }
@@ -488,6 +529,7 @@ impl Settings {
             caches: raw.caches,
             redis: raw.redis,
             admin: raw.admin,
+            proxy: raw.proxy,
             source_name: name.to_owned(),
         };
         if settings.caches.is_empty() {
@@ -517,6 +559,37 @@ impl Settings {
                 ));
             }
         }
+        let mut expanded = BTreeMap::new();
+        for (name, value) in &self.proxy.upstream_headers {
+            let key = format!("proxy.upstream_headers.{name}");
+            if !is_field_name(name) {
+                return Err(err(key, "is not a header field name".into()));
+            }
+            let lower = name.to_ascii_lowercase();
+            if matches!(
+                lower.as_str(),
+                "host"
+                    | "connection"
+                    | "keep-alive"
+                    | "te"
+                    | "trailer"
+                    | "transfer-encoding"
+                    | "upgrade"
+                    | "content-length"
+                    | "proxy-connection"
+            ) {
+                return Err(err(
+                    key,
+                    "is set by the proxy itself (connection or framing field)".into(),
+                ));
+            }
+            let value = expand_env(value.expose()).map_err(|reason| err(key.clone(), reason))?;
+            if value.chars().any(|c| c.is_control() && c != '\t') {
+                return Err(err(key, "the value has control characters".into()));
+            }
+            expanded.insert(lower, Secret::new(value));
+        }
+        self.proxy.upstream_headers = expanded;
         for (name, redis) in &self.redis {
             let key = |k: &str| format!("redis.{name}.{k}");
             let modes = [

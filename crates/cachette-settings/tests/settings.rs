@@ -368,3 +368,33 @@ fn fleet_coalescing_needs_the_master_and_its_options_are_checked() {
     );
     assert_eq!(http.refresh_ahead, Some(0.1));
 }
+
+#[test]
+fn proxy_upstream_headers_take_values_from_the_environment_and_are_checked() {
+    // A variable every test process has (setting one would need `unsafe`).
+    let path = std::env::var("PATH").unwrap();
+    let settings = Settings::from_toml_str(
+        "caches.toml",
+        "[proxy.upstream_headers]\nAuthorization = \"Bearer ${PATH}\"\nx-plain = \"v\"\n",
+    )
+    .unwrap();
+    let headers = &settings.proxy.upstream_headers;
+    assert_eq!(headers["authorization"].expose(), format!("Bearer {path}"));
+    assert_eq!(headers["x-plain"].expose(), "v");
+    assert!(
+        !format!("{settings:?}").contains("tok-123"),
+        "secrets are not printed"
+    );
+    assert_eq!(
+        err("[proxy.upstream_headers]\nhost = \"x\""),
+        "caches.toml: proxy.upstream_headers.host: is set by the proxy itself (connection or framing field)"
+    );
+    assert_eq!(
+        err("[proxy.upstream_headers]\n\"bad name\" = \"x\""),
+        "caches.toml: proxy.upstream_headers.bad name: is not a header field name"
+    );
+    assert_eq!(
+        err("[proxy.upstream_headers]\nauthorization = \"${UNCLOSED\""),
+        "caches.toml: proxy.upstream_headers.authorization: an unclosed `${` (write `${NAME}`)"
+    );
+}

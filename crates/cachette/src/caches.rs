@@ -444,6 +444,7 @@ impl Caches {
             caches: BTreeMap::new(),
             redis: BTreeMap::new(),
             admin: Default::default(),
+            proxy: Default::default(),
             source_name: "(embedded default)".into(),
         });
         Self {

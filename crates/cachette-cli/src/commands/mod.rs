@@ -128,7 +128,16 @@ pub(crate) async fn proxy(args: ProxyArgs) -> Outcome {
         args.upstream_ca.as_deref(),
     )
     .map_err(Failure::usage)?
-    .trust(trusted);
+    .trust(trusted)
+    .with_headers(
+        caches
+            .settings()
+            .proxy
+            .upstream_headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.expose())),
+    )
+    .map_err(Failure::usage)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| Failure::operational(format!("cannot listen on {}: {e}", args.listen)))?;
