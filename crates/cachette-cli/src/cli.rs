@@ -64,6 +64,13 @@ pub struct ProxyArgs {
     /// besides the system's roots (a private CA).
     #[arg(long, value_name = "FILE")]
     pub upstream_ca: Option<PathBuf>,
+    /// Terminate TLS on --listen with this certificate chain (PEM); needs
+    /// --tls-key. TLS 1.2+, HTTP/2 or HTTP/1.1 by ALPN; reloaded on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
     /// Settings file; without it, one memory-only cache (64 MiB).
     #[arg(long)]
     pub config: Option<PathBuf>,

@@ -16,6 +16,7 @@ mod failure;
 pub mod proxy;
 mod remote;
 mod render;
+pub mod tls;
 mod top;
 
 use std::str::FromStr;

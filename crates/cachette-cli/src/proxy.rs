@@ -417,9 +417,14 @@ impl Upstream {
             append_forwarded_for(&mut parts.headers, &ip.to_string());
         }
         if !parts.headers.contains_key("x-forwarded-proto") {
+            let proto = if parts.extensions.get::<crate::tls::Tls>().is_some() {
+                "https"
+            } else {
+                "http"
+            };
             parts
                 .headers
-                .insert("x-forwarded-proto", HeaderValue::from_static("http"));
+                .insert("x-forwarded-proto", HeaderValue::from_static(proto));
         }
         if !parts.headers.contains_key("x-forwarded-host") {
             if let Some(host) = parts.headers.get(header::HOST).cloned() {

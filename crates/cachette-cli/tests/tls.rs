@@ -345,3 +345,186 @@ fn an_upstream_header_naming_a_missing_variable_is_refused_at_startup() {
         "{stderr}"
     );
 }
+
+/// A certificate for `localhost` signed by `ca`: (chain PEM, key PEM, DER).
+fn leaf(ca: &Ca) -> (String, String, Vec<u8>) {
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca.cert, &ca.key)
+        .unwrap();
+    (cert.pem(), key.serialize_pem(), cert.der().to_vec())
+}
+
+fn client_tls(ca: &Ca) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from(ca.cert.der().to_vec()))
+        .unwrap();
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
+
+/// GET `url` over TLS trusting `ca`, offering HTTP/2 or HTTP/1.1 only.
+async fn tls_get(ca: &Ca, url: &str, h2: bool) -> (http::Version, String, String) {
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(client_tls(ca))
+        .https_only();
+    let connector = if h2 {
+        builder.enable_http2().build()
+    } else {
+        builder.enable_http1().build()
+    };
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(h2)
+        .build::<_, http_body_util::Empty<bytes::Bytes>>(connector);
+    let response = client.get(url.parse().unwrap()).await.unwrap();
+    let version = response.version();
+    let status = response
+        .headers()
+        .get("cache-status")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    use http_body_util::BodyExt;
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (version, status, String::from_utf8(body.to_vec()).unwrap())
+}
+
+/// The certificate a new TLS connection to `port` is shown.
+async fn served_certificate(ca: &Ca, port: u16) -> Vec<u8> {
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_tls(ca)));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let stream = connector
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    stream.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_terminates_tls_speaks_h2_and_h1_by_alpn_and_reloads_its_certificate_on_sighup() {
+    let ca = ca("cachette test CA");
+    let protos = Arc::new(Mutex::new(Vec::new()));
+    let seen = protos.clone();
+    let upstream = common::UpstreamServer::start(Router::new().route(
+        "/page",
+        get(move |request: Request| {
+            let seen = seen.clone();
+            async move {
+                let proto = request
+                    .headers()
+                    .get("x-forwarded-proto")
+                    .and_then(|h| h.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned();
+                seen.lock().unwrap().push(proto);
+                ([("cache-control", "max-age=60")], "page")
+            }
+        }),
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_pem, key_pem, first_der) = leaf(&ca);
+    let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_file, &cert_pem).unwrap();
+    std::fs::write(&key_file, &key_pem).unwrap();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let log = dir.path().join("proxy.log");
+    let child = Command::new(assert_cmd::cargo::cargo_bin("cachette"))
+        .args([
+            "proxy",
+            "--listen",
+            &listen,
+            "--upstream",
+            &upstream.url(),
+            "--tls-cert",
+        ])
+        .arg(&cert_file)
+        .arg("--tls-key")
+        .arg(&key_file)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let proxy = Proxy {
+        child,
+        listen: listen.clone(),
+        log,
+    };
+    wait_for_port(&listen);
+    let url = format!("https://localhost:{port}/page");
+    let (version, status, body) = tls_get(&ca, &url, true).await;
+    assert_eq!(version, http::Version::HTTP_2, "h2 by ALPN");
+    assert!(status.contains("fwd=miss"), "{status}");
+    assert_eq!(body, "page");
+    let (version, status, _) = tls_get(&ca, &url, false).await;
+    assert_eq!(version, http::Version::HTTP_11);
+    assert!(
+        status.contains("hit"),
+        "the same entry over HTTP/1.1: {status}"
+    );
+    assert_eq!(protos.lock().unwrap().clone(), vec!["https".to_owned()]);
+    assert_eq!(served_certificate(&ca, port).await, first_der);
+
+    // A new certificate, then SIGHUP: new connections get it, the process
+    // and its cache stay.
+    let (cert_pem, key_pem, second_der) = leaf(&ca);
+    std::fs::write(&cert_file, &cert_pem).unwrap();
+    std::fs::write(&key_file, &key_pem).unwrap();
+    let hup = Command::new("kill")
+        .args(["-HUP", &proxy.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while served_certificate(&ca, port).await != second_der {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new certificate was not served"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (_, status, _) = tls_get(&ca, &url, true).await;
+    assert!(status.contains("hit"), "same process, same cache: {status}");
+    assert!(
+        std::fs::read_to_string(&proxy.log)
+            .unwrap()
+            .contains("TLS certificate reloaded")
+    );
+}
+
+#[test]
+fn tls_options_are_checked_at_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = dir.path().join("cert.pem");
+    std::fs::write(&cert, "no certificate here\n").unwrap();
+    let output = cachette()
+        .args(["proxy", "--upstream", "http://127.0.0.1:1", "--tls-cert"])
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--tls-key go together"));
+    let output = cachette()
+        .args(["proxy", "--upstream", "http://127.0.0.1:1", "--tls-cert"])
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("no PEM certificate"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

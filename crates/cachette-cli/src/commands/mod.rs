@@ -138,6 +138,23 @@ pub(crate) async fn proxy(args: ProxyArgs) -> Outcome {
             .map(|(name, value)| (name.as_str(), value.expose())),
     )
     .map_err(Failure::usage)?;
+    // TLS termination: both files or neither; loaded (and checked) before
+    // anything listens.
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let files =
+                std::sync::Arc::new(crate::tls::TlsFiles::load(cert, key).map_err(Failure::usage)?);
+            crate::tls::reload_on_hangup(files.clone())
+                .map_err(|e| Failure::operational(format!("cannot watch SIGHUP: {e}")))?;
+            Some(files)
+        }
+        (None, None) => None,
+        _ => {
+            return Err(Failure::usage(
+                "--tls-cert and --tls-key go together (the certificate chain and its private key, PEM)",
+            ));
+        }
+    };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| Failure::operational(format!("cannot listen on {}: {e}", args.listen)))?;
@@ -164,9 +181,12 @@ pub(crate) async fn proxy(args: ProxyArgs) -> Outcome {
         admin = ?args.admin,
         "cachette proxy started"
     );
-    proxy::serve_until(listener, proxy::router(upstream, layer), shutdown_signal())
-        .await
-        .map_err(|e| Failure::operational(format!("proxy stopped: {e}")))
+    let app = proxy::router(upstream, layer);
+    match tls {
+        Some(files) => crate::tls::serve_tls(listener, app, files, shutdown_signal()).await,
+        None => proxy::serve_until(listener, app, shutdown_signal()).await,
+    }
+    .map_err(|e| Failure::operational(format!("proxy stopped: {e}")))
 }
 
 /// Resolves on Ctrl-C or SIGTERM, for a graceful stop.
