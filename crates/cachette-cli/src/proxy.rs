@@ -314,6 +314,11 @@ impl Upstream {
         if uri.query().is_some() {
             return Err(format!("--upstream `{url}` must not have a query"));
         }
+        if authority.as_str().contains('@') {
+            return Err(format!(
+                "--upstream `{url}`: no user or password in the URL (it would be sent as Host and logged); give credentials with [proxy] upstream_headers"
+            ));
+        }
         let base_path = uri.path().trim_end_matches('/');
         let tls = tls_config(url, scheme == Scheme::HTTPS, extra_ca)?;
         let mut connector = HttpConnector::new();
@@ -342,12 +347,12 @@ impl Upstream {
         })
     }
 
-    /// Adds these fields to every request to the upstream that does not
-    /// carry them already (a client's own `Authorization` goes on as it
-    /// is, and makes the request uncached as before). Values are marked
-    /// sensitive (never indexed by HTTP/2 header compression, never
-    /// logged). They never reach a client: the proxy copies no request
-    /// field into a response.
+    /// Adds these fields to every `GET`/`HEAD` request to the upstream (a
+    /// client's own `Authorization` goes on as it is, and makes the request
+    /// uncached as before; any other field is the configured value,
+    /// whatever the client sent). Values are marked sensitive (never
+    /// indexed by HTTP/2 header compression, never logged); `TRACE`, which
+    /// would echo them, is refused.
     pub fn with_headers<'a>(
         mut self,
         headers: impl IntoIterator<Item = (&'a str, &'a str)>,
@@ -405,9 +410,16 @@ impl Upstream {
             }
         };
         strip_hop_by_hop(&mut parts.headers);
-        for (name, value) in self.extra_headers.iter() {
-            if !parts.headers.contains_key(name) {
-                parts.headers.insert(name.clone(), value.clone());
+        // The proxy's own credentials go with reads only: a client cannot
+        // write upstream with them. A client's `Authorization` is its own
+        // (the cache treats it as credentials); any other configured field
+        // is the proxy's, whatever the client sent (the cache keys no
+        // such field, so a client's value must not choose the answer).
+        if parts.method == http::Method::GET || parts.method == http::Method::HEAD {
+            for (name, value) in self.extra_headers.iter() {
+                if name != header::AUTHORIZATION || !parts.headers.contains_key(name) {
+                    parts.headers.insert(name.clone(), value.clone());
+                }
             }
         }
         append(&mut parts.headers, header::VIA, VIA);
@@ -574,9 +586,19 @@ pub fn router(upstream: Upstream, layer: CacheLayer) -> Router {
         .service(Forward::new(upstream));
     let service = tower::service_fn(move |mut request: Request<Body>| {
         let mut service = service.clone();
-        let normalized = normalize(&mut request, &trusted);
+        // TRACE echoes the request, with whatever the proxy added to it
+        // (`[proxy] upstream_headers`): refused, as nginx does.
+        let normalized = if request.method() == http::Method::TRACE {
+            Err("TRACE is not forwarded")
+        } else {
+            normalize(&mut request, &trusted)
+        };
         async move {
             match normalized {
+                Err("TRACE is not forwarded") => Ok::<_, Infallible>(short(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "TRACE is not forwarded",
+                )),
                 Ok(()) => tower::Service::call(&mut service, request)
                     .await
                     .map(|response| response.map(Body::new)),

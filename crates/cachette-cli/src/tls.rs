@@ -12,7 +12,7 @@ use std::{
 
 use axum::{Router, extract::ConnectInfo};
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
+    rt::{TokioExecutor, TokioIo, TokioTimer},
     server::{conn::auto, graceful::GracefulShutdown},
     service::TowerToHyperService,
 };
@@ -157,7 +157,18 @@ pub async fn serve_tls(
                     request.map(axum::body::Body::new)
                 },
             );
-            let builder = auto::Builder::new(TokioExecutor::new());
+            // A client that sends half a request head, or keeps an idle
+            // HTTP/2 connection without answering pings, is let go.
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(30));
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .keep_alive_interval(Some(std::time::Duration::from_secs(30)))
+                .keep_alive_timeout(std::time::Duration::from_secs(10));
             let connection = builder.serve_connection_with_upgrades(
                 TokioIo::new(stream),
                 TowerToHyperService::new(service),
@@ -166,6 +177,8 @@ pub async fn serve_tls(
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    // Requests in flight finish; a connection that never does is not
+    // waited for past a minute.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(60), graceful.shutdown()).await;
     Ok(())
 }

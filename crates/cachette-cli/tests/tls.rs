@@ -122,8 +122,10 @@ fn proxy_with(
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    wait_for_port(&listen);
-    Proxy { child, listen, log }
+    // Owned before waiting: a panic while it starts still stops it.
+    let proxy = Proxy { child, listen, log };
+    wait_for_port(&proxy.listen);
+    proxy
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,7 +157,9 @@ async fn an_https_upstream_is_verified_named_and_cached() {
 
     let client = HttpClient::new();
     let url = format!("http://{}/api/item", proxy.listen);
-    let first = client.get(&url, &[]).await;
+    // A client's own X-Api-Key does not choose the answer (the cache keys no
+    // such field): the proxy's value goes upstream.
+    let first = client.get(&url, &[("x-api-key", "attacker")]).await;
     assert_eq!(
         first.status,
         200,
@@ -245,24 +249,37 @@ async fn a_token_from_the_environment_reaches_the_upstream_and_never_a_client() 
     let ca = ca("cachette test CA");
     let seen = Arc::new(Mutex::new(Vec::new()));
     let record = seen.clone();
+    let field = |request: &Request, name: &str| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+    let (on_get, on_post) = (record.clone(), record);
     let app = Router::new().route(
         "/repos",
         get(move |request: Request| {
-            let record = record.clone();
+            let record = on_get.clone();
             async move {
-                let auth = request
-                    .headers()
-                    .get("authorization")
-                    .and_then(|h| h.to_str().ok())
-                    .unwrap_or("")
-                    .to_owned();
-                record.lock().unwrap().push(auth.clone());
+                let auth = field(&request, "authorization");
+                let key = field(&request, "x-api-key");
+                record.lock().unwrap().push(format!("GET {auth} / {key}"));
                 let body = if auth == format!("Bearer {TOKEN}") {
                     "repos for the proxy's token"
                 } else {
                     "other credentials"
                 };
                 ([("cache-control", "max-age=60")], body)
+            }
+        })
+        .post(move |request: Request| {
+            let record = on_post.clone();
+            async move {
+                let auth = field(&request, "authorization");
+                record.lock().unwrap().push(format!("POST {auth}"));
+                "posted"
             }
         }),
     );
@@ -273,7 +290,7 @@ async fn a_token_from_the_environment_reaches_the_upstream_and_never_a_client() 
     let config = dir.path().join("caches.toml");
     std::fs::write(
         &config,
-        "[caches.default]\n[proxy.upstream_headers]\nauthorization = \"Bearer ${CACHETTE_TEST_API_TOKEN}\"\n",
+        "[caches.default]\n[proxy.upstream_headers]\nauthorization = \"Bearer ${CACHETTE_TEST_API_TOKEN}\"\nx-api-key = \"${CACHETTE_TEST_API_TOKEN}\"\n",
     )
     .unwrap();
     let proxy = proxy_with(
@@ -285,7 +302,9 @@ async fn a_token_from_the_environment_reaches_the_upstream_and_never_a_client() 
     );
     let client = HttpClient::new();
     let url = format!("http://{}/repos", proxy.listen);
-    let first = client.get(&url, &[]).await;
+    // A client's own X-Api-Key does not choose the answer (the cache keys no
+    // such field): the proxy's value goes upstream.
+    let first = client.get(&url, &[("x-api-key", "attacker")]).await;
     assert_eq!(
         first.text(),
         "repos for the proxy's token",
@@ -311,9 +330,22 @@ async fn a_token_from_the_environment_reaches_the_upstream_and_never_a_client() 
         .get(&url, &[("authorization", "Bearer client-own")])
         .await;
     assert_eq!(own.text(), "other credentials");
+    // ...and did not replace the shared entry.
+    let anonymous = client.get(&url, &[]).await;
+    assert_eq!(anonymous.text(), "repos for the proxy's token");
+    assert!(anonymous.header("cache-status").contains("hit"));
+    // Writes do not carry the proxy's credentials; TRACE (an echo) is refused.
+    let posted = client.request("POST", &url, &[], b"x".to_vec()).await;
+    assert_eq!(posted.status, 200);
+    let traced = client.request("TRACE", &url, &[], Vec::new()).await;
+    assert_eq!(traced.status, 405);
     assert_eq!(
         seen.lock().unwrap().clone(),
-        vec![format!("Bearer {TOKEN}"), "Bearer client-own".to_owned()]
+        vec![
+            format!("GET Bearer {TOKEN} / {TOKEN}"),
+            format!("GET Bearer client-own / {TOKEN}"),
+            "POST ".to_owned(),
+        ]
     );
     assert!(
         !std::fs::read_to_string(&proxy.log).unwrap().contains(TOKEN),
@@ -527,4 +559,55 @@ fn tls_options_are_checked_at_startup() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_for_another_name_is_refused_even_from_a_trusted_ca() {
+    let ca = ca("cachette test CA");
+    // The upstream answers for `other.example`, reached as `localhost`.
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["other.example".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca.cert, &ca.key)
+        .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![CertificateDer::from(cert.der().to_vec())],
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let _ = acceptor.accept(tcp).await;
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let proxy = proxy(&format!("https://localhost:{port}"), &ca_file, dir.path());
+    let reply = HttpClient::new()
+        .get(&format!("http://{}/", proxy.listen), &[])
+        .await;
+    assert_eq!(reply.status, 502);
+    let log = std::fs::read_to_string(&proxy.log).unwrap();
+    assert!(log.to_lowercase().contains("certificate"), "{log}");
+}
+
+#[test]
+fn credentials_in_the_upstream_url_are_refused() {
+    let output = cachette()
+        .args(["proxy", "--upstream", "https://user:secret@localhost:1"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no user or password"), "{stderr}");
 }

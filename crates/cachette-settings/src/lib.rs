@@ -404,8 +404,8 @@ pub struct ProxySettings {
     pub upstream_headers: BTreeMap<String, Secret>,
 }
 
-/// Replaces every `${NAME}` in `value` by the environment variable `NAME`.
-fn expand_env(value: &str) -> Result<String, String> {
+/// Replaces every `${NAME}` in `value` by `lookup(NAME)`.
+fn expand(value: &str, lookup: impl Fn(&str) -> Result<String, String>) -> Result<String, String> {
     let mut out = String::with_capacity(value.len());
     let mut rest = value;
     while let Some(start) = rest.find("${") {
@@ -418,13 +418,37 @@ fn expand_env(value: &str) -> Result<String, String> {
         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
             return Err(format!("`${{{name}}}` is not an environment variable name"));
         }
-        let value = std::env::var(name)
-            .map_err(|_| format!("the environment variable `{name}` is not set"))?;
-        out.push_str(&value);
+        out.push_str(&lookup(name)?);
         rest = &after[end + 1..];
     }
     out.push_str(rest);
     Ok(out)
+}
+
+impl Settings {
+    /// `[proxy] upstream_headers` with every `${NAME}` replaced by the
+    /// environment variable `NAME` now; an unset one is an error naming
+    /// the file, the key and the variable.
+    pub fn proxy_upstream_headers(&self) -> Result<Vec<(String, Secret)>, SettingsError> {
+        self.proxy
+            .upstream_headers
+            .iter()
+            .map(|(name, value)| {
+                let value = expand(value.expose(), |var| {
+                    std::env::var(var)
+                        .map_err(|_| format!("the environment variable `{var}` is not set"))
+                })
+                .map_err(|reason| {
+                    SettingsError::new(
+                        &self.source_name,
+                        format!("proxy.upstream_headers.{name}"),
+                        reason,
+                    )
+                })?;
+                Ok((name.clone(), Secret::new(value)))
+            })
+            .collect()
+    }
 }
 
 /// The shortest admin token accepted: guessing it must be impractical.
@@ -559,7 +583,7 @@ impl Settings {
                 ));
             }
         }
-        let mut expanded = BTreeMap::new();
+        let mut checked = BTreeMap::new();
         for (name, value) in &self.proxy.upstream_headers {
             let key = format!("proxy.upstream_headers.{name}");
             if !is_field_name(name) {
@@ -583,13 +607,22 @@ impl Settings {
                     "is set by the proxy itself (connection or framing field)".into(),
                 ));
             }
-            let value = expand_env(value.expose()).map_err(|reason| err(key.clone(), reason))?;
-            if value.chars().any(|c| c.is_control() && c != '\t') {
+            // Only the syntax here: the variables are read by the proxy
+            // when it starts (`cachette check` and the other commands need
+            // not hold the secret).
+            expand(value.expose(), |_| Ok(String::new()))
+                .map_err(|reason| err(key.clone(), reason))?;
+            if value.expose().chars().any(|c| c.is_control() && c != '\t') {
                 return Err(err(key, "the value has control characters".into()));
             }
-            expanded.insert(lower, Secret::new(value));
+            if checked.insert(lower, value.clone()).is_some() {
+                return Err(err(
+                    key,
+                    "given twice (field names are case-insensitive)".into(),
+                ));
+            }
         }
-        self.proxy.upstream_headers = expanded;
+        self.proxy.upstream_headers = checked;
         for (name, redis) in &self.redis {
             let key = |k: &str| format!("redis.{name}.{k}");
             let modes = [

@@ -378,9 +378,33 @@ fn proxy_upstream_headers_take_values_from_the_environment_and_are_checked() {
         "[proxy.upstream_headers]\nAuthorization = \"Bearer ${PATH}\"\nx-plain = \"v\"\n",
     )
     .unwrap();
-    let headers = &settings.proxy.upstream_headers;
-    assert_eq!(headers["authorization"].expose(), format!("Bearer {path}"));
-    assert_eq!(headers["x-plain"].expose(), "v");
+    // Kept as written (checked, not expanded: `cachette check` needs no
+    // secret), expanded for the proxy.
+    assert_eq!(
+        settings.proxy.upstream_headers["authorization"].expose(),
+        "Bearer ${PATH}"
+    );
+    let headers: std::collections::BTreeMap<String, String> = settings
+        .proxy_upstream_headers()
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| (k, v.expose().to_owned()))
+        .collect();
+    assert_eq!(headers["authorization"], format!("Bearer {path}"));
+    assert_eq!(headers["x-plain"], "v");
+    let unset = Settings::from_toml_str(
+        "caches.toml",
+        "[proxy.upstream_headers]\nauthorization = \"${CACHETTE_NEVER_SET_12345}\"\n",
+    )
+    .unwrap();
+    assert_eq!(
+        unset.proxy_upstream_headers().unwrap_err().to_string(),
+        "caches.toml: proxy.upstream_headers.authorization: the environment variable `CACHETTE_NEVER_SET_12345` is not set"
+    );
+    assert!(
+        err("[proxy.upstream_headers]\nAuthorization = \"a\"\nauthorization = \"b\"")
+            .contains("given twice")
+    );
     assert!(
         !format!("{settings:?}").contains("tok-123"),
         "secrets are not printed"

@@ -132,8 +132,8 @@ pub(crate) async fn proxy(args: ProxyArgs) -> Outcome {
     .with_headers(
         caches
             .settings()
-            .proxy
-            .upstream_headers
+            .proxy_upstream_headers()
+            .map_err(|e| Failure::usage(e.to_string()))?
             .iter()
             .map(|(name, value)| (name.as_str(), value.expose())),
     )
