@@ -8,7 +8,8 @@ fn opt<T: ToString>(value: Option<T>) -> String {
     value.map_or_else(|| "-".to_owned(), |v| v.to_string())
 }
 
-fn bytes(n: u64) -> String {
+/// Bytes in binary units (`2.0 KiB`).
+pub(crate) fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = n as f64;
     let mut unit = 0;
@@ -23,7 +24,8 @@ fn bytes(n: u64) -> String {
     }
 }
 
-fn micros(us: u64) -> String {
+/// Microseconds in the unit that reads best (`512µs`, `1.5ms`).
+pub(crate) fn micros(us: u64) -> String {
     if us >= 1_000_000 {
         format!("{:.1}s", us as f64 / 1e6)
     } else if us >= 1_000 {

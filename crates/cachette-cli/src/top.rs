@@ -23,7 +23,12 @@ use ratatui::{
     widgets::{Block, Borders, Cell, Paragraph, Row, Sparkline, Table},
 };
 
-use crate::{Failure, cli::TopArgs, remote};
+use crate::{
+    Failure,
+    cli::TopArgs,
+    remote,
+    render::{self, bytes},
+};
 
 /// Samples of hit ratio kept per cache (the sparkline's width at most).
 const KEEP: usize = 240;
@@ -118,26 +123,12 @@ fn percent(part: u64, whole: u64) -> String {
     }
 }
 
+/// Latency, or a dash for a tier that timed nothing.
 fn micros(us: u64) -> String {
-    match us {
-        0 => "—".into(),
-        us if us >= 1000 => format!("{:.1}ms", us as f64 / 1000.0),
-        us => format!("{us}µs"),
-    }
-}
-
-fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n}B")
+    if us == 0 {
+        "—".into()
     } else {
-        format!("{value:.1}{}", UNITS[unit])
+        render::micros(us)
     }
 }
 
@@ -518,7 +509,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("journal 4 waiting"), "{text}");
-        assert!(text.contains("2.0KiB / 64.0MiB"), "{text}");
+        assert!(text.contains("2.0 KiB / 64.0 MiB"), "{text}");
         // 100 hits of 100 requests in the interval.
         assert_eq!(view.history["pages"].1.back(), Some(&1000));
     }

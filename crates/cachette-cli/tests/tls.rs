@@ -39,25 +39,28 @@ fn ca(name: &str) -> Ca {
     }
 }
 
-/// An HTTPS server for `localhost` (certificate signed by `ca`) answering
-/// `app`; returns its port.
-async fn https_upstream(ca: &Ca, app: Router) -> u16 {
+/// Server TLS settings for a certificate naming `name`, signed by `ca`.
+fn server_tls(ca: &Ca, name: &str) -> rustls::ServerConfig {
     let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["localhost".to_owned()])
+    let leaf = CertificateParams::new(vec![name.to_owned()])
         .unwrap()
         .signed_by(&leaf_key, &ca.cert, &ca.key)
         .unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(
-        vec![CertificateDer::from(leaf.der().to_vec())],
-        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
-    )
-    .unwrap();
+    rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from(leaf.der().to_vec())],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
+        )
+        .unwrap()
+}
+
+/// An HTTPS server for `localhost` (certificate signed by `ca`) answering
+/// `app`; returns its port.
+async fn https_upstream(ca: &Ca, app: Router) -> u16 {
+    let config = server_tls(ca, "localhost");
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -565,22 +568,7 @@ fn tls_options_are_checked_at_startup() {
 async fn a_certificate_for_another_name_is_refused_even_from_a_trusted_ca() {
     let ca = ca("cachette test CA");
     // The upstream answers for `other.example`, reached as `localhost`.
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec!["other.example".to_owned()])
-        .unwrap()
-        .signed_by(&key, &ca.cert, &ca.key)
-        .unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(
-        vec![CertificateDer::from(cert.der().to_vec())],
-        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-    )
-    .unwrap();
+    let config = server_tls(&ca, "other.example");
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
