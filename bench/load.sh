@@ -10,7 +10,7 @@
 # seconds per wrk run), WARMUP (2), THREADS (2), CONNECTIONS (64),
 # STAMPEDE (500 clients), MEMORY_MIB (256), OUT (bench/results).
 #
-# Installs wrk, nginx, redis-server, redis-tools and python3 with apt-get when missing
+# Installs wrk, h2load, nginx, openssl, redis-server, redis-tools and python3 with apt-get when missing
 # (run as root or with sudo). Starts everything it needs on free loopback
 # ports, by PID, and stops it on exit.
 set -euo pipefail
@@ -42,6 +42,8 @@ need nginx nginx-light
 need redis-server redis-server
 need redis-cli redis-tools
 need python3 python3-minimal
+need h2load nghttp2-client
+need openssl openssl
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 echo "==> building (release)"
@@ -121,6 +123,41 @@ with open(path, "a") as f:
 PY
 }
 
+# run_h2load <size> <row> <round> <url> <threads> <connections>: the same
+# shape as run_wrk (one request in flight per connection) over HTTP/2: h2c
+# with prior knowledge for http://, ALPN h2 for https://. Latencies from its
+# per-request log (h2load prints no percentiles).
+run_h2load() {
+    local size=$1 row=$2 round=$3 url=$4 threads=$5 conns=$6
+    local log="$WORK/h2load.log" out
+    out=$(h2load -t"$threads" -c"$conns" -m1 -D"$DURATION" --log-file="$log" "$url")
+    python3 - "$size" "$row" "$round" "$RESULTS" "$log" <<PY
+import re, statistics, sys
+out = """$out"""
+size, row, rnd, path, log = sys.argv[1:6]
+rps = float(re.search(r"finished in [\d.]+s, ([\d.]+) req/s", out).group(1))
+times, errors = [], 0
+for line in open(log):
+    _, status, micros = line.split("\t")
+    times.append(int(micros) / 1000.0)
+    errors += not status.startswith("2")
+failed = re.search(r"(\d+) failed, (\d+) errored, (\d+) timeout", out)
+errors += sum(int(n) for n in failed.groups())
+times.sort()
+pick = lambda q: times[min(len(times) - 1, int(q * len(times)))]
+with open(path, "a") as f:
+    f.write(f"{size}\t{row}\t{rnd}\t{rps:.0f}\t{pick(0.50):.3f}\t{pick(0.99):.3f}\t{errors}\n")
+PY
+    rm -f "$log"
+}
+
+# A self-signed certificate for the TLS rows (clients here do not verify:
+# the handshake happens once per kept-alive connection either way).
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
+    -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
+    -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>/dev/null
+chmod 644 "$WORK/key.pem"
+
 REDIS_PORT=$(free_port)
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
     --dir "$WORK" --logfile "$WORK/redis.log" &
@@ -179,8 +216,16 @@ for size in $SIZES; do
     PROXY=$!
     PIDS+=("$PROXY")
     wait_port "$PROXY_PORT"
+    PROXY_TLS_PORT=$(free_port)
+    "$BIN/cachette" proxy --listen "127.0.0.1:$PROXY_TLS_PORT" --upstream "http://127.0.0.1:$APP_PORT" \
+        --tls-cert "$WORK/cert.pem" --tls-key "$WORK/key.pem" 2>/dev/null &
+    PROXY_TLS=$!
+    PIDS+=("$PROXY_TLS")
+    wait_port "$PROXY_TLS_PORT"
 
     NGINX_PORT=$(free_port)
+    NGINX_H2C_PORT=$(free_port)
+    NGINX_TLS_PORT=$(free_port)
     mkdir -p "$WORK/nginx-$size/cache" "$WORK/nginx-$size/logs"
     # nginx's workers drop root privileges: let them write their cache.
     chmod 755 "$WORK" "$WORK/nginx-$size"
@@ -200,8 +245,28 @@ http {
         server 127.0.0.1:$APP_PORT;
         keepalive 64;
     }
+    # The same cache behind three listeners: HTTP/1.1, h2c (prior
+    # knowledge) and TLS with HTTP/2 or HTTP/1.1 by ALPN, as cachette proxy.
     server {
         listen 127.0.0.1:$NGINX_PORT;
+        listen 127.0.0.1:$NGINX_TLS_PORT ssl http2;
+        ssl_certificate $WORK/cert.pem;
+        ssl_certificate_key $WORK/key.pem;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        location / {
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_cache peer;
+            proxy_cache_lock on;
+            add_header X-Cache-Status \$upstream_cache_status;
+        }
+    }
+    # h2c without sendfile: nginx 1.22 sending a cached file over
+    # plaintext HTTP/2 with sendfile waits ~40 ms per response (delayed ACK).
+    server {
+        listen 127.0.0.1:$NGINX_H2C_PORT http2;
+        sendfile off;
         location / {
             proxy_pass http://origin;
             proxy_http_version 1.1;
@@ -218,29 +283,43 @@ NGINX
     PIDS+=("$NGINX_PID")
     wait_port "$NGINX_PORT"
 
+    # id|row|client|url: wrk speaks HTTP/1.1 (over TLS for https://),
+    # h2load HTTP/2.
     ROWS=(
-        "1|plain|http://127.0.0.1:$APP_PORT/plain"
-        "2|layer-memory|http://127.0.0.1:$APP_PORT/cached"
-        "3|layer-redis|http://127.0.0.1:$APP_PORT/redis"
-        "3c|layer-cluster|http://127.0.0.1:$APP_PORT/cluster"
-        "4|proxy|http://127.0.0.1:$PROXY_PORT/plain"
-        "5|nginx|http://127.0.0.1:$NGINX_PORT/plain"
+        "1|plain|wrk|http://127.0.0.1:$APP_PORT/plain"
+        "2|layer-memory|wrk|http://127.0.0.1:$APP_PORT/cached"
+        "3|layer-redis|wrk|http://127.0.0.1:$APP_PORT/redis"
+        "3c|layer-cluster|wrk|http://127.0.0.1:$APP_PORT/cluster"
+        "4|proxy|wrk|http://127.0.0.1:$PROXY_PORT/plain"
+        "5|nginx|wrk|http://127.0.0.1:$NGINX_PORT/plain"
+        "4a|proxy-h2c|h2load|http://127.0.0.1:$PROXY_PORT/plain"
+        "5a|nginx-h2c|h2load|http://127.0.0.1:$NGINX_H2C_PORT/plain"
+        "4b|proxy-tls|wrk|https://127.0.0.1:$PROXY_TLS_PORT/plain"
+        "5b|nginx-tls|wrk|https://127.0.0.1:$NGINX_TLS_PORT/plain"
+        "4c|proxy-tls-h2|h2load|https://127.0.0.1:$PROXY_TLS_PORT/plain"
+        "5c|nginx-tls-h2|h2load|https://127.0.0.1:$NGINX_TLS_PORT/plain"
     )
     echo "    warm-up"
     for entry in "${ROWS[@]}"; do
-        IFS='|' read -r _ _ url <<<"$entry"
-        if ! curl -fsS -o /dev/null "$url"; then
+        IFS='|' read -r _ _ client url <<<"$entry"
+        curl_args=(-fsS -k -o /dev/null)
+        [ "$client" = h2load ] && case "$url" in http:*) curl_args+=(--http2-prior-knowledge) ;; esac
+        if ! curl "${curl_args[@]}" "$url"; then
             echo "$url does not answer 200" >&2
             cat "$WORK"/nginx-*/logs/error.log >&2 2>/dev/null || true
             exit 1
         fi
-        wrk -t1 -c8 -d"${WARMUP}s" "$url" >/dev/null
+        if [ "$client" = wrk ]; then
+            wrk -t1 -c8 -d"${WARMUP}s" "$url" >/dev/null
+        else
+            h2load -t1 -c8 -m1 -D"$WARMUP" "$url" >/dev/null
+        fi
     done
     for round in $(seq 1 "$ROUNDS"); do
         echo "    round $round/$ROUNDS"
         for entry in "${ROWS[@]}"; do
-            IFS='|' read -r _ row url <<<"$entry"
-            run_wrk "$size" "$row" "$round" "$url" "$THREADS" "$CONNECTIONS"
+            IFS='|' read -r _ row client url <<<"$entry"
+            "run_$client" "$size" "$row" "$round" "$url" "$THREADS" "$CONNECTIONS"
         done
         # Misses: every request a new key, one connection, so that p50 is
         # the cost of one request and not queueing.
@@ -286,6 +365,7 @@ NGINX
     done
     for pid in "${FLEET_PIDS[@]}"; do stop "$pid"; done
     stop "$NGINX_PID"
+    stop "$PROXY_TLS"
     stop "$PROXY"
     stop "$APP"
 done
@@ -319,6 +399,12 @@ names = {
     "layer-cluster": "3c. same route + CacheLayer, Redis Cluster hit, 3 primaries (no memory tier)",
     "proxy": "4. cachette proxy, memory hit",
     "nginx": "5. nginx proxy_cache hit (the peer)",
+    "proxy-h2c": "4a. cachette proxy, memory hit, HTTP/2 (h2c)",
+    "nginx-h2c": "5a. nginx proxy_cache hit, HTTP/2 (h2c)",
+    "proxy-tls": "4b. cachette proxy, memory hit, TLS + HTTP/1.1",
+    "nginx-tls": "5b. nginx proxy_cache hit, TLS + HTTP/1.1",
+    "proxy-tls-h2": "4c. cachette proxy, memory hit, TLS + HTTP/2",
+    "nginx-tls-h2": "5c. nginx proxy_cache hit, TLS + HTTP/2",
     "miss-plain": "7a. route without the layer, new key each request (1 conn)",
     "miss-layer": "7b. route + CacheLayer, miss + store each request (1 conn)",
 }
@@ -366,9 +452,10 @@ lines.append("")
 for size in sizes:
     label = f"{size // 1024} KiB" if size >= 1024 else f"{size} B"
     get = lambda row: summary.get((size, row))
-    if get("proxy") and get("nginx"):
-        proxy, nginx = get("proxy"), get("nginx")
-        lines.append(f"- {label}: cachette proxy / nginx = {proxy[0] / nginx[0]:.2f}× req/s; p99 {proxy[2]:.3f} ms vs {nginx[2]:.3f} ms")
+    for suffix, protocol in (("", "HTTP/1.1"), ("-h2c", "h2c"), ("-tls", "TLS + HTTP/1.1"), ("-tls-h2", "TLS + HTTP/2")):
+        proxy, nginx = get("proxy" + suffix), get("nginx" + suffix)
+        if proxy and nginx:
+            lines.append(f"- {label}, {protocol}: cachette proxy / nginx = {proxy[0] / nginx[0]:.2f}× req/s; p99 {proxy[2]:.3f} ms vs {nginx[2]:.3f} ms")
     if get("miss-plain") and get("miss-layer"):
         lines.append(f"- {label}: a miss adds {get('miss-layer')[1] - get('miss-plain')[1]:.3f} ms at p50 ({get('miss-layer')[1]:.3f} vs {get('miss-plain')[1]:.3f})")
 fields = dict(kv.split("=") for kv in memory_line.split()[1:])

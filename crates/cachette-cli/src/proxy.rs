@@ -394,7 +394,7 @@ impl Upstream {
             .build()
     }
 
-    async fn forward(self, request: Request<Body>) -> Response<Body> {
+    async fn forward(&self, request: Request<Body>) -> Response<Body> {
         let client_addr = request
             .extensions()
             .get::<ConnectInfo<SocketAddr>>()
@@ -552,13 +552,17 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// the [`Upstream`].
 #[derive(Debug, Clone)]
 pub struct Forward {
-    upstream: Upstream,
+    // Shared, not cloned: the service is cloned for every request (hits
+    // too), and cloning the pooled client is a dozen reference counts.
+    upstream: Arc<Upstream>,
 }
 
 impl Forward {
     /// Forwards to `upstream`.
     pub fn new(upstream: Upstream) -> Self {
-        Self { upstream }
+        Self {
+            upstream: Arc::new(upstream),
+        }
     }
 }
 
@@ -572,7 +576,7 @@ impl tower::Service<Request<Body>> for Forward {
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
-        let upstream = self.upstream.clone();
+        let upstream = Arc::clone(&self.upstream);
         Box::pin(async move { Ok(upstream.forward(request).await) })
     }
 }
@@ -621,6 +625,15 @@ pub async fn serve_until(
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt as _;
+    // Without TCP_NODELAY an HTTP/2 response whose last frame waits for the
+    // client's WINDOW_UPDATE (any body over 64 KiB) is held back by Nagle
+    // until the client's delayed ACK: ~40 ms each.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "TCP_NODELAY not set on an accepted connection");
+        }
+    });
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),

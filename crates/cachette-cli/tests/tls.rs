@@ -81,6 +81,33 @@ async fn https_upstream(ca: &Ca, app: Router) -> u16 {
     port
 }
 
+/// An HTTPS server for `localhost` offering HTTP/2 and HTTP/1.1 by ALPN;
+/// returns its port.
+async fn https_h2_upstream(ca: &Ca, app: Router) -> u16 {
+    let mut config = server_tls(ca, "localhost");
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, app) = (acceptor.clone(), app.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper_util::service::TowerToHyperService::new(app);
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .await;
+            });
+        }
+    });
+    port
+}
+
 /// `cachette proxy` with its log in a file; killed on drop.
 struct Proxy {
     child: std::process::Child,
@@ -598,4 +625,49 @@ fn credentials_in_the_upstream_url_are_refused() {
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("no user or password"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_offering_http2_by_alpn_is_spoken_to_in_http2() {
+    let ca = ca("cachette test CA");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let app = Router::new().route(
+        "/api/item",
+        get(move |request: Request| {
+            let record = record.clone();
+            async move {
+                record.lock().unwrap().push((
+                    request.version(),
+                    request.uri().authority().map(|a| a.to_string()),
+                ));
+                ([("cache-control", "max-age=60")], "over h2")
+            }
+        }),
+    );
+    let port = https_h2_upstream(&ca, app).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let proxy = proxy(&format!("https://localhost:{port}"), &ca_file, dir.path());
+
+    let client = HttpClient::new();
+    let url = format!("http://{}/api/item", proxy.listen);
+    let first = client.get(&url, &[]).await;
+    assert_eq!(
+        first.status,
+        200,
+        "{}",
+        std::fs::read_to_string(&proxy.log).unwrap()
+    );
+    assert_eq!(first.text(), "over h2");
+    assert!(first.header("cache-status").contains("fwd=miss"));
+    let second = client.get(&url, &[]).await;
+    assert!(second.header("cache-status").contains("hit"));
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        vec![(http::Version::HTTP_2, Some(format!("localhost:{port}")))],
+        "one call, over HTTP/2, with the upstream's own authority"
+    );
 }
