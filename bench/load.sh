@@ -49,6 +49,8 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 echo "==> building (release)"
 cargo build --release -q -p cachette-suite --example bench_server --example bench_stampede --example bench_memory
 cargo build --release -q -p cachette-cli
+# The peer crates: a package outside the workspace, built into this target.
+cargo build --release -q --manifest-path bench/peers/Cargo.toml --target-dir target
 BIN=target/release
 ulimit -n 65536 2>/dev/null || ulimit -n 4096 2>/dev/null || true
 
@@ -93,6 +95,26 @@ end
 function request()
     counter = counter + 1
     return wrk.format("GET", prefix .. run .. "-" .. thread_id .. "-" .. counter)
+end
+LUA
+
+# Many keys: each request a random one of KEYS query strings on the row's
+# URL (`?k=<1..KEYS>`); the warm-up walks them in order so every key is
+# stored before the measured runs.
+cat >"$WORK/keys.lua" <<'LUA'
+local keys = tonumber(os.getenv("KEYS") or "1000")
+local walk = os.getenv("KEYS_WALK") == "1"
+local counter = 0
+math.randomseed(os.time())
+function request()
+    local k
+    if walk then
+        counter = counter + 1
+        k = (counter - 1) % keys + 1
+    else
+        k = math.random(1, keys)
+    end
+    return wrk.format("GET", wrk.path .. "?k=" .. k)
 end
 LUA
 
@@ -211,6 +233,12 @@ for size in $SIZES; do
     PIDS+=("$APP")
     wait_port "$APP_PORT"
 
+    PEER_PORT=$(free_port)
+    "$BIN/cachette-bench-peers" "$PEER_PORT" "$size" >/dev/null &
+    PEER=$!
+    PIDS+=("$PEER")
+    wait_port "$PEER_PORT"
+
     PROXY_PORT=$(free_port)
     "$BIN/cachette" proxy --listen "127.0.0.1:$PROXY_PORT" --upstream "http://127.0.0.1:$APP_PORT" 2>/dev/null &
     PROXY=$!
@@ -288,6 +316,7 @@ NGINX
     ROWS=(
         "1|plain|wrk|http://127.0.0.1:$APP_PORT/plain"
         "2|layer-memory|wrk|http://127.0.0.1:$APP_PORT/cached"
+        "2p|peer|wrk|http://127.0.0.1:$PEER_PORT/peer"
         "3|layer-redis|wrk|http://127.0.0.1:$APP_PORT/redis"
         "3c|layer-cluster|wrk|http://127.0.0.1:$APP_PORT/cluster"
         "4|proxy|wrk|http://127.0.0.1:$PROXY_PORT/plain"
@@ -315,11 +344,26 @@ NGINX
             h2load -t1 -c8 -m1 -D"$WARMUP" "$url" >/dev/null
         fi
     done
+    echo "    warm-up: 1,000 and 100,000 keys"
+    for keys in 1000 100000; do
+        for url in "http://127.0.0.1:$APP_PORT/cached" "http://127.0.0.1:$PEER_PORT/peer"; do
+            KEYS=$keys KEYS_WALK=1 wrk -t1 -c16 -d"$((WARMUP + keys / 25000))s" -s "$WORK/keys.lua" "$url" >/dev/null
+        done
+    done
     for round in $(seq 1 "$ROUNDS"); do
         echo "    round $round/$ROUNDS"
         for entry in "${ROWS[@]}"; do
             IFS='|' read -r _ row client url <<<"$entry"
             "run_$client" "$size" "$row" "$round" "$url" "$THREADS" "$CONNECTIONS"
+        done
+        # Many keys with a query string, random, on the same routes.
+        for keys in 1000 100000; do
+            for entry in "plain|http://127.0.0.1:$APP_PORT/plain" \
+                "layer-memory|http://127.0.0.1:$APP_PORT/cached" \
+                "peer|http://127.0.0.1:$PEER_PORT/peer"; do
+                IFS='|' read -r row url <<<"$entry"
+                KEYS=$keys run_wrk "$size" "$row-keys$keys" "$round" "$url" "$THREADS" "$CONNECTIONS" "$WORK/keys.lua"
+            done
         done
         # Misses: every request a new key, one connection, so that p50 is
         # the cost of one request and not queueing.
@@ -365,6 +409,7 @@ NGINX
     done
     for pid in "${FLEET_PIDS[@]}"; do stop "$pid"; done
     stop "$NGINX_PID"
+    stop "$PEER"
     stop "$PROXY_TLS"
     stop "$PROXY"
     stop "$APP"
@@ -395,6 +440,7 @@ def median(values):
 names = {
     "plain": "1. axum route, pre-built bytes, no layer (the limit)",
     "layer-memory": "2. same route + CacheLayer, memory hit",
+    "peer": "2p. same route + axum-response-cache hit (the strongest peer crate)",
     "layer-redis": "3. same route + CacheLayer, local Redis hit (no memory tier)",
     "layer-cluster": "3c. same route + CacheLayer, Redis Cluster hit, 3 primaries (no memory tier)",
     "proxy": "4. cachette proxy, memory hit",
@@ -405,6 +451,12 @@ names = {
     "nginx-tls": "5b. nginx proxy_cache hit, TLS + HTTP/1.1",
     "proxy-tls-h2": "4c. cachette proxy, memory hit, TLS + HTTP/2",
     "nginx-tls-h2": "5c. nginx proxy_cache hit, TLS + HTTP/2",
+    "plain-keys1000": "8a. route alone, 1,000 random query strings",
+    "layer-memory-keys1000": "8b. route + CacheLayer, memory hits over 1,000 random keys",
+    "peer-keys1000": "8c. route + axum-response-cache, hits over 1,000 random keys",
+    "plain-keys100000": "9a. route alone, 100,000 random query strings",
+    "layer-memory-keys100000": "9b. route + CacheLayer, memory hits over 100,000 random keys",
+    "peer-keys100000": "9c. route + axum-response-cache, hits over 100,000 random keys",
     "miss-plain": "7a. route without the layer, new key each request (1 conn)",
     "miss-layer": "7b. route + CacheLayer, miss + store each request (1 conn)",
 }
@@ -424,7 +476,12 @@ for size in sizes:
         p99 = median([r[2] for r in data])
         errors = sum(r[3] for r in data)
         summary[(size, row)] = (rps, p50, p99)
-        ratio = f"{rps / base:.2f}" if not row.startswith("miss") else "—"
+        # Keyed rows compare with the route alone under the same keys.
+        keyed = row.rsplit("-keys", 1)
+        row_base = base
+        if len(keyed) == 2:
+            row_base = median([r[0] for r in runs.get((size, f"plain-keys{keyed[1]}"), [])])
+        ratio = f"{rps / row_base:.2f}" if not row.startswith("miss") else "—"
         note = f" ({errors} non-2xx)" if errors else ""
         label = f"{size // 1024} KiB" if size >= 1024 else f"{size} B"
         lines.append(f"| {names[row]}{note} | {label} | {rps:,.0f} | {p50:.3f} | {p99:.3f} | {ratio} |")
@@ -452,6 +509,10 @@ lines.append("")
 for size in sizes:
     label = f"{size // 1024} KiB" if size >= 1024 else f"{size} B"
     get = lambda row: summary.get((size, row))
+    for suffix, what in (("", "one URL"), ("-keys1000", "1,000 keys"), ("-keys100000", "100,000 keys")):
+        layer, peer = get("layer-memory" + suffix), get("peer" + suffix)
+        if layer and peer:
+            lines.append(f"- {label}, {what}: CacheLayer / axum-response-cache = {layer[0] / peer[0]:.2f}× req/s; p99 {layer[2]:.3f} ms vs {peer[2]:.3f} ms")
     for suffix, protocol in (("", "HTTP/1.1"), ("-h2c", "h2c"), ("-tls", "TLS + HTTP/1.1"), ("-tls-h2", "TLS + HTTP/2")):
         proxy, nginx = get("proxy" + suffix), get("nginx" + suffix)
         if proxy and nginx:

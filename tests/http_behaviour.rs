@@ -665,3 +665,66 @@ async fn the_layer_works_on_a_single_route() {
     fetch(&app, "/plain").await;
     assert_eq!((counter.get(), other.get()), (1, 2));
 }
+
+#[tokio::test]
+async fn a_hit_serves_every_stored_field_with_one_age_and_the_origins_cache_status_first() {
+    // Hits are served from fields prepared once per entry, with slots for
+    // `Age` and `Cache-Status`: repeated hits must not accumulate or lose
+    // fields, and a `Cache-Status` from a cache behind the origin stays first.
+    let app = Router::new()
+        .route(
+            "/doc",
+            get(|| async {
+                (
+                    [
+                        ("cache-control", "max-age=60"),
+                        ("x-one", "1"),
+                        ("set-cookie-like", "a"),
+                        ("cache-status", "OriginCache; hit"),
+                        ("age", "5"),
+                    ],
+                    "doc",
+                )
+            }),
+        )
+        .route(
+            "/plain",
+            get(|| async { ([("cache-control", "max-age=60"), ("x-two", "2")], "plain") }),
+        )
+        .layer(layer());
+    let miss = fetch(&app, "/doc").await;
+    let last = miss
+        .headers
+        .get_all("cache-status")
+        .iter()
+        .next_back()
+        .unwrap();
+    assert!(last.to_str().unwrap().contains("fwd=miss"), "{last:?}");
+    for _ in 0..3 {
+        let hit = fetch(&app, "/doc").await;
+        let statuses: Vec<_> = hit
+            .headers
+            .get_all("cache-status")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(statuses.len(), 2, "{statuses:?}");
+        assert_eq!(statuses[0], "OriginCache; hit");
+        assert!(statuses[1].starts_with("cachette; hit"), "{statuses:?}");
+        assert_eq!(hit.headers.get_all("age").iter().count(), 1);
+        let age: u64 = hit.header("age").parse().unwrap();
+        assert!((5..60).contains(&age), "the origin's age counts: {age}");
+        assert_eq!(hit.header("x-one"), "1");
+        assert_eq!(hit.header("set-cookie-like"), "a");
+        assert_eq!(hit.text(), "doc");
+    }
+    fetch(&app, "/plain").await;
+    for _ in 0..3 {
+        let hit = fetch(&app, "/plain").await;
+        assert!(hit.is_hit(), "{}", hit.cache_status());
+        assert_eq!(hit.headers.get_all("cache-status").iter().count(), 1);
+        assert_eq!(hit.headers.get_all("age").iter().count(), 1);
+        assert_eq!(hit.header("x-two"), "2");
+        assert_eq!(hit.header("content-type"), "text/plain; charset=utf-8");
+    }
+}

@@ -222,12 +222,74 @@ pub enum Freshness {
 pub struct Entry {
     payload: Payload,
     meta: EntryMeta,
+    prepared: Prepared,
+}
+
+/// A representation derived once from a stored response for serving it
+/// (see [`Entry::prepared_headers`]). Not part of the entry's value: two
+/// entries are equal whether or not either was prepared, and it is never
+/// encoded.
+#[derive(Clone, Default)]
+struct Prepared(std::sync::OnceLock<HeaderMap>);
+
+impl PartialEq for Prepared {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Prepared {}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "prepared"
+        } else {
+            "unprepared"
+        })
+    }
 }
 
 impl Entry {
     /// An entry holding any payload.
     pub fn new(payload: Payload, meta: EntryMeta) -> Self {
-        Self { payload, meta }
+        Self {
+            payload,
+            meta,
+            prepared: Prepared::default(),
+        }
+    }
+
+    /// The response fields to serve this entry with, made by `prepare` from
+    /// the stored response the first time they are asked for and kept with
+    /// the entry: a server answering many hits clones one ready map instead
+    /// of building one per response. `None` when the entry holds no
+    /// response. `prepare` must be a pure function of the stored response
+    /// (every caller gets the first result).
+    ///
+    /// ```
+    /// use std::time::{Duration, SystemTime};
+    /// use bytes::Bytes;
+    /// use cachette_core::{Entry, EntryMeta, StoredResponse};
+    /// use http::{HeaderMap, HeaderValue, StatusCode, header};
+    ///
+    /// let mut headers = HeaderMap::new();
+    /// headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    /// let stored = StoredResponse { status: StatusCode::OK, headers, body: Bytes::from_static(b"hi") };
+    /// let entry = Entry::response(stored, EntryMeta::new(SystemTime::now(), Duration::from_secs(60)));
+    /// let with_age_slot = |stored: &StoredResponse| {
+    ///     let mut map = stored.headers.clone();
+    ///     map.insert(header::AGE, HeaderValue::from_static("0"));
+    ///     map
+    /// };
+    /// assert_eq!(entry.prepared_headers(with_age_slot).unwrap().len(), 2);
+    /// ```
+    pub fn prepared_headers(
+        &self,
+        prepare: impl FnOnce(&StoredResponse) -> HeaderMap,
+    ) -> Option<&HeaderMap> {
+        let stored = self.as_response()?;
+        Some(self.prepared.0.get_or_init(|| prepare(stored)))
     }
 
     /// An entry holding an HTTP response.
@@ -328,7 +390,12 @@ impl Entry {
         let tags: usize = self.meta.tags.iter().map(|t| t.len() + 24).sum();
         let payload = match &self.payload {
             Payload::Response(r) => {
+                // The fields prepared for serving (`prepared_headers`) share
+                // the values but hold a map of their own: about a hundred
+                // bytes per field, counted whether or not it is built yet.
+                let prepared = (r.headers.len() + 2) * 104;
                 r.body.len()
+                    + prepared
                     + r.headers
                         .iter()
                         .map(|(n, v)| n.as_str().len() + v.len() + 48)

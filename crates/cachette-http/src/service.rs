@@ -206,6 +206,9 @@ fn serve_entry<B>(
         } else {
             crate::range::ranged(client, stored)
         };
+        if let crate::range::Ranged::Full = ranged {
+            return serve_full(layer, entry, stored, head, age, status);
+        }
         let body = match ranged {
             _ if head => CacheBody::empty(),
             crate::range::Ranged::Full => CacheBody::full(stored.body.clone()),
@@ -247,6 +250,60 @@ fn serve_entry<B>(
     };
     response.headers_mut().insert(header::AGE, age);
     with_status(response, layer, status)
+}
+
+/// The common hit: the whole stored response (or its head), served with a
+/// clone of the fields prepared once for the entry, whose `Age` and
+/// `Cache-Status` slots are overwritten in place (no map is built or grown
+/// per response).
+fn serve_full<B>(
+    layer: &CacheLayer,
+    entry: &Entry,
+    stored: &StoredResponse,
+    head: bool,
+    age: HeaderValue,
+    status: &CacheStatus,
+) -> Response<CacheBody<B>> {
+    let body = if head {
+        CacheBody::empty()
+    } else {
+        CacheBody::full(stored.body.clone())
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = stored.status;
+    let Some(prepared) = entry.prepared_headers(prepare_headers) else {
+        return response;
+    };
+    let headers = response.headers_mut();
+    *headers = prepared.clone();
+    // In place: `insert` would first make room for one more field, and a
+    // cloned map is exactly full (growing it is most of a map's cost).
+    if let Some(slot) = headers.get_mut(header::AGE) {
+        *slot = age;
+    }
+    let value = status.to_header(&layer.config.status_name);
+    if stored.headers.contains_key(&CACHE_STATUS) {
+        // The origin's own `Cache-Status` members come first (RFC 9211).
+        headers.append(CACHE_STATUS, value);
+    } else if let Some(slot) = headers.get_mut(&CACHE_STATUS) {
+        *slot = value;
+    }
+    response
+}
+
+/// The fields a stored response is served with: its own, plus one slot each
+/// for `Age` and (unless the origin sent its own) `Cache-Status`, so that a
+/// hit replaces values instead of growing the map.
+fn prepare_headers(stored: &StoredResponse) -> HeaderMap {
+    let mut headers = HeaderMap::with_capacity(stored.headers.len() + 2);
+    for (name, value) in &stored.headers {
+        headers.append(name.clone(), value.clone());
+    }
+    headers.insert(header::AGE, HeaderValue::from_static("0"));
+    if !headers.contains_key(&CACHE_STATUS) {
+        headers.insert(CACHE_STATUS, HeaderValue::from_static("0"));
+    }
+    headers
 }
 
 /// Values up to this size are copied into each response rather than

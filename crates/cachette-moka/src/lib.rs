@@ -25,6 +25,7 @@
 //! # }
 //! ```
 
+mod hot;
 mod tags;
 
 use std::{
@@ -42,7 +43,7 @@ use moka::{
     ops::compute::{CompResult, Op},
 };
 
-use crate::tags::TagIndex;
+use crate::{hot::HotView, tags::TagIndex};
 
 /// The default capacity: 64 MiB.
 pub const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
@@ -53,6 +54,21 @@ struct Stored {
     ttl: Duration,
     /// Which write this is, for the tag index.
     generation: u64,
+    /// When this tier stops holding it: taken just before moka is given
+    /// it, so never after moka's own expiry (`None`: no expiry).
+    expires: Option<Instant>,
+}
+
+impl Stored {
+    fn new(entry: Arc<Entry>, ttl: Duration, generation: u64) -> Self {
+        let expires = expiry(ttl).and_then(|ttl| Instant::now().checked_add(ttl));
+        Self {
+            entry,
+            ttl,
+            generation,
+            expires,
+        }
+    }
 }
 
 /// Each entry lives for the TTL it was written with (already capped and
@@ -107,6 +123,8 @@ impl MemoryTierBuilder {
     pub fn build(self) -> MemoryTier {
         let tags = Arc::new(TagIndex::default());
         let unindex = tags.clone();
+        let hot = Arc::new(HotView::new());
+        let removed = hot.clone();
         let cache = Cache::builder()
             .name("cachette-memory")
             .max_capacity(self.max_bytes)
@@ -117,11 +135,14 @@ impl MemoryTierBuilder {
             .eviction_listener(
                 move |key: Arc<CacheKey>, value: Stored, _cause: RemovalCause| {
                     unindex.remove(&key, &value.entry.meta().tags, value.generation);
+                    // Evicted or expired: threads' slots let go of it.
+                    removed.changed();
                 },
             )
             .build();
         MemoryTier {
             cache,
+            hot,
             tags,
             generations: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             max_ttl: self.max_ttl,
@@ -134,6 +155,9 @@ impl MemoryTierBuilder {
 #[derive(Clone)]
 pub struct MemoryTier {
     cache: Cache<CacheKey, Stored>,
+    /// Per-thread slots of recent hits in front of `cache` (see `hot`);
+    /// every change below raises its epoch once made.
+    hot: Arc<HotView>,
     tags: Arc<TagIndex>,
     generations: Arc<std::sync::atomic::AtomicU64>,
     max_ttl: Option<Duration>,
@@ -201,6 +225,12 @@ impl MemoryTier {
         generation
     }
 
+    /// Keeps what moka answered in this thread's slot (see `hot`).
+    fn keep_hot(&self, epoch: u64, key: &CacheKey, stored: Stored) -> Arc<Entry> {
+        self.hot.fill(epoch, key, &stored.entry, stored.expires);
+        stored.entry
+    }
+
     fn capped(&self, ttl: Duration) -> Duration {
         match self.max_ttl {
             Some(cap) => ttl.min(cap),
@@ -248,19 +278,14 @@ impl MemoryTier {
             let ttl = self.capped(staled.remaining_ttl(now));
             if ttl.is_zero() {
                 self.cache.invalidate(&key).await;
+                self.hot.changed();
                 continue;
             }
             let generation = self.register(&key, &staled);
             self.cache
-                .insert(
-                    key,
-                    Stored {
-                        entry: staled,
-                        ttl,
-                        generation,
-                    },
-                )
+                .insert(key, Stored::new(staled, ttl, generation))
                 .await;
+            self.hot.changed();
         }
     }
 
@@ -276,6 +301,7 @@ impl MemoryTier {
             .collect();
         for key in keys {
             self.cache.invalidate(&*key).await;
+            self.hot.changed();
         }
     }
 }
@@ -291,15 +317,43 @@ impl Backend for MemoryTier {
     }
 
     async fn get(&self, key: &CacheKey) -> Result<Option<Arc<Entry>>, CacheError> {
-        Ok(self.cache.get(key).await.map(|stored| stored.entry))
+        let epoch = match self.hot.lookup(key) {
+            hot::Lookup::Hit { entry, touch } => {
+                if touch {
+                    let _ = self.cache.get(key).await;
+                }
+                return Ok(Some(entry));
+            }
+            hot::Lookup::Miss { epoch } => epoch,
+        };
+        Ok(self
+            .cache
+            .get(key)
+            .await
+            .map(|stored| self.keep_hot(epoch, key, stored)))
     }
 
     fn get_now(&self, key: &CacheKey) -> Option<Result<Option<Arc<Entry>>, CacheError>> {
+        let epoch = match self.hot.lookup(key) {
+            hot::Lookup::Hit { entry, touch } => {
+                if touch {
+                    // Counted by moka's policy; should its lookup have to
+                    // wait for maintenance, this one read goes uncounted.
+                    let lookup = std::pin::pin!(self.cache.get(key));
+                    let _ =
+                        lookup.poll(&mut std::task::Context::from_waker(std::task::Waker::noop()));
+                }
+                return Some(Ok(Some(entry)));
+            }
+            hot::Lookup::Miss { epoch } => epoch,
+        };
         // moka's lookup completes in one poll unless it must wait for its
         // own maintenance; then the caller awaits `get` instead.
         let lookup = std::pin::pin!(self.cache.get(key));
         match lookup.poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
-            std::task::Poll::Ready(found) => Some(Ok(found.map(|stored| stored.entry))),
+            std::task::Poll::Ready(found) => {
+                Some(Ok(found.map(|stored| self.keep_hot(epoch, key, stored))))
+            }
             std::task::Poll::Pending => None,
         }
     }
@@ -317,24 +371,21 @@ impl Backend for MemoryTier {
         if ttl.is_zero() {
             // Nothing to keep; and make sure an older value does not outlive this write.
             self.cache.invalidate(key).await;
+            self.hot.changed();
             return Ok(());
         }
         let generation = self.register(key, &entry);
         self.cache
-            .insert(
-                key.clone(),
-                Stored {
-                    entry,
-                    ttl,
-                    generation,
-                },
-            )
+            .insert(key.clone(), Stored::new(entry, ttl, generation))
             .await;
+        self.hot.changed();
         Ok(())
     }
 
     async fn delete(&self, key: &CacheKey) -> Result<bool, CacheError> {
-        Ok(self.cache.remove(key).await.is_some())
+        let removed = self.cache.remove(key).await.is_some();
+        self.hot.changed();
+        Ok(removed)
     }
 
     async fn soften(&self, key: &CacheKey) -> Result<(), CacheError> {
@@ -375,6 +426,7 @@ impl Backend for MemoryTier {
                 .is_some_and(|stored| stored.entry.meta().tags.iter().any(|t| t == tag));
             if tagged {
                 self.cache.invalidate(&key).await;
+                self.hot.changed();
             }
         }
         Ok(())
@@ -403,15 +455,13 @@ impl Backend for MemoryTier {
         let stored = self
             .cache
             .entry(key.clone())
-            .or_insert_with(async move {
-                Stored {
-                    entry,
-                    ttl,
-                    generation,
-                }
-            })
+            .or_insert_with(async move { Stored::new(entry, ttl, generation) })
             .await;
-        if !stored.is_fresh() {
+        if stored.is_fresh() {
+            // No slot holds an absent key; raised anyway, so that no change
+            // relies on the eviction listener's timing.
+            self.hot.changed();
+        } else {
             self.tags.remove(key, &tags, generation);
         }
         Ok(stored.is_fresh())
@@ -443,13 +493,10 @@ impl Backend for MemoryTier {
                 let entry = Arc::new(Entry::counter(next, stored.entry.meta().clone()));
                 let generation = generations.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tags.add(&registered, &entry.meta().tags, generation);
-                Op::Put(Stored {
-                    entry,
-                    ttl,
-                    generation,
-                })
+                Op::Put(Stored::new(entry, ttl, generation))
             })
             .await;
+        self.hot.changed();
         match outcome {
             CompResult::ReplacedWith(stored) => match stored.into_value().entry.payload() {
                 Payload::Counter(value) => Ok(Some(*value)),
@@ -468,6 +515,7 @@ impl Backend for MemoryTier {
         // again, and one stored before is removed with the rest.
         self.tags.clear();
         self.cache.invalidate_all();
+        self.hot.changed();
         Ok(())
     }
 
