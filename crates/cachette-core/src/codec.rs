@@ -245,7 +245,13 @@ pub(crate) fn decode(bytes: Bytes) -> Result<Entry, DecodeError> {
                     HeaderValue::from_maybe_shared(raw).map_err(|_| DecodeError::Invalid {
                         field: "header value",
                     })?;
-                headers.append(name, value);
+                // More fields than a map holds (32,768) is not an entry
+                // cachette wrote: an error, not a panic.
+                headers
+                    .try_append(name, value)
+                    .map_err(|_| DecodeError::Invalid {
+                        field: "header count",
+                    })?;
             }
             let body = r.u32_bytes()?;
             Payload::Response(StoredResponse {

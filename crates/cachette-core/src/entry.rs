@@ -226,11 +226,11 @@ pub struct Entry {
 }
 
 /// A representation derived once from a stored response for serving it
-/// (see [`Entry::prepared_headers`]). Not part of the entry's value: two
+/// (see [`Entry::serving_fields`]). Not part of the entry's value: two
 /// entries are equal whether or not either was prepared, and it is never
 /// encoded.
 #[derive(Clone, Default)]
-struct Prepared(std::sync::OnceLock<HeaderMap>);
+struct Prepared(std::sync::OnceLock<Option<HeaderMap>>);
 
 impl PartialEq for Prepared {
     fn eq(&self, _: &Self) -> bool {
@@ -250,6 +250,21 @@ impl std::fmt::Debug for Prepared {
     }
 }
 
+/// See [`Entry::serving_fields`].
+fn serving_fields(stored: &StoredResponse) -> Option<HeaderMap> {
+    const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+    let placeholder = HeaderValue::from_static("0");
+    let mut fields = HeaderMap::try_with_capacity(stored.headers.len().saturating_add(2)).ok()?;
+    for (name, value) in &stored.headers {
+        fields.try_append(name.clone(), value.clone()).ok()?;
+    }
+    fields.try_insert(header::AGE, placeholder.clone()).ok()?;
+    if !fields.contains_key(&CACHE_STATUS) {
+        fields.try_insert(CACHE_STATUS, placeholder).ok()?;
+    }
+    Some(fields)
+}
+
 impl Entry {
     /// An entry holding any payload.
     pub fn new(payload: Payload, meta: EntryMeta) -> Self {
@@ -260,12 +275,14 @@ impl Entry {
         }
     }
 
-    /// The response fields to serve this entry with, made by `prepare` from
-    /// the stored response the first time they are asked for and kept with
-    /// the entry: a server answering many hits clones one ready map instead
-    /// of building one per response. `None` when the entry holds no
-    /// response. `prepare` must be a pure function of the stored response
-    /// (every caller gets the first result).
+    /// The fields to serve this entry's response with, built once and kept
+    /// with the entry: the stored fields in order, then one `age` field and
+    /// (unless the stored response has its own) one `cache-status` field,
+    /// both holding the placeholder `0`, for the server to overwrite in
+    /// place (`HeaderMap::get_mut`) in the clone it sends. A server
+    /// answering many hits clones one ready map instead of building one per
+    /// response. `None` when the entry holds no response, or its fields
+    /// cannot be laid out with two more (a map's size limit).
     ///
     /// ```
     /// use std::time::{Duration, SystemTime};
@@ -277,19 +294,17 @@ impl Entry {
     /// headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     /// let stored = StoredResponse { status: StatusCode::OK, headers, body: Bytes::from_static(b"hi") };
     /// let entry = Entry::response(stored, EntryMeta::new(SystemTime::now(), Duration::from_secs(60)));
-    /// let with_age_slot = |stored: &StoredResponse| {
-    ///     let mut map = stored.headers.clone();
-    ///     map.insert(header::AGE, HeaderValue::from_static("0"));
-    ///     map
-    /// };
-    /// assert_eq!(entry.prepared_headers(with_age_slot).unwrap().len(), 2);
+    /// let mut fields = entry.serving_fields().unwrap().clone();
+    /// *fields.get_mut(header::AGE).unwrap() = HeaderValue::from(12);
+    /// assert_eq!(fields.len(), 3);
+    /// assert_eq!(fields["cache-status"], "0");
     /// ```
-    pub fn prepared_headers(
-        &self,
-        prepare: impl FnOnce(&StoredResponse) -> HeaderMap,
-    ) -> Option<&HeaderMap> {
+    pub fn serving_fields(&self) -> Option<&HeaderMap> {
         let stored = self.as_response()?;
-        Some(self.prepared.0.get_or_init(|| prepare(stored)))
+        self.prepared
+            .0
+            .get_or_init(|| serving_fields(stored))
+            .as_ref()
     }
 
     /// An entry holding an HTTP response.

@@ -421,8 +421,8 @@ impl Tiered {
     /// timeouts, open breakers and unreadable entries count as misses.
     pub async fn get(&self, key: &CacheKey) -> Option<Hit> {
         for (index, tier) in self.inner.tiers.iter().enumerate() {
-            // An in-process first tier answers without a future, a timer or a
-            // clock read (its calls are not timed: they cannot block).
+            // An in-process first tier answers without a future or a timer
+            // (its calls are not timed: they cannot block).
             let now = match (index, &tier.options.timeout) {
                 (0, None) => tier.backend.get_now(key),
                 _ => None,

@@ -161,3 +161,39 @@ fn decoded_body_is_a_slice_of_the_input() {
         "no copy of the body on decode"
     );
 }
+
+#[test]
+fn more_fields_than_a_header_map_holds_are_an_error_not_a_panic() {
+    // A writer with a valid checksum (another version, a bug, a hostile
+    // client of a shared Redis) claims 40,000 field names: over the 32,768
+    // a `HeaderMap` holds.
+    let mut headers = HeaderMap::new();
+    headers.insert("x-a", HeaderValue::from_static("1"));
+    let entry = Entry::response(
+        StoredResponse {
+            status: StatusCode::OK,
+            headers,
+            body: Bytes::new(),
+        },
+        EntryMeta::new(at_ms(1_700_000_000_000), Duration::from_secs(60)),
+    );
+    let encoded = entry.encode();
+    let record = [0x00, 0xC8, 0x00, 0x01, 0x00, 0x03, b'x', b'-', b'a'];
+    let at = encoded
+        .windows(record.len())
+        .position(|w| w == record)
+        .expect("status, count and the first name");
+    let mut forged = encoded[..at + 2].to_vec();
+    forged.extend_from_slice(&40_000u16.to_be_bytes());
+    for n in 0..40_000u32 {
+        // Distinct names: values of one name do not count toward the limit.
+        let name = format!("x-{n:05}");
+        forged.extend_from_slice(&u16::try_from(name.len()).unwrap().to_be_bytes());
+        forged.extend_from_slice(name.as_bytes());
+        forged.extend_from_slice(&[0, 0, 0, 1, b'1']);
+    }
+    forged.extend_from_slice(&0u32.to_be_bytes());
+    let crc = crc32fast::hash(&forged);
+    forged.extend_from_slice(&crc.to_be_bytes());
+    assert!(Entry::decode(Bytes::from(forged)).is_err());
+}

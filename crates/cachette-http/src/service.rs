@@ -146,9 +146,9 @@ fn with_status<B>(
     layer: &CacheLayer,
     status: &CacheStatus,
 ) -> Response<B> {
-    response
+    let _ = response
         .headers_mut()
-        .append(CACHE_STATUS, status.to_header(&layer.config.status_name));
+        .try_append(CACHE_STATUS, status.to_header(&layer.config.status_name));
     response
 }
 
@@ -206,8 +206,8 @@ fn serve_entry<B>(
         } else {
             crate::range::ranged(client, stored)
         };
-        if let crate::range::Ranged::Full = ranged {
-            return serve_full(layer, entry, stored, head, age, status);
+        if let (crate::range::Ranged::Full, Some(fields)) = (&ranged, entry.serving_fields()) {
+            return serve_full(layer, stored, fields, head, age, status);
         }
         let body = match ranged {
             _ if head => CacheBody::empty(),
@@ -222,9 +222,11 @@ fn serve_entry<B>(
         // Room for `Age` and `Cache-Status`: a clone of the stored map is
         // exactly full, and growing it costs more than building it.
         let headers = response.headers_mut();
-        headers.reserve(stored.headers.len() + 2);
+        // (`try_`: a stored map near the 32,768-field limit is served
+        // without what does not fit, never a panic.)
+        let _ = headers.try_reserve(stored.headers.len().saturating_add(2));
         for (name, value) in &stored.headers {
-            headers.append(name.clone(), own_copy(value));
+            let _ = headers.try_append(name.clone(), own_copy(value));
         }
         let total = stored.body.len();
         match ranged {
@@ -248,18 +250,18 @@ fn serve_entry<B>(
         }
         response
     };
-    response.headers_mut().insert(header::AGE, age);
+    let _ = response.headers_mut().try_insert(header::AGE, age);
     with_status(response, layer, status)
 }
 
 /// The common hit: the whole stored response (or its head), served with a
-/// clone of the fields prepared once for the entry, whose `Age` and
-/// `Cache-Status` slots are overwritten in place (no map is built or grown
-/// per response).
+/// clone of the fields prepared once for the entry
+/// ([`Entry::serving_fields`]), whose `Age` and `Cache-Status` slots are
+/// overwritten in place (no map is built or grown per response).
 fn serve_full<B>(
     layer: &CacheLayer,
-    entry: &Entry,
     stored: &StoredResponse,
+    fields: &HeaderMap,
     head: bool,
     age: HeaderValue,
     status: &CacheStatus,
@@ -271,39 +273,29 @@ fn serve_full<B>(
     };
     let mut response = Response::new(body);
     *response.status_mut() = stored.status;
-    let Some(prepared) = entry.prepared_headers(prepare_headers) else {
-        return response;
-    };
     let headers = response.headers_mut();
-    *headers = prepared.clone();
+    *headers = fields.clone();
     // In place: `insert` would first make room for one more field, and a
     // cloned map is exactly full (growing it is most of a map's cost).
-    if let Some(slot) = headers.get_mut(header::AGE) {
-        *slot = age;
+    match headers.get_mut(header::AGE) {
+        Some(slot) => *slot = age,
+        None => {
+            let _ = headers.try_insert(header::AGE, age);
+        }
     }
     let value = status.to_header(&layer.config.status_name);
     if stored.headers.contains_key(&CACHE_STATUS) {
         // The origin's own `Cache-Status` members come first (RFC 9211).
-        headers.append(CACHE_STATUS, value);
-    } else if let Some(slot) = headers.get_mut(&CACHE_STATUS) {
-        *slot = value;
+        let _ = headers.try_append(CACHE_STATUS, value);
+    } else {
+        match headers.get_mut(&CACHE_STATUS) {
+            Some(slot) => *slot = value,
+            None => {
+                let _ = headers.try_insert(CACHE_STATUS, value);
+            }
+        }
     }
     response
-}
-
-/// The fields a stored response is served with: its own, plus one slot each
-/// for `Age` and (unless the origin sent its own) `Cache-Status`, so that a
-/// hit replaces values instead of growing the map.
-fn prepare_headers(stored: &StoredResponse) -> HeaderMap {
-    let mut headers = HeaderMap::with_capacity(stored.headers.len() + 2);
-    for (name, value) in &stored.headers {
-        headers.append(name.clone(), value.clone());
-    }
-    headers.insert(header::AGE, HeaderValue::from_static("0"));
-    if !headers.contains_key(&CACHE_STATUS) {
-        headers.insert(CACHE_STATUS, HeaderValue::from_static("0"));
-    }
-    headers
 }
 
 /// Values up to this size are copied into each response rather than

@@ -1,36 +1,38 @@
 //! A per-thread, read-only view of the entries a thread hit last, in front
-//! of moka: a hit answered here reads no shared state but one counter, and
-//! writes nothing shared (moka's `get` hashes with SipHash, walks its table,
-//! reads the clock for expiry and queues the read for its eviction policy:
-//! most of a memory hit's cost, and cache lines every core writes).
+//! of moka: a hit answered here reads two shared counters and writes
+//! nothing shared (moka's `get` hashes with SipHash, walks its table, reads
+//! the clock for expiry and queues the read for its eviction policy: most of
+//! a memory hit's cost, and cache lines every core writes).
 //!
-//! Exactness comes from the tier's **epoch**, a counter every change to the
-//! tier raises *after* the change is made (writes, deletes, purges, clears,
-//! and moka's removals through the eviction listener). A slot remembers the
-//! epoch read *before* the moka lookup that filled it, and answers only
-//! while the epoch is unchanged: a read that starts after a change completes
-//! never sees what the change replaced. A slot also stops answering at the
-//! entry's expiry in this tier (computed from when it was stored, at or
-//! before moka's own), so an expired entry is never served from here before
-//! moka's maintenance removes it.
+//! **Exactness** comes from epochs, counters raised *after* a change to the
+//! tier is made: one per stripe of keys ([`STRIPES`], by key hash), raised
+//! by a change to one key (write, delete, soft purge, counter, and moka's
+//! own removals through its eviction listener), and one for the whole tier,
+//! raised by changes to many keys (prefix, pattern and tag purges, clear). A
+//! slot remembers both epochs as read *before* the moka lookup that filled
+//! it, and answers only while both are unchanged: a read that starts after
+//! a change completes never sees what the change replaced. The raise runs
+//! from a guard, so a change whose future is dropped midway raises it too.
+//! A slot also stops answering at the entry's expiry in this tier (taken at
+//! or before moka's own), so an expired entry is never served from here
+//! before moka's maintenance removes it.
 //!
-//! Memory: a slot holds an `Arc` of an entry the tier held when the slot
-//! was filled. Entries over [`MAX_ENTRY_WEIGHT`] are not kept here, and a
-//! thread has [`SLOTS`] slots, so what slots can keep alive after the tier
-//! dropped it is bounded (and released at the slot's next use).
-//!
-//! Recency: every [`SAMPLE`]th answer from a slot also reads moka (the
+//! **Recency**: every [`SAMPLE`]th answer from a slot also reads moka (the
 //! answer stays the slot's), so moka's eviction policy still sees which
 //! entries are hot.
 //!
-//! Contention: a response served from a shared entry writes the reference
-//! counts of the entry, its body and each field value: cache lines that
-//! every core serving the entry takes in turn, which under load costs more
-//! than the rest of the hit. A slot therefore keeps a **private copy** of a
-//! small response (body up to [`PRIVATE_BODY_MAX`]), made from this
-//! thread's allocator when the slot is filled, so those counts are only
-//! ever touched by this thread. Larger bodies are shared (their copy to the
-//! socket dominates).
+//! **Contention**: a response served from a shared entry writes the reference
+//! counts of the entry, its body and its field values: cache lines that
+//! every core serving the entry takes in turn. A slot therefore holds a
+//! **private copy** of the entry, made from this thread's allocator when
+//! the slot is filled, so those counts are only ever touched by this thread.
+//!
+//! **Memory**: only entries with a body (or value) of at most [`MAX_BODY`]
+//! and a weight of at most [`MAX_ENTRY_WEIGHT`] are kept, in [`SLOTS`] slots per
+//! thread, so the copies are bounded per thread (64 × 32 KiB = 2 MiB) and are
+//! outside the tier's `max_bytes`. A slot whose epoch moved is released at
+//! the thread's next lookup of its index, and a thread's slots of a tier
+//! are all released at its first lookup after a whole-tier change.
 
 use std::{
     cell::RefCell,
@@ -47,11 +49,15 @@ use cachette_core::{CacheKey, Entry, Payload, StoredResponse};
 /// slot, so hostile keys can only cause misses here, never longer lookups).
 pub(crate) const SLOTS: usize = 64;
 
-/// Entries weighing more are always read from moka.
-pub(crate) const MAX_ENTRY_WEIGHT: usize = 128 * 1024;
+/// Epoch stripes per tier: a change to one key invalidates the slots of
+/// one stripe (the same hash bits as the slot index), on every thread.
+pub(crate) const STRIPES: usize = SLOTS;
 
-/// Responses with bodies up to this size are copied into the slot.
-pub(crate) const PRIVATE_BODY_MAX: usize = 16 * 1024;
+/// Responses (and values) with larger bodies are always read from moka.
+pub(crate) const MAX_BODY: usize = 16 * 1024;
+
+/// Entries weighing more are always read from moka.
+pub(crate) const MAX_ENTRY_WEIGHT: usize = 32 * 1024;
 
 /// One slot answer in this many also reads moka, to keep its recency right.
 const SAMPLE: u32 = 32;
@@ -59,16 +65,24 @@ const SAMPLE: u32 = 32;
 /// Distinguishes the tiers of one process in the per-thread slots.
 static NEXT_TIER_ID: AtomicU64 = AtomicU64::new(1);
 
+/// A counter on a cache line of its own: raising one stripe must not make
+/// readers of the others miss.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct Padded(AtomicU64);
+
 /// The shared side: one per memory tier.
 #[derive(Debug)]
 pub(crate) struct HotView {
     id: u64,
-    epoch: AtomicU64,
+    whole: Padded,
+    stripes: Box<[Padded]>,
 }
 
 struct Slot {
     tier: u64,
-    epoch: u64,
+    whole: u64,
+    stripe: u64,
     key: CacheKey,
     entry: Arc<Entry>,
     /// When this tier stops holding the entry (`None`: never expires).
@@ -76,15 +90,57 @@ struct Slot {
     answered: u32,
 }
 
-thread_local! {
-    static SLOTS_OF_THIS_THREAD: RefCell<Vec<Option<Slot>>> = const { RefCell::new(Vec::new()) };
+impl Slot {
+    fn current(&self, whole: u64, stripe: u64) -> bool {
+        self.whole == whole
+            && self.stripe == stripe
+            && self.expires.is_none_or(|at| Instant::now() < at)
+    }
 }
 
-fn slot_index(tier: u64, key: &CacheKey) -> usize {
-    let hash = cachette_core::stable_hash(key.as_str().as_bytes())
-        ^ tier.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    // Truncation intended: only the low bits pick the slot.
-    (hash as usize) % SLOTS
+#[derive(Default)]
+struct ThreadSlots {
+    slots: Vec<Option<Slot>>,
+    /// The whole-tier epoch this thread last saw, per tier it reads.
+    seen: Vec<(u64, u64)>,
+}
+
+impl ThreadSlots {
+    /// Releases every slot of `tier` when its whole-tier epoch moved since
+    /// this thread last looked.
+    fn sweep_if_moved(&mut self, tier: u64, whole: u64) {
+        match self.seen.iter_mut().find(|(id, _)| *id == tier) {
+            Some((_, last)) if *last == whole => {}
+            Some((_, last)) => {
+                *last = whole;
+                for slot in &mut self.slots {
+                    if slot.as_ref().is_some_and(|slot| slot.tier == tier) {
+                        *slot = None;
+                    }
+                }
+            }
+            None => {
+                // A handful of tiers per process; forget the oldest.
+                if self.seen.len() >= 8 {
+                    self.seen.remove(0);
+                }
+                self.seen.push((tier, whole));
+            }
+        }
+    }
+}
+
+thread_local! {
+    static SLOTS_OF_THIS_THREAD: RefCell<ThreadSlots> = RefCell::new(ThreadSlots::default());
+}
+
+/// The slot (and stripe) of `key`: the high bits of its FNV-1a hash, mixed
+/// with the tier (FNV's low bits depend only on the low bits of each byte).
+fn index_of(tier: u64, key: &CacheKey) -> usize {
+    let hash = (cachette_core::stable_hash(key.as_str().as_bytes()) ^ tier)
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    // The top 6 bits: SLOTS is 64.
+    usize::try_from(hash >> 58).unwrap_or(0) % SLOTS
 }
 
 /// What a lookup found in this thread's slots.
@@ -92,64 +148,124 @@ pub(crate) enum Lookup {
     /// A current entry; with `touch`, read the key in moka too (discarding
     /// the answer) so that its eviction policy counts the hit.
     Hit { entry: Arc<Entry>, touch: bool },
-    /// Ask moka; fill the slot with [`HotView::fill`] using this epoch.
-    Miss { epoch: u64 },
+    /// Ask moka; then [`HotView::fill`] with these epochs.
+    Miss(Epochs),
+}
+
+/// The epochs a lookup read before asking moka.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Epochs {
+    whole: u64,
+    stripe: u64,
+    index: usize,
+}
+
+/// Raises an epoch when dropped: at the end of a change, or when the
+/// change's future is dropped midway (moka may have applied it already).
+#[must_use = "the epoch is raised when the guard is dropped"]
+pub(crate) struct Changing<'a> {
+    view: &'a HotView,
+    stripe: Option<usize>,
+}
+
+impl Drop for Changing<'_> {
+    fn drop(&mut self) {
+        match self.stripe {
+            Some(index) => self.view.raise_stripe(index),
+            None => self.view.raise_whole(),
+        }
+    }
 }
 
 impl HotView {
     pub(crate) fn new() -> Self {
         Self {
             id: NEXT_TIER_ID.fetch_add(1, Ordering::Relaxed),
-            epoch: AtomicU64::new(0),
+            whole: Padded::default(),
+            stripes: (0..STRIPES).map(|_| Padded::default()).collect(),
         }
     }
 
-    /// Records that the tier changed: every slot filled before stops
-    /// answering. Call after the change is visible in moka.
-    pub(crate) fn changed(&self) {
-        self.epoch.fetch_add(1, Ordering::AcqRel);
+    fn raise_stripe(&self, index: usize) {
+        if let Some(stripe) = self.stripes.get(index) {
+            stripe.0.fetch_add(1, Ordering::AcqRel);
+        } else {
+            self.raise_whole();
+        }
+    }
+
+    fn raise_whole(&self) {
+        self.whole.0.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Records that `key` changed (call once the change is visible in moka).
+    pub(crate) fn changed(&self, key: &CacheKey) {
+        self.raise_stripe(index_of(self.id, key));
+    }
+
+    /// A guard for a change to `key`: raises its stripe when dropped.
+    pub(crate) fn changing(&self, key: &CacheKey) -> Changing<'_> {
+        Changing {
+            view: self,
+            stripe: Some(index_of(self.id, key)),
+        }
+    }
+
+    /// A guard for a change to many keys: raises the whole-tier epoch when
+    /// dropped.
+    pub(crate) fn changing_all(&self) -> Changing<'_> {
+        Changing {
+            view: self,
+            stripe: None,
+        }
+    }
+
+    fn epochs(&self, index: usize) -> Epochs {
+        // Read before moka is asked: a change completing after this read
+        // raises an epoch past what the slot will be filled with.
+        let whole = self.whole.0.load(Ordering::Acquire);
+        let stripe = self
+            .stripes
+            .get(index)
+            .map_or(u64::MAX, |stripe| stripe.0.load(Ordering::Acquire));
+        Epochs {
+            whole,
+            stripe,
+            index,
+        }
     }
 
     /// This thread's slot for `key`, if it is current.
     pub(crate) fn lookup(&self, key: &CacheKey) -> Lookup {
-        // Read before moka is asked: a change completing after this read
-        // raises the epoch past what the slot will be filled with.
-        let epoch = self.epoch.load(Ordering::Acquire);
-        let index = slot_index(self.id, key);
-        let found = SLOTS_OF_THIS_THREAD.with(|slots| {
+        let epochs = self.epochs(index_of(self.id, key));
+        let found = SLOTS_OF_THIS_THREAD.try_with(|slots| {
             let mut slots = slots.try_borrow_mut().ok()?;
-            let slot = slots.get_mut(index)?;
-            let current = slot.as_mut().filter(|slot| {
-                slot.tier == self.id
-                    && slot.epoch == epoch
-                    && slot.key == *key
-                    && slot.expires.is_none_or(|at| Instant::now() < at)
-            });
-            match current {
-                Some(slot) => {
-                    slot.answered = slot.answered.wrapping_add(1);
-                    Some((slot.entry.clone(), slot.answered % SAMPLE == 0))
-                }
-                None => {
-                    // Release what a stale slot keeps alive now.
-                    if slot.as_ref().is_some_and(|slot| slot.tier == self.id) {
-                        *slot = None;
-                    }
-                    None
-                }
+            slots.sweep_if_moved(self.id, epochs.whole);
+            let slot = slots.slots.get_mut(epochs.index)?;
+            let ours = slot.as_mut().filter(|slot| slot.tier == self.id)?;
+            if !ours.current(epochs.whole, epochs.stripe) {
+                // Release what a stale slot keeps alive now.
+                *slot = None;
+                return None;
             }
+            if ours.key != *key {
+                return None;
+            }
+            ours.answered = ours.answered.wrapping_add(1);
+            Some((ours.entry.clone(), ours.answered % SAMPLE == 0))
         });
         match found {
-            Some((entry, touch)) => Lookup::Hit { entry, touch },
-            None => Lookup::Miss { epoch },
+            Ok(Some((entry, touch))) => Lookup::Hit { entry, touch },
+            _ => Lookup::Miss(epochs),
         }
     }
 
-    /// Keeps what moka answered for `key` in this thread's slot, tagged
-    /// with the epoch read before asking.
+    /// Keeps a private copy of what moka answered for `key` in this
+    /// thread's slot, tagged with the epochs read before asking, unless an
+    /// epoch has moved since (the copy would never answer).
     pub(crate) fn fill(
         &self,
-        epoch: u64,
+        epochs: Epochs,
         key: &CacheKey,
         entry: &Arc<Entry>,
         expires: Option<Instant>,
@@ -157,21 +273,27 @@ impl HotView {
         if entry.weight() > MAX_ENTRY_WEIGHT {
             return;
         }
-        let entry = private_copy(entry);
-        let index = slot_index(self.id, key);
-        SLOTS_OF_THIS_THREAD.with(|slots| {
+        let now = self.epochs(epochs.index);
+        if now.whole != epochs.whole || now.stripe != epochs.stripe {
+            return;
+        }
+        let Some(copy) = private_copy(entry) else {
+            return;
+        };
+        let _ = SLOTS_OF_THIS_THREAD.try_with(|slots| {
             let Ok(mut slots) = slots.try_borrow_mut() else {
                 return;
             };
-            if slots.is_empty() {
-                slots.resize_with(SLOTS, || None);
+            if slots.slots.is_empty() {
+                slots.slots.resize_with(SLOTS, || None);
             }
-            if let Some(slot) = slots.get_mut(index) {
+            if let Some(slot) = slots.slots.get_mut(epochs.index) {
                 *slot = Some(Slot {
                     tier: self.id,
-                    epoch,
+                    whole: epochs.whole,
+                    stripe: epochs.stripe,
                     key: key.clone(),
-                    entry,
+                    entry: copy,
                     expires,
                     answered: 0,
                 });
@@ -180,30 +302,44 @@ impl HotView {
     }
 }
 
-/// The entry as this thread's own allocations (see the module docs): a
-/// small response is copied, anything else shared.
-fn private_copy(entry: &Arc<Entry>) -> Arc<Entry> {
-    let Payload::Response(stored) = entry.payload() else {
-        return entry.clone();
+/// The entry as this thread's own allocations (see the module docs);
+/// `None` when it is not kept here (a body over [`MAX_BODY`], or fields
+/// that cannot be laid out again).
+fn private_copy(entry: &Entry) -> Option<Arc<Entry>> {
+    let meta = entry.meta().clone();
+    let copy = match entry.payload() {
+        Payload::Response(stored) if stored.body.len() <= MAX_BODY => {
+            Entry::response(private_response(stored)?, meta)
+        }
+        Payload::Value(value) if value.len() <= MAX_BODY => {
+            Entry::value(bytes::Bytes::copy_from_slice(value), meta)
+        }
+        Payload::Counter(value) => Entry::counter(*value, meta),
+        Payload::Variants(names) => Entry::variants(names.iter().map(private_name).collect(), meta),
+        _ => return None,
     };
-    if stored.body.len() > PRIVATE_BODY_MAX {
-        return entry.clone();
-    }
-    let mut headers = http::HeaderMap::with_capacity(stored.headers.len());
+    Some(Arc::new(copy))
+}
+
+/// Standard names are static; a custom one is copied like a value.
+fn private_name(name: &http::HeaderName) -> http::HeaderName {
+    http::HeaderName::from_bytes(name.as_str().as_bytes()).unwrap_or_else(|_| name.clone())
+}
+
+fn private_response(stored: &StoredResponse) -> Option<StoredResponse> {
+    let mut headers = http::HeaderMap::try_with_capacity(stored.headers.len()).ok()?;
     for (name, value) in &stored.headers {
         let copy = http::HeaderValue::from_bytes(value.as_bytes()).map(|mut copy| {
             copy.set_sensitive(value.is_sensitive());
             copy
         });
-        // Standard names are static; a custom one is copied like a value.
-        let name =
-            http::HeaderName::from_bytes(name.as_str().as_bytes()).unwrap_or_else(|_| name.clone());
-        headers.append(name, copy.unwrap_or_else(|_| value.clone()));
+        headers
+            .try_append(private_name(name), copy.unwrap_or_else(|_| value.clone()))
+            .ok()?;
     }
-    let copy = StoredResponse {
+    Some(StoredResponse {
         status: stored.status,
         headers,
         body: bytes::Bytes::copy_from_slice(&stored.body),
-    };
-    Arc::new(Entry::response(copy, entry.meta().clone()))
+    })
 }

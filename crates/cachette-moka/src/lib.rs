@@ -1,8 +1,10 @@
 //! The in-process memory tier of [cachette](https://docs.rs/cachette), on
 //! [moka](https://docs.rs/moka).
 //!
-//! Entries are held decoded, as `Arc<Entry>`: a hit clones a reference count and
-//! never parses or copies a body. Capacity is bounded in bytes (each entry
+//! Entries are held decoded, as `Arc<Entry>`: a hit never parses anything, and
+//! a repeated hit on a thread is answered from that thread's slots in front of
+//! moka (the `hot` module: exact through epochs raised by every change; small
+//! responses are held there as the thread's own copy). Capacity is bounded in bytes (each entry
 //! weighs its approximate memory), each entry expires after its own remaining
 //! lifetime, optionally capped, and entries can be invalidated by key, by key
 //! prefix and by tag.
@@ -135,8 +137,9 @@ impl MemoryTierBuilder {
             .eviction_listener(
                 move |key: Arc<CacheKey>, value: Stored, _cause: RemovalCause| {
                     unindex.remove(&key, &value.entry.meta().tags, value.generation);
-                    // Evicted or expired: threads' slots let go of it.
-                    removed.changed();
+                    // Evicted, expired, replaced or removed: threads' slots
+                    // of its stripe stop answering.
+                    removed.changed(&key);
                 },
             )
             .build();
@@ -226,8 +229,8 @@ impl MemoryTier {
     }
 
     /// Keeps what moka answered in this thread's slot (see `hot`).
-    fn keep_hot(&self, epoch: u64, key: &CacheKey, stored: Stored) -> Arc<Entry> {
-        self.hot.fill(epoch, key, &stored.entry, stored.expires);
+    fn keep_hot(&self, epochs: hot::Epochs, key: &CacheKey, stored: Stored) -> Arc<Entry> {
+        self.hot.fill(epochs, key, &stored.entry, stored.expires);
         stored.entry
     }
 
@@ -261,6 +264,7 @@ impl MemoryTier {
     ) {
         let now = std::time::SystemTime::now();
         for key in keys {
+            let changing = self.hot.changing(&key);
             let Some(stored) = self.cache.get(&key).await else {
                 continue;
             };
@@ -278,14 +282,14 @@ impl MemoryTier {
             let ttl = self.capped(staled.remaining_ttl(now));
             if ttl.is_zero() {
                 self.cache.invalidate(&key).await;
-                self.hot.changed();
+                drop(changing);
                 continue;
             }
             let generation = self.register(&key, &staled);
             self.cache
                 .insert(key, Stored::new(staled, ttl, generation))
                 .await;
-            self.hot.changed();
+            drop(changing);
         }
     }
 
@@ -299,9 +303,10 @@ impl MemoryTier {
             .filter(|(key, _)| matches(key))
             .map(|(key, _)| key)
             .collect();
+        let _all = self.hot.changing_all();
         for key in keys {
+            let _changing = self.hot.changing(&key);
             self.cache.invalidate(&*key).await;
-            self.hot.changed();
         }
     }
 }
@@ -324,7 +329,7 @@ impl Backend for MemoryTier {
                 }
                 return Ok(Some(entry));
             }
-            hot::Lookup::Miss { epoch } => epoch,
+            hot::Lookup::Miss(epochs) => epochs,
         };
         Ok(self
             .cache
@@ -345,7 +350,7 @@ impl Backend for MemoryTier {
                 }
                 return Some(Ok(Some(entry)));
             }
-            hot::Lookup::Miss { epoch } => epoch,
+            hot::Lookup::Miss(epochs) => epochs,
         };
         // moka's lookup completes in one poll unless it must wait for its
         // own maintenance; then the caller awaits `get` instead.
@@ -368,24 +373,22 @@ impl Backend for MemoryTier {
             Some(cap) => ttl.min(cap),
             None => ttl,
         };
+        let _changing = self.hot.changing(key);
         if ttl.is_zero() {
             // Nothing to keep; and make sure an older value does not outlive this write.
             self.cache.invalidate(key).await;
-            self.hot.changed();
             return Ok(());
         }
         let generation = self.register(key, &entry);
         self.cache
             .insert(key.clone(), Stored::new(entry, ttl, generation))
             .await;
-        self.hot.changed();
         Ok(())
     }
 
     async fn delete(&self, key: &CacheKey) -> Result<bool, CacheError> {
-        let removed = self.cache.remove(key).await.is_some();
-        self.hot.changed();
-        Ok(removed)
+        let _changing = self.hot.changing(key);
+        Ok(self.cache.remove(key).await.is_some())
     }
 
     async fn soften(&self, key: &CacheKey) -> Result<(), CacheError> {
@@ -418,6 +421,7 @@ impl Backend for MemoryTier {
     }
 
     async fn invalidate_tag(&self, tag: &str) -> Result<(), CacheError> {
+        let _all = self.hot.changing_all();
         for key in self.tags.take(tag) {
             let tagged = self
                 .cache
@@ -425,8 +429,8 @@ impl Backend for MemoryTier {
                 .await
                 .is_some_and(|stored| stored.entry.meta().tags.iter().any(|t| t == tag));
             if tagged {
+                let _changing = self.hot.changing(&key);
                 self.cache.invalidate(&key).await;
-                self.hot.changed();
             }
         }
         Ok(())
@@ -448,6 +452,7 @@ impl Backend for MemoryTier {
         if ttl.is_zero() {
             return Ok(false);
         }
+        let _changing = self.hot.changing(key);
         // moka's entry API runs the insertion once per key, atomically. The
         // registration comes first, and is taken back if the key was present.
         let generation = self.register(key, &entry);
@@ -457,17 +462,14 @@ impl Backend for MemoryTier {
             .entry(key.clone())
             .or_insert_with(async move { Stored::new(entry, ttl, generation) })
             .await;
-        if stored.is_fresh() {
-            // No slot holds an absent key; raised anyway, so that no change
-            // relies on the eviction listener's timing.
-            self.hot.changed();
-        } else {
+        if !stored.is_fresh() {
             self.tags.remove(key, &tags, generation);
         }
         Ok(stored.is_fresh())
     }
 
     async fn incr(&self, key: &CacheKey, delta: i64) -> Result<Option<i64>, CacheError> {
+        let changing = self.hot.changing(key);
         let cap = self.max_ttl;
         let (tags, generations, registered) =
             (self.tags.clone(), self.generations.clone(), key.clone());
@@ -496,7 +498,7 @@ impl Backend for MemoryTier {
                 Op::Put(Stored::new(entry, ttl, generation))
             })
             .await;
-        self.hot.changed();
+        drop(changing);
         match outcome {
             CompResult::ReplacedWith(stored) => match stored.into_value().entry.payload() {
                 Payload::Counter(value) => Ok(Some(*value)),
@@ -513,9 +515,9 @@ impl Backend for MemoryTier {
     async fn clear(&self) -> Result<(), CacheError> {
         // Forget the registrations first: an entry stored meanwhile registers
         // again, and one stored before is removed with the rest.
+        let _all = self.hot.changing_all();
         self.tags.clear();
         self.cache.invalidate_all();
-        self.hot.changed();
         Ok(())
     }
 

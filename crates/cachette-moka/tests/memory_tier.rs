@@ -20,7 +20,7 @@ fn value(body: &'static [u8], ttl: Duration, tags: &[&str]) -> Arc<Entry> {
 }
 
 #[tokio::test]
-async fn get_returns_the_same_arc_without_copying() {
+async fn get_returns_the_same_arc_for_a_value_without_copying() {
     let memory = MemoryTier::default();
     let entry = value(b"hello", Duration::from_secs(60), &[]);
     memory
