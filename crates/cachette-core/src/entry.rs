@@ -405,7 +405,7 @@ impl Entry {
         let tags: usize = self.meta.tags.iter().map(|t| t.len() + 24).sum();
         let payload = match &self.payload {
             Payload::Response(r) => {
-                // The fields prepared for serving (`prepared_headers`) share
+                // The fields prepared for serving (`serving_fields`) share
                 // the values but hold a map of their own: about a hundred
                 // bytes per field, counted whether or not it is built yet.
                 let prepared = (r.headers.len() + 2) * 104;
