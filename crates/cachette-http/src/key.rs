@@ -66,9 +66,17 @@ impl KeyOptions {
             })
     }
 
-    fn normalized_query(&self, query: &str) -> String {
+    fn normalized_query<'q>(&self, query: &'q str) -> std::borrow::Cow<'q, str> {
         if !self.sort_query && self.ignored_query.is_empty() {
-            return query.to_owned();
+            return query.into();
+        }
+        // One parameter (the common case): nothing to sort, nothing to copy.
+        if !query.contains('&') {
+            let name = query.split('=').next().unwrap_or_default();
+            if self.query_param_ignored(name) {
+                return "".into();
+            }
+            return query.into();
         }
         let mut pairs: Vec<&str> = query
             .split('&')
@@ -81,7 +89,7 @@ impl KeyOptions {
         if self.sort_query {
             pairs.sort_unstable();
         }
-        pairs.join("&")
+        pairs.join("&").into()
     }
 
     /// Appends the request's host, lower-cased (or its hash when it is not
@@ -130,6 +138,12 @@ impl KeyOptions {
             .filter(|q| !q.is_empty());
         match query {
             None => push_shortened(&mut key, uri.path(), MAX_URL_PART),
+            // Short enough to keep whole: written in place.
+            Some(query) if uri.path().len() + 1 + query.len() <= MAX_URL_PART => {
+                key.push_str(uri.path());
+                key.push('?');
+                key.push_str(&query);
+            }
             Some(query) => {
                 let url = format!("{}?{query}", uri.path());
                 push_shortened(&mut key, &url, MAX_URL_PART);
@@ -379,6 +393,24 @@ mod tests {
             key(&opts, "http://example.com/a?utm_campaign=1"),
             "GET:example.com/a"
         );
+        // One parameter, kept as it is; an empty query is no query.
+        assert_eq!(
+            key(&opts, "http://example.com/a?k=42"),
+            "GET:example.com/a?k=42"
+        );
+        assert_eq!(key(&opts, "http://example.com/a?"), "GET:example.com/a");
+        assert_eq!(
+            key(&opts, "http://example.com/a?fbclid"),
+            "GET:example.com/a"
+        );
+        // Long URLs are still shortened with a hash, query included.
+        let long = format!("http://example.com/{}?k=1", "p".repeat(600));
+        let shortened = key(&opts, &long);
+        assert!(
+            shortened.len() < 600 && shortened.contains('~'),
+            "{shortened}"
+        );
+        assert_ne!(shortened, key(&opts, &long.replace("k=1", "k=2")));
     }
 
     #[test]

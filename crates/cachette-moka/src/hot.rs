@@ -23,9 +23,12 @@
 //!
 //! **Contention**: a response served from a shared entry writes the reference
 //! counts of the entry, its body and its field values: cache lines that
-//! every core serving the entry takes in turn. A slot therefore holds a
-//! **private copy** of the entry, made from this thread's allocator when
-//! the slot is filled, so those counts are only ever touched by this thread.
+//! every core serving the entry takes in turn. A slot that has answered
+//! twice therefore holds a **private copy** of the entry, made from this
+//! thread's allocator, so those counts are only ever touched by this thread
+//! (until then it holds moka's `Arc`: with many keys, most slots are
+//! replaced before they answer, and a copy per fill would cost more than it
+//! saves).
 //!
 //! **Memory**: only entries with a body (or value) of at most [`MAX_BODY`]
 //! and a weight of at most [`MAX_ENTRY_WEIGHT`] are kept, in [`SLOTS`] slots per
@@ -88,6 +91,9 @@ struct Slot {
     /// When this tier stops holding the entry (`None`: never expires).
     expires: Option<Instant>,
     answered: u32,
+    /// `entry` is this thread's own copy (made at the slot's second answer:
+    /// with many keys most slots are replaced before they answer at all).
+    private: bool,
 }
 
 impl Slot {
@@ -101,6 +107,10 @@ impl Slot {
 #[derive(Default)]
 struct ThreadSlots {
     slots: Vec<Option<Slot>>,
+    /// Per slot, the hash of the last key that missed there: a key is
+    /// kept at its second miss in a row at that slot, so keys read once
+    /// (many keys, few repeats) cost no fill.
+    candidates: Vec<u64>,
     /// The whole-tier epoch this thread last saw, per tier it reads.
     seen: Vec<(u64, u64)>,
 }
@@ -136,11 +146,17 @@ thread_local! {
 
 /// The slot (and stripe) of `key`: the high bits of its FNV-1a hash, mixed
 /// with the tier (FNV's low bits depend only on the low bits of each byte).
-fn index_of(tier: u64, key: &CacheKey) -> usize {
-    let hash = (cachette_core::stable_hash(key.as_str().as_bytes()) ^ tier)
-        .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+fn hash_of(tier: u64, key: &CacheKey) -> u64 {
+    (cachette_core::stable_hash(key.as_str().as_bytes()) ^ tier).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+fn index_of_hash(hash: u64) -> usize {
     // The top 6 bits: SLOTS is 64.
     usize::try_from(hash >> 58).unwrap_or(0) % SLOTS
+}
+
+fn index_of(tier: u64, key: &CacheKey) -> usize {
+    index_of_hash(hash_of(tier, key))
 }
 
 /// What a lookup found in this thread's slots.
@@ -158,6 +174,7 @@ pub(crate) struct Epochs {
     whole: u64,
     stripe: u64,
     index: usize,
+    hash: u64,
 }
 
 /// Raises an epoch when dropped: at the end of a change, or when the
@@ -220,7 +237,8 @@ impl HotView {
         }
     }
 
-    fn epochs(&self, index: usize) -> Epochs {
+    fn epochs(&self, hash: u64) -> Epochs {
+        let index = index_of_hash(hash);
         // Read before moka is asked: a change completing after this read
         // raises an epoch past what the slot will be filled with.
         let whole = self.whole.0.load(Ordering::Acquire);
@@ -232,12 +250,13 @@ impl HotView {
             whole,
             stripe,
             index,
+            hash,
         }
     }
 
     /// This thread's slot for `key`, if it is current.
     pub(crate) fn lookup(&self, key: &CacheKey) -> Lookup {
-        let epochs = self.epochs(index_of(self.id, key));
+        let epochs = self.epochs(hash_of(self.id, key));
         let found = SLOTS_OF_THIS_THREAD.try_with(|slots| {
             let mut slots = slots.try_borrow_mut().ok()?;
             slots.sweep_if_moved(self.id, epochs.whole);
@@ -252,6 +271,12 @@ impl HotView {
                 return None;
             }
             ours.answered = ours.answered.wrapping_add(1);
+            if !ours.private && ours.answered >= 2 {
+                if let Some(copy) = private_copy(&ours.entry) {
+                    ours.entry = copy;
+                }
+                ours.private = true;
+            }
             Some((ours.entry.clone(), ours.answered % SAMPLE == 0))
         });
         match found {
@@ -260,9 +285,11 @@ impl HotView {
         }
     }
 
-    /// Keeps a private copy of what moka answered for `key` in this
-    /// thread's slot, tagged with the epochs read before asking, unless an
-    /// epoch has moved since (the copy would never answer).
+    /// Keeps what moka answered for `key` in this thread's slot, tagged
+    /// with the epochs read before asking, if the key also missed there
+    /// last time and no epoch has moved since (the slot would never
+    /// answer). The slot holds moka's `Arc` until it has answered twice,
+    /// then this thread's own copy.
     pub(crate) fn fill(
         &self,
         epochs: Epochs,
@@ -270,22 +297,28 @@ impl HotView {
         entry: &Arc<Entry>,
         expires: Option<Instant>,
     ) {
-        if entry.weight() > MAX_ENTRY_WEIGHT {
-            return;
-        }
-        let now = self.epochs(epochs.index);
-        if now.whole != epochs.whole || now.stripe != epochs.stripe {
-            return;
-        }
-        let Some(copy) = private_copy(entry) else {
-            return;
-        };
         let _ = SLOTS_OF_THIS_THREAD.try_with(|slots| {
             let Ok(mut slots) = slots.try_borrow_mut() else {
                 return;
             };
             if slots.slots.is_empty() {
                 slots.slots.resize_with(SLOTS, || None);
+                slots.candidates.resize(SLOTS, 0);
+            }
+            match slots.candidates.get_mut(epochs.index) {
+                Some(candidate) if *candidate == epochs.hash => {}
+                Some(candidate) => {
+                    *candidate = epochs.hash;
+                    return;
+                }
+                None => return,
+            }
+            if !kept_here(entry) || entry.weight() > MAX_ENTRY_WEIGHT {
+                return;
+            }
+            let now = self.epochs(epochs.hash);
+            if now.whole != epochs.whole || now.stripe != epochs.stripe {
+                return;
             }
             if let Some(slot) = slots.slots.get_mut(epochs.index) {
                 *slot = Some(Slot {
@@ -293,12 +326,23 @@ impl HotView {
                     whole: epochs.whole,
                     stripe: epochs.stripe,
                     key: key.clone(),
-                    entry: copy,
+                    entry: entry.clone(),
                     expires,
                     answered: 0,
+                    private: false,
                 });
             }
         });
+    }
+}
+
+/// Whether slots keep `entry` (see [`MAX_BODY`]).
+fn kept_here(entry: &Entry) -> bool {
+    match entry.payload() {
+        Payload::Response(stored) => stored.body.len() <= MAX_BODY,
+        Payload::Value(value) => value.len() <= MAX_BODY,
+        Payload::Counter(_) | Payload::Variants(_) => true,
+        _ => false,
     }
 }
 
