@@ -259,9 +259,8 @@ fn serving_fields(stored: &StoredResponse) -> Option<HeaderMap> {
         fields.try_append(name.clone(), value.clone()).ok()?;
     }
     fields.try_insert(header::AGE, placeholder.clone()).ok()?;
-    if !fields.contains_key(&CACHE_STATUS) {
-        fields.try_insert(CACHE_STATUS, placeholder).ok()?;
-    }
+    // After any the origin sent: a cache adds its member last (RFC 9211).
+    fields.try_append(CACHE_STATUS, placeholder).ok()?;
     Some(fields)
 }
 
@@ -276,10 +275,11 @@ impl Entry {
     }
 
     /// The fields to serve this entry's response with, built once and kept
-    /// with the entry: the stored fields in order, then one `age` field and
-    /// (unless the stored response has its own) one `cache-status` field,
-    /// both holding the placeholder `0`, for the server to overwrite in
-    /// place (`HeaderMap::get_mut`) in the clone it sends. A server
+    /// with the entry: the stored fields in order, with one `age` field
+    /// (replacing a stored one) and one more `cache-status` value after any
+    /// the stored response has, both holding the placeholder `0`, for the
+    /// server to overwrite in place (`get_mut`, `iter_mut`) in the clone it
+    /// sends. A server
     /// answering many hits clones one ready map instead of building one per
     /// response. `None` when the entry holds no response, or its fields
     /// cannot be laid out with two more (a map's size limit).

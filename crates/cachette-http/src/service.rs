@@ -284,15 +284,18 @@ fn serve_full<B>(
         }
     }
     let value = status.to_header(&layer.config.status_name);
-    if stored.headers.contains_key(&CACHE_STATUS) {
-        // The origin's own `Cache-Status` members come first (RFC 9211).
-        let _ = headers.try_append(CACHE_STATUS, value);
-    } else {
-        match headers.get_mut(&CACHE_STATUS) {
-            Some(slot) => *slot = value,
-            None => {
-                let _ = headers.try_insert(CACHE_STATUS, value);
-            }
+    // The slot is the field's last value: after the origin's own members
+    // (RFC 9211), found without touching the stored map.
+    let mut slot = None;
+    for (name, field) in headers.iter_mut() {
+        if name == CACHE_STATUS {
+            slot = Some(field);
+        }
+    }
+    match slot {
+        Some(slot) => *slot = value,
+        None => {
+            let _ = headers.try_append(CACHE_STATUS, value);
         }
     }
     response
