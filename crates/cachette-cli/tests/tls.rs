@@ -58,34 +58,16 @@ fn server_tls(ca: &Ca, name: &str) -> rustls::ServerConfig {
 }
 
 /// An HTTPS server for `localhost` (certificate signed by `ca`) answering
-/// `app`; returns its port.
+/// `app` over HTTP/1.1; returns its port.
 async fn https_upstream(ca: &Ca, app: Router) -> u16 {
-    let config = server_tls(ca, "localhost");
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let (acceptor, app) = (acceptor.clone(), app.clone());
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let service = hyper_util::service::TowerToHyperService::new(app);
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                    .await;
-            });
-        }
-    });
-    port
+    https_upstream_offering(ca, app, &[]).await
 }
 
-/// An HTTPS server for `localhost` offering HTTP/2 and HTTP/1.1 by ALPN;
-/// returns its port.
-async fn https_h2_upstream(ca: &Ca, app: Router) -> u16 {
+/// [`https_upstream`], offering the protocols in `alpn` (HTTP/2 and 1.1
+/// served by one builder).
+async fn https_upstream_offering(ca: &Ca, app: Router, alpn: &[&[u8]]) -> u16 {
     let mut config = server_tls(ca, "localhost");
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -645,7 +627,7 @@ async fn an_upstream_offering_http2_by_alpn_is_spoken_to_in_http2() {
             }
         }),
     );
-    let port = https_h2_upstream(&ca, app).await;
+    let port = https_upstream_offering(&ca, app, &[b"h2", b"http/1.1"]).await;
     let dir = tempfile::tempdir().unwrap();
     let ca_file = dir.path().join("ca.pem");
     std::fs::write(&ca_file, &ca.pem).unwrap();
