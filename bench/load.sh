@@ -258,6 +258,15 @@ for size in $SIZES; do
     # nginx's workers drop root privileges: let them write their cache.
     chmod 755 "$WORK" "$WORK/nginx-$size"
     chmod 777 "$WORK/nginx-$size/cache"
+    # The same cached location behind every listener.
+    NGINX_LOCATION='location / {
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_cache peer;
+            proxy_cache_lock on;
+            add_header X-Cache-Status $upstream_cache_status;
+        }'
     cat >"$WORK/nginx-$size/nginx.conf" <<NGINX
 worker_processes auto;
 pid $WORK/nginx-$size/nginx.pid;
@@ -281,28 +290,14 @@ http {
         ssl_certificate $WORK/cert.pem;
         ssl_certificate_key $WORK/key.pem;
         ssl_protocols TLSv1.2 TLSv1.3;
-        location / {
-            proxy_pass http://origin;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_cache peer;
-            proxy_cache_lock on;
-            add_header X-Cache-Status \$upstream_cache_status;
-        }
+        $NGINX_LOCATION
     }
     # h2c without sendfile: nginx 1.22 sending a cached file over
     # plaintext HTTP/2 with sendfile waits ~40 ms per response (delayed ACK).
     server {
         listen 127.0.0.1:$NGINX_H2C_PORT http2;
         sendfile off;
-        location / {
-            proxy_pass http://origin;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_cache peer;
-            proxy_cache_lock on;
-            add_header X-Cache-Status \$upstream_cache_status;
-        }
+        $NGINX_LOCATION
     }
 }
 NGINX
