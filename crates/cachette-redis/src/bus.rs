@@ -25,6 +25,14 @@ use crate::{
 /// (connections, journal, file lock) alive after its last user dropped it.
 pub(crate) struct Targets {
     pub(crate) memory: Arc<dyn Backend>,
+    /// The subscription is to this node's own Redis in a fleet of peers:
+    /// losing it makes that Redis unproven (reads are misses) until it is
+    /// proven current again on resubscription (`peers::verify_own`).
+    pub(crate) verify_own: bool,
+    /// The subscription is to another node of a fleet of peers: its store
+    /// announcements go to this namespace's replicator (the `Space`, and
+    /// the peer's index in its links).
+    pub(crate) announcements: Option<(Weak<Space>, usize)>,
 }
 
 /// A soft purge (`S` key, `P` prefix, `T` tag, `G` pattern): this node's
@@ -86,6 +94,8 @@ async fn apply(space: &Arc<Space>, targets: &Targets, kind: &str, argument: &str
 pub(crate) async fn run_subscriber(shared: Weak<Space>, targets: Targets) {
     let mut backoff = Duration::from_millis(50);
     let mut attempt = 0usize;
+    // Whether a subscription was up and ended (for `verify_own`).
+    let mut lost = false;
     loop {
         let Some(strong) = shared.upgrade() else {
             return;
@@ -136,6 +146,18 @@ pub(crate) async fn run_subscriber(shared: Weak<Space>, targets: Targets) {
                 continue;
             }
         };
+        if targets.verify_own {
+            let Some(strong) = shared.upgrade() else {
+                return;
+            };
+            if let Err(error) = crate::peers::verify_own(&strong, lost).await {
+                tracing::warn!(%error, "this node's Redis could not be proven current; retrying");
+                drop(strong);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        }
         backoff = Duration::from_millis(50);
         // Stay on this node next time, unless it is the one that fails.
         attempt -= 1;
@@ -188,6 +210,15 @@ pub(crate) async fn run_subscriber(shared: Weak<Space>, targets: Targets) {
                     strong
                         .bus_last_message_ms
                         .store(cachette_core::unix_millis(std::time::SystemTime::now()), Ordering::Relaxed);
+                    if kind == "a" {
+                        // A store on another node of a fleet of peers.
+                        if let Some((own, peer)) = &targets.announcements {
+                            if let Some(links) = own.upgrade().as_ref().and_then(|s| s.peers.as_ref()) {
+                                links.replicator.offer(*peer, argument);
+                            }
+                        }
+                        continue;
+                    }
                     if kind == "l" {
                         // A fill lease ended: its waiters here read its outcome.
                         strong.fill_wakers.wake(argument);
@@ -203,6 +234,14 @@ pub(crate) async fn run_subscriber(shared: Weak<Space>, targets: Targets) {
                     break;
                 }
             }
+        }
+        if targets.verify_own {
+            // Invalidations the others delivered from now on may not land:
+            // no read of this Redis until it is proven current again.
+            if let Some(strong) = shared.upgrade() {
+                strong.verified.store(false, Ordering::Release);
+            }
+            lost = true;
         }
     }
 }

@@ -44,6 +44,17 @@ pub enum Topology {
         /// `host:port`. Empty: every read goes to the slot's primary.
         local: Vec<String>,
     },
+    /// No master: every node has its own Redis (`this`, read and written
+    /// by this node only) and copies what the other `peers` store, lazily
+    /// (see [`ReplicationConfig`]); invalidations are applied to every
+    /// peer's Redis, or kept in the journal for a peer that cannot take
+    /// them.
+    Peers {
+        /// Every node's Redis URL, this node's included.
+        peers: Vec<String>,
+        /// This node's Redis: one of `peers` (a `unix://` socket is fine).
+        this: String,
+    },
 }
 
 impl Topology {
@@ -94,6 +105,53 @@ impl Topology {
     /// Whether this is a Redis Cluster.
     pub fn is_cluster(&self) -> bool {
         matches!(self, Self::Cluster { .. })
+    }
+
+    /// A fleet of peers: every node's Redis in `peers`, this node's at
+    /// `this` (one of them).
+    pub fn peers<I, S>(peers: I, this: impl Into<String>) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self::Peers {
+            peers: peers.into_iter().map(Into::into).collect(),
+            this: this.into(),
+        }
+    }
+
+    /// Whether this is a fleet of peers.
+    pub fn is_peers(&self) -> bool {
+        matches!(self, Self::Peers { .. })
+    }
+}
+
+/// How a node of a [`Topology::Peers`] fleet copies what the others store.
+///
+/// Each store is announced on the storing node's Redis (`stored_at`, key,
+/// size, remaining TTL); every other node queues the announcements it
+/// hears and fetches the entries it wants from the announcing node's Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicationConfig {
+    /// Entries larger than this are not copied (default 1 MiB).
+    pub max_bytes: u64,
+    /// Entries with less lifetime left than this are not copied (default 1 s).
+    pub min_ttl: Duration,
+    /// Announcements waiting to be fetched, at most; beyond it the oldest
+    /// are dropped and counted (default 4 096).
+    pub queue: usize,
+    /// Fetches in flight at once (default 8).
+    pub concurrency: usize,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: 1024 * 1024,
+            min_ttl: Duration::from_secs(1),
+            queue: 4096,
+            concurrency: 8,
+        }
     }
 }
 
@@ -179,6 +237,8 @@ pub struct RedisConfig {
     /// lost subscription (the bus then clears the memory tier and
     /// resubscribes): a silent network drop is noticed within about four.
     pub heartbeat: Duration,
+    /// How a fleet of peers copies entries (only with [`Topology::Peers`]).
+    pub replication: ReplicationConfig,
 }
 
 impl RedisConfig {
@@ -197,6 +257,7 @@ impl RedisConfig {
             node_id: random_node_id(),
             tombstone_ttl: Duration::from_secs(600),
             heartbeat: Duration::from_secs(1),
+            replication: ReplicationConfig::default(),
         }
     }
 

@@ -133,6 +133,12 @@ impl Keys {
         format!("{}l:{key}", self.namespace)
     }
 
+    /// In a fleet of peers: the `run_id` of this node's Redis when its
+    /// namespace was last proven current (a restarted server has another).
+    pub(crate) fn peer_run(&self) -> String {
+        format!("{}peers:run", self.namespace)
+    }
+
     /// The bus channel of the namespace.
     pub(crate) fn bus_channel(&self) -> String {
         format!("{}bus", self.namespace)

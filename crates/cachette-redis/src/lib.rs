@@ -32,6 +32,7 @@ pub mod keys;
 mod lease;
 mod liveness;
 mod node;
+mod peers;
 mod replay;
 mod scripts;
 mod sentinel;
@@ -42,8 +43,9 @@ use std::sync::{Arc, atomic::Ordering};
 
 use cachette_core::{Backend, CacheError, TierOptions, Tiered};
 
-pub use config::{JournalConfig, RedisConfig, Topology, node_url};
+pub use config::{JournalConfig, RedisConfig, ReplicationConfig, Topology, node_url};
 pub use journal::{DiskJournal, JournalStats, RecordedOp};
+pub use peers::{PeerStats, PeerTier, ReplicationStats};
 pub use tier::{RedisTier, Role};
 
 use crate::{
@@ -89,6 +91,13 @@ pub struct RedisStats {
     pub clock_offset_ms: i64,
     /// The journal's counters, if journaling is on.
     pub journal: Option<JournalStats>,
+    /// In a fleet of peers: the other nodes.
+    pub peers: Vec<PeerStats>,
+    /// In a fleet of peers: whether this node's Redis is proven current
+    /// (read); `false` from a lost connection until it is checked again.
+    pub own_current: Option<bool>,
+    /// In a fleet of peers: what this node announced and copied.
+    pub replication: Option<ReplicationStats>,
 }
 
 impl RedisTiers {
@@ -170,12 +179,51 @@ impl RedisTiers {
                 };
                 (Some(master), local)
             }
+            Topology::Peers { this, .. } => (Some(node(this, config.local_timeout)?), None),
+        };
+        let peers = match &config.topology {
+            Topology::Peers { peers, this } => Self::peer_connections(&config, peers, this)?,
+            _ => Vec::new(),
         };
         let namespace = config.namespace.clone();
         let journal = config.journal.clone();
-        let conns = Arc::new(Connections::new(config, master, local));
+        let conns = Arc::new(Connections::new(config, master, local).with_peers(peers));
         Self::start_connection_tasks(&conns).await;
         Self::in_space(conns, namespace, journal)
+    }
+
+    /// The other nodes of a fleet of peers: each as the master of a
+    /// one-server topology (no journal, no bus of its own here).
+    fn peer_connections(
+        config: &RedisConfig,
+        peers: &[String],
+        this: &str,
+    ) -> Result<Vec<Arc<Connections>>, CacheError> {
+        let this_addr = config::address_of(this);
+        if !peers.iter().any(|p| config::address_of(p) == this_addr) {
+            return Err(CacheError::backend(
+                node::BACKEND,
+                format!("peers: this node's Redis {this_addr} is not one of the peers"),
+            ));
+        }
+        let mut out = Vec::new();
+        for url in peers {
+            if config::address_of(url) == this_addr {
+                continue;
+            }
+            let mut peer = config.clone();
+            peer.topology = Topology::single(url.clone());
+            peer.journal = None;
+            peer.bus = false;
+            let node = Node::new(
+                url,
+                config.master_timeout,
+                config.connect_timeout,
+                config.pool_size,
+            )?;
+            out.push(Arc::new(Connections::new(peer, Some(node), None)));
+        }
+        Ok(out)
     }
 
     /// Another cache on the same connections (and Sentinel tasks): its own
@@ -195,6 +243,7 @@ impl RedisTiers {
         journal: Option<JournalConfig>,
     ) -> Result<Self, CacheError> {
         let replay_in_background = journal.as_ref().is_some_and(|j| j.background_replay);
+        let journal_config = journal.clone();
         let journal = journal.map(DiskJournal::open).transpose()?;
         let bus = conns.config.bus;
         // One sender id per cache, not per process: two aliases over one
@@ -206,13 +255,54 @@ impl RedisTiers {
             conns.config.node_id,
             SPACES.fetch_add(1, Ordering::Relaxed)
         );
-        let space = Arc::new(Space::new(conns, namespace, journal, bus, node_id));
+        let links = Self::peer_links(&conns, &namespace, journal_config.as_ref())?;
+        let space = Arc::new(Space::new(conns, namespace, journal, bus, node_id, links));
         if replay_in_background {
             space
                 .tasks
                 .add(tokio::spawn(replay::run_replayer(Arc::downgrade(&space))).abort_handle());
         }
         Ok(Self { space })
+    }
+
+    /// In a fleet of peers, this namespace's view of the other nodes: a
+    /// delivery per peer, journaled beside this namespace's journal.
+    fn peer_links(
+        conns: &Arc<Connections>,
+        namespace: &str,
+        journal: Option<&JournalConfig>,
+    ) -> Result<Option<peers::Links>, CacheError> {
+        if !conns.config.topology.is_peers() {
+            return Ok(None);
+        }
+        let mut links = Vec::new();
+        for peer_conns in &conns.peers {
+            let addr = peer_conns.master_addr().unwrap_or_default();
+            let peer_journal = journal.map(|j| JournalConfig {
+                path: peers::peer_journal_path(&j.path, &addr),
+                ..j.clone()
+            });
+            if peer_journal.is_none() {
+                tracing::warn!(peer = %addr, "fleet of peers without a journal: an invalidation a peer cannot take is lost");
+            }
+            let tiers = Self::in_space(peer_conns.clone(), namespace.to_owned(), peer_journal)?;
+            let delivery = Tiered::builder(format!("peer {addr}"))
+                .tier_arc(
+                    "peer",
+                    Arc::new(tiers.master_tier()),
+                    tiers.master_options(),
+                )
+                .build();
+            links.push(peers::Peer {
+                addr,
+                tiers,
+                delivery,
+            });
+        }
+        Ok(Some(peers::Links {
+            peers: links,
+            replicator: Arc::new(peers::Replicator::new(conns.config.replication.clone())),
+        }))
     }
 
     async fn start_connection_tasks(conns: &Arc<Connections>) {
@@ -263,6 +353,34 @@ impl RedisTiers {
         }
     }
 
+    /// This node's Redis in a fleet of peers (`None` in other topologies).
+    pub fn peer_tier(&self) -> Option<PeerTier> {
+        self.space.peers.as_ref().map(|_| PeerTier {
+            own: self.master_tier(),
+        })
+    }
+
+    /// Tier options for [`Self::peer_tier`]: room for this node's call and
+    /// the deliveries to the peers (each bounded by the master timeout),
+    /// and the journal.
+    pub fn peer_options(&self) -> TierOptions {
+        let config = &self.space.conns.config;
+        let limit = config
+            .master_timeout
+            .saturating_mul(2)
+            .saturating_add(config.connect_timeout);
+        let options = TierOptions::with_timeout(Some(limit));
+        match &self.space.journal {
+            Some(journal) => options.journal(Arc::new(journal.clone())),
+            None => options,
+        }
+    }
+
+    /// Whether this is a node of a fleet of peers.
+    pub fn is_peers(&self) -> bool {
+        self.space.peers.is_some()
+    }
+
     /// This node's replica tier, if the topology has one.
     pub fn local_tier(&self) -> Option<RedisTier> {
         self.space.conns.local().map(|_| RedisTier {
@@ -298,14 +416,18 @@ impl RedisTiers {
         if let Some(memory) = &memory {
             builder = builder.tier_arc("memory", memory.clone(), TierOptions::with_timeout(None));
         }
-        if let Some(local) = self.local_tier() {
-            builder = builder.tier_arc("local", Arc::new(local), self.local_options());
+        if let Some(peer) = self.peer_tier() {
+            builder = builder.tier_arc("local", Arc::new(peer), self.peer_options());
+        } else {
+            if let Some(local) = self.local_tier() {
+                builder = builder.tier_arc("local", Arc::new(local), self.local_options());
+            }
+            builder = builder.tier_arc(
+                "master",
+                Arc::new(self.master_tier()),
+                self.master_options(),
+            );
         }
-        builder = builder.tier_arc(
-            "master",
-            Arc::new(self.master_tier()),
-            self.master_options(),
-        );
         if let Some(memory) = memory {
             self.start_bus(memory);
         }
@@ -313,14 +435,38 @@ impl RedisTiers {
     }
 
     /// Starts the bus subscriber for `memory` (and this node's replica). Does
-    /// nothing if the bus is off.
+    /// nothing if the bus is off. In a fleet of peers, also subscribes to
+    /// every other node's channel (their invalidations, for `memory`; their
+    /// stores, for the replicator) and starts the replicator.
     pub fn start_bus(&self, memory: Arc<dyn Backend>) {
         if !self.space.bus {
             return;
         }
-        let targets = bus::Targets { memory };
+        let targets = bus::Targets {
+            memory: memory.clone(),
+            verify_own: self.space.peers.is_some(),
+            announcements: None,
+        };
         self.space.bus_started.store(true, Ordering::Relaxed);
         let task = tokio::spawn(bus::run_subscriber(Arc::downgrade(&self.space), targets));
+        self.space.tasks.add(task.abort_handle());
+        let Some(links) = &self.space.peers else {
+            return;
+        };
+        for (index, peer) in links.peers.iter().enumerate() {
+            let targets = bus::Targets {
+                memory: memory.clone(),
+                verify_own: false,
+                announcements: Some((Arc::downgrade(&self.space), index)),
+            };
+            peer.tiers.space.bus_started.store(true, Ordering::Relaxed);
+            let task = tokio::spawn(bus::run_subscriber(
+                Arc::downgrade(&peer.tiers.space),
+                targets,
+            ));
+            self.space.tasks.add(task.abort_handle());
+        }
+        let task = tokio::spawn(peers::run_workers(Arc::downgrade(&self.space), memory));
         self.space.tasks.add(task.abort_handle());
     }
 
@@ -406,6 +552,16 @@ impl RedisTiers {
             resolve_errors: space.conns.resolve_errors.load(Ordering::Relaxed),
             clock_offset_ms: space.conns.clock_offset_ms(),
             journal,
+            peers: space
+                .peers
+                .as_ref()
+                .map(peers::Links::stats)
+                .unwrap_or_default(),
+            replication: space.peers.as_ref().map(|l| l.replicator.stats()),
+            own_current: space
+                .peers
+                .as_ref()
+                .map(|_| space.verified.load(Ordering::Acquire)),
         }
     }
 }

@@ -67,6 +67,9 @@ pub(crate) struct Connections {
     /// back would skew the estimate, and a jumpy offset could order two
     /// writes of this node backwards).
     clock_sample: Mutex<Option<(Duration, Instant)>>,
+    /// The other nodes' Redis, in a fleet of peers (each as the master of
+    /// a one-server topology of its own); empty otherwise.
+    pub(crate) peers: Vec<Arc<Connections>>,
     pub(crate) tasks: Tasks,
 }
 
@@ -92,8 +95,15 @@ impl Connections {
             resolve_errors: AtomicU64::new(0),
             clock_offset_ms: AtomicI64::new(0),
             clock_sample: Mutex::new(None),
+            peers: Vec::new(),
             tasks: Tasks::default(),
         }
+    }
+
+    /// The same, with the other nodes of a fleet of peers.
+    pub(crate) fn with_peers(mut self, peers: Vec<Arc<Connections>>) -> Self {
+        self.peers = peers;
+        self
     }
 
     /// The current master (the lock is held only to clone an `Arc`).
@@ -211,6 +221,13 @@ pub(crate) struct Space {
     pub(crate) bus_last_message_ms: AtomicU64,
     /// This node's waiters on other nodes' fill leases, woken by the bus.
     pub(crate) fill_wakers: cachette_core::FillWakers,
+    /// In a fleet of peers: the other nodes (deliveries of invalidations,
+    /// their channels) and the replicator's queue.
+    pub(crate) peers: Option<crate::peers::Links>,
+    /// Whether this node's Redis may be read: in a fleet of peers, false
+    /// from the loss of the connection to it until it is proven current
+    /// again (see `peers::verify_own`); always true otherwise.
+    pub(crate) verified: AtomicBool,
     pub(crate) tasks: Tasks,
 }
 
@@ -230,6 +247,7 @@ impl Space {
         journal: Option<DiskJournal>,
         bus: bool,
         node_id: String,
+        peers: Option<crate::peers::Links>,
     ) -> Self {
         let cluster = conns.config.topology.is_cluster();
         Self {
@@ -247,6 +265,8 @@ impl Space {
             bus_connected: AtomicBool::new(false),
             bus_last_message_ms: AtomicU64::new(0),
             fill_wakers: cachette_core::FillWakers::default(),
+            verified: AtomicBool::new(peers.is_none()),
+            peers,
             tasks: Tasks::default(),
         }
     }

@@ -106,7 +106,7 @@ const VERSION_HEADER: usize = 12;
 
 /// The version a stored value carries (as the scripts read it): the
 /// `CHTV` header, or an older entry's `stored_at`; 0 for anything else.
-fn stored_version(raw: &[u8]) -> u64 {
+pub(crate) fn stored_version(raw: &[u8]) -> u64 {
     let bytes = if raw.len() >= VERSION_HEADER && raw.starts_with(VERSIONED) {
         raw.get(4..12)
     } else if raw.len() >= 15 && raw.starts_with(&cachette_core::codec::MAGIC) {
@@ -120,7 +120,7 @@ fn stored_version(raw: &[u8]) -> u64 {
 }
 
 /// The entry bytes of a stored value: without the version header, if any.
-fn entry_bytes(raw: Vec<u8>) -> Bytes {
+pub(crate) fn entry_bytes(raw: Vec<u8>) -> Bytes {
     let raw = Bytes::from(raw);
     if raw.len() >= VERSION_HEADER && raw.starts_with(VERSIONED) {
         raw.slice(VERSION_HEADER..)
@@ -300,6 +300,18 @@ impl RedisTier {
             });
         }
         Ok(removed)
+    }
+
+    /// Removes every entry and tag index of the namespace from this tier's
+    /// server, telling no other node (a node of a fleet of peers whose
+    /// Redis may have missed invalidations: what it forgets, the others
+    /// still hold).
+    pub(crate) async fn forget_all(&self) -> Result<u64, CacheError> {
+        let node = self.node()?;
+        let keys = &self.space.keys;
+        let entries = Self::sweep(&node, self.role, &keys.entries_pattern()).await?;
+        Self::sweep(&node, self.role, &keys.tags_pattern()).await?;
+        Ok(entries)
     }
 
     /// The tombstone window in ms, for the scripts.

@@ -318,6 +318,24 @@ pub struct RedisSettings {
     /// Redis Cluster (or Valkey Cluster) seed nodes: `redis://host:port`
     /// URLs or `host:port` (credentials from `username`, `password`).
     pub cluster: Option<Vec<String>>,
+    /// A fleet without a master: every node's Redis URL (this node's
+    /// included, as `self`). Each node reads and writes its own and copies
+    /// what the others store.
+    pub peers: Option<Vec<String>>,
+    /// With `peers`: this node's Redis, one of them (a `unix://` socket
+    /// path is fine when the others list it by its TCP address too).
+    #[serde(rename = "self")]
+    pub this: Option<String>,
+    /// With `peers`: entries larger than this are not copied (default 1 MiB).
+    pub replicate_max_bytes: Option<ByteSize>,
+    /// With `peers`: entries with less lifetime left than this are not
+    /// copied (default 1 s).
+    pub replicate_min_ttl: Option<HumanDuration>,
+    /// With `peers`: announcements waiting to be copied, at most; the
+    /// oldest are dropped beyond it (default 4 096).
+    pub replicate_queue: Option<usize>,
+    /// With `peers`: copies in flight at once (default 8).
+    pub replicate_concurrency: Option<usize>,
     /// This node's replica: a URL, or `host:port` (credentials and db from
     /// `username`, `password`, `db`). On a cluster: `host` (every replica on
     /// this host) or `host:port`, several separated by commas.
@@ -351,10 +369,108 @@ pub struct RedisSettings {
 }
 
 impl RedisSettings {
-    /// Whether the topology names a local replica.
+    /// Whether the topology has a Redis of this node's own (a replica,
+    /// or its Redis in a fleet of peers).
     pub fn has_local(&self) -> bool {
-        self.local.is_some()
+        self.local.is_some() || self.peers.is_some()
     }
+
+    /// Whether this is a fleet of peers (no master).
+    pub fn is_peers(&self) -> bool {
+        self.peers.is_some()
+    }
+}
+
+/// The `peers` / `self` / `replicate_*` keys of a Redis topology.
+/// Returns the offending key and the reason.
+fn check_peers(
+    redis: &RedisSettings,
+    key: &dyn Fn(&str) -> String,
+) -> Result<(), (String, String)> {
+    let err = |key: String, reason: String| (key, reason);
+    let Some(peers) = &redis.peers else {
+        for (field, set) in [
+            ("self", redis.this.is_some()),
+            ("replicate_max_bytes", redis.replicate_max_bytes.is_some()),
+            ("replicate_min_ttl", redis.replicate_min_ttl.is_some()),
+            ("replicate_queue", redis.replicate_queue.is_some()),
+            (
+                "replicate_concurrency",
+                redis.replicate_concurrency.is_some(),
+            ),
+        ] {
+            if set {
+                return Err(err(key(field), "is only used with `peers`".into()));
+            }
+        }
+        return Ok(());
+    };
+    if peers.len() < 2 {
+        return Err(err(
+            key("peers"),
+            "a fleet of peers lists every node's Redis: at least two".into(),
+        ));
+    }
+    let address = |url: &str| -> Option<String> {
+        let rest = url
+            .strip_prefix("redis://")
+            .or_else(|| url.strip_prefix("rediss://"))?;
+        let rest = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+        let rest = rest.rsplit('@').next().unwrap_or(rest);
+        rest.rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+            .then(|| rest.to_owned())
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    for peer in peers {
+        let Some(addr) = address(peer) else {
+            return Err(err(
+                key("peers"),
+                format!("`{peer}` is not a redis:// or rediss:// URL with host and port"),
+            ));
+        };
+        if !seen.insert(addr) {
+            return Err(err(key("peers"), format!("`{peer}` is listed twice")));
+        }
+    }
+    let Some(this) = &redis.this else {
+        return Err(err(
+            key("self"),
+            "a fleet of peers needs `self`: which of `peers` is this node's Redis".into(),
+        ));
+    };
+    if this.starts_with("unix://") {
+        return Err(err(
+            key("self"),
+            "name this node's Redis as it appears in `peers` (the others reach it there); a unix socket for this node alone is not supported yet".into(),
+        ));
+    }
+    match address(this) {
+        Some(addr) if seen.contains(&addr) => {}
+        _ => {
+            return Err(err(
+                key("self"),
+                format!("`{this}` is not one of `peers` ({})", peers.join(", ")),
+            ));
+        }
+    }
+    if redis.local.is_some() {
+        return Err(err(
+            key("local"),
+            "a fleet of peers has no replicas: this node's Redis is `self`".into(),
+        ));
+    }
+    if redis.replicate_queue == Some(0) || redis.replicate_concurrency == Some(0) {
+        return Err(err(
+            key(if redis.replicate_queue == Some(0) {
+                "replicate_queue"
+            } else {
+                "replicate_concurrency"
+            }),
+            "must be at least 1".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// A secret value: deserialized like a string, never printed by `Debug`.
@@ -630,12 +746,14 @@ impl Settings {
                 redis.master.is_some(),
                 redis.sentinels.is_some(),
                 redis.cluster.is_some(),
+                redis.peers.is_some(),
             ];
             match modes.iter().filter(|m| **m).count() {
-                0 => return Err(err(format!("redis.{name}"), "set one of `url` (one Redis), `master` (+ `local`), `sentinels` (+ `service`) or `cluster` (seed nodes)".into())),
+                0 => return Err(err(format!("redis.{name}"), "set one of `url` (one Redis), `master` (+ `local`), `sentinels` (+ `service`), `cluster` (seed nodes) or `peers` (+ `self`)".into())),
                 1 => {}
-                _ => return Err(err(format!("redis.{name}"), "`url`, `master`, `sentinels` and `cluster` are exclusive: set only one".into())),
+                _ => return Err(err(format!("redis.{name}"), "`url`, `master`, `sentinels`, `cluster` and `peers` are exclusive: set only one".into())),
             }
+            check_peers(redis, &key).map_err(|(k, reason)| err(k, reason))?;
             if let Some(seeds) = &redis.cluster {
                 if seeds.is_empty() {
                     return Err(err(
@@ -747,7 +865,15 @@ impl Settings {
                         .or(topologies.first())
                         .and_then(|t| self.redis.get(t))
                         .is_some_and(RedisSettings::has_local);
-                    if has_local {
+                    let peers = cache
+                        .redis
+                        .as_ref()
+                        .or(topologies.first())
+                        .and_then(|t| self.redis.get(t))
+                        .is_some_and(RedisSettings::is_peers);
+                    if peers {
+                        vec![TierKind::Local]
+                    } else if has_local {
                         vec![TierKind::Local, TierKind::Master]
                     } else {
                         vec![TierKind::Master]
@@ -770,13 +896,6 @@ impl Settings {
                         ),
                     ));
                 }
-            }
-            if tiers.contains(&TierKind::Local) && !tiers.contains(&TierKind::Master) {
-                return Err(err(
-                    key("tiers"),
-                    "`local` needs `master` after it (the local replica replicates a master)"
-                        .into(),
-                ));
             }
             let uses_redis = tiers.iter().any(|t| *t != TierKind::Memory);
             if uses_redis {
@@ -810,6 +929,22 @@ impl Settings {
                         ),
                     ));
                 };
+                if redis.is_peers() {
+                    if tiers.contains(&TierKind::Master) {
+                        return Err(err(
+                            key("tiers"),
+                            format!(
+                                "`[redis.{topology}]` is a fleet of peers, which has no master: list `local` (this node's Redis) instead"
+                            ),
+                        ));
+                    }
+                } else if tiers.contains(&TierKind::Local) && !tiers.contains(&TierKind::Master) {
+                    return Err(err(
+                        key("tiers"),
+                        "`local` needs `master` after it (the local replica replicates a master)"
+                            .into(),
+                    ));
+                }
                 if tiers.contains(&TierKind::Local) && !redis.has_local() {
                     return Err(err(
                         key("tiers"),
@@ -828,7 +963,18 @@ impl Settings {
                     "memory options without the `memory` tier".into(),
                 ));
             }
-            if cache.journal.is_some() && !tiers.contains(&TierKind::Master) {
+            let on_peers = cache
+                .redis
+                .as_ref()
+                .and_then(|t| self.redis.get(t))
+                .is_some_and(RedisSettings::is_peers);
+            if on_peers && tiers.contains(&TierKind::Local) && cache.journal.is_none() {
+                return Err(err(
+                    key("journal"),
+                    "a cache on a fleet of peers needs a journal: it keeps the invalidations a peer could not take until it answers again (and this node's own writes its Redis could not take)".into(),
+                ));
+            }
+            if cache.journal.is_some() && !tiers.contains(&TierKind::Master) && !on_peers {
                 return Err(err(
                     key("journal"),
                     "the journal records master writes: it needs the `master` tier".into(),

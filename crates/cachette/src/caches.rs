@@ -183,17 +183,25 @@ impl CachesBuilder {
                         &mut topologies,
                     )
                     .await?;
-                    if tiers.contains(&TierKind::Local) {
-                        if let Some(local) = redis.local_tier() {
-                            builder =
-                                builder.tier_arc("local", Arc::new(local), redis.local_options());
+                    if let Some(peer) = redis.peer_tier() {
+                        // A fleet of peers: this node's Redis is the last tier.
+                        builder = builder.tier_arc("local", Arc::new(peer), redis.peer_options());
+                    } else {
+                        if tiers.contains(&TierKind::Local) {
+                            if let Some(local) = redis.local_tier() {
+                                builder = builder.tier_arc(
+                                    "local",
+                                    Arc::new(local),
+                                    redis.local_options(),
+                                );
+                            }
                         }
+                        builder = builder.tier_arc(
+                            "master",
+                            Arc::new(redis.master_tier()),
+                            redis.master_options(),
+                        );
                     }
-                    builder = builder.tier_arc(
-                        "master",
-                        Arc::new(redis.master_tier()),
-                        redis.master_options(),
-                    );
                     if let Some(memory) = &memory {
                         redis.start_bus(Arc::new(memory.clone()));
                     }
@@ -319,7 +327,9 @@ async fn redis_for(
             )
         }
     };
-    let topology = if let Some(seeds) = &redis.cluster {
+    let topology = if let Some(peers) = &redis.peers {
+        Topology::peers(peers.clone(), redis.this.clone().unwrap_or_default())
+    } else if let Some(seeds) = &redis.cluster {
         let seeds = seeds
             .iter()
             .map(|seed| {
@@ -397,6 +407,18 @@ async fn redis_for(
     }
     if let Some(v) = redis.tombstone_ttl {
         config.tombstone_ttl = v.0;
+    }
+    if let Some(v) = redis.replicate_max_bytes {
+        config.replication.max_bytes = v.0;
+    }
+    if let Some(v) = redis.replicate_min_ttl {
+        config.replication.min_ttl = v.0;
+    }
+    if let Some(v) = redis.replicate_queue {
+        config.replication.queue = v;
+    }
+    if let Some(v) = redis.replicate_concurrency {
+        config.replication.concurrency = v;
     }
     config.journal = journal;
     let tiers = cachette_redis::RedisTiers::connect(config)

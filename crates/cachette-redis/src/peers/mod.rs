@@ -1,0 +1,153 @@
+//! A fleet without a master ([`Topology::Peers`](crate::Topology::Peers)):
+//! every node has its own Redis, and nothing is shared.
+//!
+//! - **Stores** go to this node's Redis ([`PeerTier`]), then are announced
+//!   on its bus channel (`a`: `stored_at`, TTL, size, key). Every other node
+//!   hears the announcement on its subscription to that channel and queues
+//!   it; its replicator fetches the entry from the announcing node's Redis
+//!   and stores it in its own, newer-wins (the set script refuses a copy
+//!   older than what it holds, or than a delete or purge it applied).
+//! - **Invalidations** are applied to this node's Redis and memory, and to
+//!   every peer's Redis directly (one delivery per peer: timeout, breaker,
+//!   and a journal of its own, replayed in order when the peer answers
+//!   again). Every node's memory hears them on the invalidating node's
+//!   channel (a lost subscription clears it, as on the bus).
+//! - **A node whose Redis may have missed invalidations forgets it**: from
+//!   the loss of its connection to its own Redis until it is back, reads
+//!   of that Redis are misses; back, the node compares the server's
+//!   `run_id` with the one it recorded there, and after a loss or a
+//!   restart it removes the namespace's entries before reading again
+//!   (what the others delivered meanwhile waits in their journals, and is
+//!   replayed after).
+
+mod replicator;
+mod tier;
+
+use std::{
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+
+use cachette_core::{CacheError, Tiered};
+
+pub use replicator::ReplicationStats;
+pub(crate) use replicator::{Replicator, run_workers};
+pub use tier::PeerTier;
+
+use crate::{RedisTier, RedisTiers, Role, node::redis_error, shared::Space};
+
+/// The other nodes of a fleet, as one namespace sees them.
+#[derive(Debug)]
+pub(crate) struct Links {
+    pub(crate) peers: Vec<Peer>,
+    pub(crate) replicator: Arc<Replicator>,
+}
+
+/// One other node.
+#[derive(Debug)]
+pub(crate) struct Peer {
+    /// Its Redis's `host:port`.
+    pub(crate) addr: String,
+    /// Its Redis as the master of a namespace of its own (a journal for
+    /// this peer, no bus publishing: its memory hears this node's channel).
+    pub(crate) tiers: RedisTiers,
+    /// A one-tier cache over it: what delivers invalidations, with the
+    /// tier's timeout, breaker and journal (ops wait behind the journal's
+    /// backlog, so they reach the peer in order).
+    pub(crate) delivery: Tiered,
+}
+
+/// A peer as the stats report it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PeerStats {
+    /// Its Redis's `host:port`.
+    pub addr: String,
+    /// Whether this node's subscription to its channel is up.
+    pub connected: bool,
+    /// Invalidations waiting in the journal for it.
+    pub undelivered: u64,
+}
+
+/// The journal file of the deliveries to the peer at `addr`, beside this
+/// namespace's own: `{path}.peer-{addr}`, unsafe characters replaced.
+pub(crate) fn peer_journal_path(path: &std::path::Path, addr: &str) -> std::path::PathBuf {
+    let safe: String = addr
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".peer-{safe}"));
+    name.into()
+}
+
+/// Proves this node's Redis current before it is read again: compares the
+/// server's `run_id` with the one recorded in the namespace, and when the
+/// connection was lost (`after_loss`) or the server is another run (a
+/// restart, maybe from an old dump), removes the namespace's entries first.
+pub(crate) async fn verify_own(space: &Arc<Space>, after_loss: bool) -> Result<(), CacheError> {
+    let own = RedisTier {
+        space: space.clone(),
+        role: Role::Master,
+    };
+    let node = own.node()?;
+    let mut conn = node.shared.clone();
+    let timeout = space
+        .conns
+        .config
+        .master_timeout
+        .max(Duration::from_secs(1));
+    let info: String = tokio::time::timeout(
+        timeout,
+        redis::cmd("INFO").arg("server").query_async(&mut conn),
+    )
+    .await
+    .map_err(|_| CacheError::backend(crate::node::BACKEND, "INFO server timed out"))?
+    .map_err(redis_error)?;
+    let run_id = info
+        .lines()
+        .find_map(|line| line.strip_prefix("run_id:"))
+        .map(str::trim)
+        .unwrap_or_default()
+        .to_owned();
+    let key = space.keys.peer_run();
+    let recorded: Option<String> = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .map_err(redis_error)?;
+    if after_loss || recorded.as_deref() != Some(run_id.as_str()) {
+        let removed = own.forget_all().await?;
+        let _: () = redis::cmd("SET")
+            .arg(&key)
+            .arg(&run_id)
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_error)?;
+        let why = if after_loss {
+            "the connection to it was lost"
+        } else {
+            "the server restarted or is new"
+        };
+        tracing::warn!(redis = %node.addr, removed, why, "this node's Redis may have missed invalidations: its entries were removed");
+    }
+    space.verified.store(true, Ordering::Release);
+    Ok(())
+}
+
+impl Links {
+    /// The peers' states.
+    pub(crate) fn stats(&self) -> Vec<PeerStats> {
+        self.peers
+            .iter()
+            .map(|peer| PeerStats {
+                addr: peer.addr.clone(),
+                connected: peer.tiers.space.bus_connected.load(Ordering::Relaxed),
+                undelivered: peer
+                    .tiers
+                    .journal()
+                    .map_or(0, cachette_core::Journal::depth),
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,342 @@
+//! The replicator: copies what the other nodes of a fleet announce into
+//! this node's Redis, from a bounded queue, with a bounded number of
+//! fetches in flight. Hits never wait on it; a burst of announcements
+//! drops the oldest (counted), never grows memory.
+
+use std::{
+    collections::VecDeque,
+    sync::{
+        Arc, Mutex, PoisonError, Weak,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use cachette_core::{Backend, CacheError, CacheKey, Entry};
+use tokio::sync::Notify;
+
+use crate::{
+    RedisTier, ReplicationConfig, Role,
+    node::redis_error,
+    shared::Space,
+    tier::{entry_bytes, stored_version},
+};
+
+/// One store another node announced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Announcement {
+    /// Which peer (index in `Links::peers`) holds it.
+    peer: usize,
+    stored_at_ms: u64,
+    /// Remaining TTL when announced, in ms (`0`: none).
+    ttl_ms: u64,
+    size: u64,
+    key: String,
+}
+
+impl Announcement {
+    /// `{stored_at_ms} {ttl_ms} {size} {key}` (the key may hold spaces).
+    fn parse(peer: usize, argument: &str) -> Option<Self> {
+        let mut parts = argument.splitn(4, ' ');
+        Some(Self {
+            peer,
+            stored_at_ms: parts.next()?.parse().ok()?,
+            ttl_ms: parts.next()?.parse().ok()?,
+            size: parts.next()?.parse().ok()?,
+            key: parts.next()?.to_owned(),
+        })
+    }
+}
+
+/// The replicator's counters.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) announced: AtomicU64,
+    pub(crate) heard: AtomicU64,
+    pub(crate) dropped: AtomicU64,
+    pub(crate) copied: AtomicU64,
+    pub(crate) skipped: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) max_queued: AtomicU64,
+    pub(crate) undelivered: AtomicU64,
+}
+
+/// Replication counters of one node of a fleet of peers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReplicationStats {
+    /// Stores this node announced.
+    pub announced: u64,
+    /// Announcements heard from the other nodes.
+    pub heard: u64,
+    /// Announcements dropped unprocessed (the queue was full).
+    pub dropped: u64,
+    /// Entries copied into this node's Redis.
+    pub copied: u64,
+    /// Announcements not copied on purpose: held already (same or newer),
+    /// too large, too little lifetime left, gone from the peer, or older
+    /// than a delete or purge here.
+    pub skipped: u64,
+    /// Copies that failed (a peer or this node's Redis down, unreadable bytes).
+    pub failed: u64,
+    /// Announcements waiting now.
+    pub queued: u64,
+    /// The most that ever waited at once.
+    pub max_queued: u64,
+    /// Invalidations that reached neither a peer nor its journal.
+    pub undelivered: u64,
+}
+
+/// The queue of announcements of one namespace.
+#[derive(Debug)]
+pub(crate) struct Replicator {
+    config: ReplicationConfig,
+    queue: Mutex<VecDeque<Announcement>>,
+    wake: Notify,
+    pub(crate) counters: Counters,
+}
+
+impl Replicator {
+    pub(crate) fn new(config: ReplicationConfig) -> Self {
+        Self {
+            queue: Mutex::new(VecDeque::with_capacity(config.queue.clamp(1, 1024))),
+            config,
+            wake: Notify::new(),
+            counters: Counters::default(),
+        }
+    }
+
+    /// Queues an announcement heard from peer `peer` (dropping the oldest
+    /// waiting one when full: the newest stores are the likeliest to be
+    /// read next, and each dropped one only costs a miss).
+    pub(crate) fn offer(&self, peer: usize, argument: &str) {
+        self.counters.heard.fetch_add(1, Ordering::Relaxed);
+        let Some(announcement) = Announcement::parse(peer, argument) else {
+            self.counters.skipped.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let waiting = {
+            let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            if queue.len() >= self.config.queue.max(1) {
+                queue.pop_front();
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            queue.push_back(announcement);
+            queue.len() as u64
+        };
+        self.counters
+            .max_queued
+            .fetch_max(waiting, Ordering::Relaxed);
+        self.wake.notify_one();
+    }
+
+    fn next(&self) -> Option<Announcement> {
+        self.queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop_front()
+    }
+
+    pub(crate) fn stats(&self) -> ReplicationStats {
+        let c = &self.counters;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ReplicationStats {
+            announced: load(&c.announced),
+            heard: load(&c.heard),
+            dropped: load(&c.dropped),
+            copied: load(&c.copied),
+            skipped: load(&c.skipped),
+            failed: load(&c.failed),
+            queued: self
+                .queue
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .len() as u64,
+            max_queued: load(&c.max_queued),
+            undelivered: load(&c.undelivered),
+        }
+    }
+}
+
+/// Runs `concurrency` workers copying announced entries into this node's
+/// Redis (`space`), dropping `memory`'s copy of each key replaced (the next
+/// read promotes the newer one). Ends when the namespace is dropped.
+pub(crate) async fn run_workers(space: Weak<Space>, memory: Arc<dyn Backend>) {
+    let Some(replicator) = space
+        .upgrade()
+        .and_then(|s| s.peers.as_ref().map(|l| l.replicator.clone()))
+    else {
+        return;
+    };
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..replicator.config.concurrency.max(1) {
+        workers.spawn(run_worker(
+            space.clone(),
+            replicator.clone(),
+            memory.clone(),
+        ));
+    }
+    while workers.join_next().await.is_some() {}
+}
+
+/// One worker. It holds the queue, not the namespace, while it waits: the
+/// namespace's drop aborts it.
+async fn run_worker(space: Weak<Space>, replicator: Arc<Replicator>, memory: Arc<dyn Backend>) {
+    loop {
+        let notified = replicator.wake.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let Some(announcement) = replicator.next() else {
+            notified.await;
+            continue;
+        };
+        let Some(strong) = space.upgrade() else {
+            return;
+        };
+        let counter = match copy(&strong, memory.as_ref(), &announcement).await {
+            Ok(true) => &replicator.counters.copied,
+            Ok(false) => &replicator.counters.skipped,
+            Err(error) => {
+                tracing::debug!(%error, key = %announcement.key, "entry not copied from a peer");
+                &replicator.counters.failed
+            }
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Copies one announced entry, unless this node holds it already (same or
+/// newer), it is too large or too short-lived, or it is gone. Returns
+/// whether it was copied.
+async fn copy(
+    space: &Arc<Space>,
+    memory: &dyn Backend,
+    announcement: &Announcement,
+) -> Result<bool, CacheError> {
+    let Some(links) = space.peers.as_ref() else {
+        return Ok(false);
+    };
+    let config = &links.replicator.config;
+    if announcement.size > config.max_bytes
+        || (announcement.ttl_ms != 0 && announcement.ttl_ms < millis(config.min_ttl))
+    {
+        return Ok(false);
+    }
+    let Ok(key) = CacheKey::new(announcement.key.as_str()) else {
+        return Ok(false);
+    };
+    let Some(peer) = links.peers.get(announcement.peer) else {
+        return Ok(false);
+    };
+    let own = RedisTier {
+        space: space.clone(),
+        role: Role::Master,
+    };
+    let timeout = space.conns.config.master_timeout;
+    let redis_key = space.keys.entry(key.as_str());
+    // The version this node would give the copy, against the one it holds:
+    // a 12-byte read, not the entry.
+    let stored_at = UNIX_EPOCH + Duration::from_millis(announcement.stored_at_ms);
+    let version = space.conns.master_clock(stored_at);
+    let own_node = own.node()?;
+    let mut conn = own_node.shared.clone();
+    let head: Vec<u8> = within(
+        timeout,
+        redis::cmd("GETRANGE")
+            .arg(&redis_key)
+            .arg(0)
+            .arg(11)
+            .query_async(&mut conn),
+    )
+    .await?;
+    if stored_version(&head) >= version && !head.is_empty() {
+        return Ok(false);
+    }
+    let peer_tier = peer.tiers.master_tier();
+    let peer_node = peer_tier.node()?;
+    let mut peer_conn = peer_node.shared.clone();
+    let raw: Option<Vec<u8>> = within(
+        timeout,
+        redis::cmd("GET")
+            .arg(peer.tiers.space.keys.entry(key.as_str()))
+            .query_async(&mut peer_conn),
+    )
+    .await?;
+    let Some(raw) = raw else { return Ok(false) };
+    if raw.len() as u64 > config.max_bytes.saturating_add(4096) {
+        return Ok(false);
+    }
+    let entry = Entry::decode(entry_bytes(raw))?;
+    let ttl = entry.remaining_ttl(SystemTime::now());
+    if ttl < config.min_ttl {
+        return Ok(false);
+    }
+    match tokio::time::timeout(timeout, own.set(&key, Arc::new(entry), ttl)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(CacheError::Superseded { .. })) => return Ok(false),
+        Ok(Err(error)) => return Err(error),
+        Err(_) => {
+            return Err(CacheError::Timeout {
+                tier: "local".to_owned(),
+                timeout,
+            });
+        }
+    }
+    // This node's memory may hold an older copy: the next read promotes
+    // the one just stored.
+    memory.delete(&key).await?;
+    Ok(true)
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+async fn within<T>(
+    limit: Duration,
+    call: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, CacheError> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(result) => result.map_err(redis_error),
+        Err(_) => Err(CacheError::backend(
+            crate::node::BACKEND,
+            "a peer replication call timed out",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn announcements_parse_keys_with_spaces_and_refuse_garbage() {
+        let a = Announcement::parse(1, "1700000000000 5000 1024 GET:h/a b?c").unwrap();
+        assert_eq!(a.key, "GET:h/a b?c");
+        assert_eq!(
+            (a.stored_at_ms, a.ttl_ms, a.size),
+            (1_700_000_000_000, 5000, 1024)
+        );
+        assert!(Announcement::parse(0, "x 1 2 k").is_none());
+        assert!(Announcement::parse(0, "1 2 3").is_none());
+        assert!(Announcement::parse(0, "").is_none());
+    }
+
+    #[test]
+    fn a_full_queue_drops_the_oldest_and_counts_it() {
+        let replicator = Replicator::new(ReplicationConfig {
+            queue: 2,
+            ..ReplicationConfig::default()
+        });
+        for n in 0..5 {
+            replicator.offer(0, &format!("1 0 1 k{n}"));
+        }
+        let stats = replicator.stats();
+        assert_eq!(
+            (stats.heard, stats.dropped, stats.queued, stats.max_queued),
+            (5, 3, 2, 2)
+        );
+        assert_eq!(replicator.next().unwrap().key, "k3");
+        assert_eq!(replicator.next().unwrap().key, "k4");
+    }
+}

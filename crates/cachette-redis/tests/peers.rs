@@ -1,0 +1,520 @@
+//! A fleet without a master: three nodes, each with its own real
+//! `redis-server`, copying each other's stores and delivering every
+//! invalidation to every node, through a peer's outage and restart.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use cachette_core::{Backend, Tiered};
+use cachette_moka::MemoryTier;
+use cachette_redis::{JournalConfig, RedisConfig, RedisTiers, Topology};
+use cachette_testkit::RedisServer;
+use common::*;
+
+const NS: &str = "fleet:";
+
+struct Node {
+    redis: RedisTiers,
+    memory: MemoryTier,
+    cache: Tiered,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+fn node_config(urls: &[String], this: &str, dir: &std::path::Path) -> RedisConfig {
+    let mut config = config(Topology::peers(urls.to_vec(), this), NS);
+    config.heartbeat = Duration::from_millis(200);
+    let mut journal = JournalConfig::new(dir.join("journal"));
+    journal.probe_interval = Duration::from_millis(100);
+    config.journal = Some(journal);
+    config
+}
+
+async fn start_node(urls: &[String], this: &str, tune: impl FnOnce(&mut RedisConfig)) -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = node_config(urls, this, dir.path());
+    tune(&mut config);
+    let redis = connect(config).await;
+    let memory = MemoryTier::default();
+    let cache = redis.tiered("fleet", Some(Arc::new(memory.clone())));
+    Node {
+        redis,
+        memory,
+        cache,
+        url: this.to_owned(),
+        _dir: dir,
+    }
+}
+
+/// Waits until the node hears every peer and reads its own Redis.
+async fn ready(node: &Node) {
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            let stats = node.redis.stats().await;
+            stats.own_current == Some(true) && stats.peers.iter().all(|p| p.connected)
+        })
+        .await,
+        "node not ready: {:?}",
+        node.redis.stats().await
+    );
+}
+
+async fn fleet(servers: &[RedisServer]) -> Vec<Node> {
+    fleet_with(servers, |_| {}).await
+}
+
+/// A fleet whose first node (A) is tuned by `tune_a`.
+async fn fleet_with(servers: &[RedisServer], tune_a: impl FnOnce(&mut RedisConfig)) -> Vec<Node> {
+    let urls: Vec<String> = servers.iter().map(RedisServer::url).collect();
+    let mut nodes = vec![start_node(&urls, &urls[0], tune_a).await];
+    for url in &urls[1..] {
+        nodes.push(start_node(&urls, url, |_| {}).await);
+    }
+    for node in &nodes {
+        ready(node).await;
+    }
+    nodes
+}
+
+fn servers(n: usize) -> Vec<RedisServer> {
+    (0..n).map(|_| RedisServer::start()).collect()
+}
+
+/// What the node's cache answers for `k`: the body and the tier.
+async fn read(node: &Node, k: &str) -> Option<(String, &'static str)> {
+    node.cache
+        .get(&key(k))
+        .await
+        .map(|hit| (body(&hit.entry), hit.tier_name()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_on_one_node_is_a_hit_on_the_others_within_200ms_with_its_remaining_ttl() {
+    let servers = servers(3);
+    let nodes = fleet(&servers).await;
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+
+    // A filled it after a miss, 5 s into a 60 s lifetime.
+    let stored_at = SystemTime::now() - Duration::from_secs(5);
+    let e = entry_at("page", stored_at, Duration::from_secs(60), &["t1"]);
+    let report = a.cache.set(&key("GET:h/page"), e).await;
+    assert!(report.is_complete(), "{report:?}");
+    let stored = Instant::now();
+
+    for other in [b, c] {
+        assert!(
+            eventually(
+                Duration::from_millis(200).saturating_sub(stored.elapsed()),
+                || async { read(other, "GET:h/page").await.is_some() }
+            )
+            .await,
+            "not replicated to {} within 200 ms: {:?}",
+            other.url,
+            other.redis.stats().await.replication
+        );
+        // Read from its own Redis (no origin, no other node on the read
+        // path), then from memory.
+        let hit = other.cache.get(&key("GET:h/page")).await.unwrap();
+        assert_eq!(body(&hit.entry), "page");
+        let left = hit.entry.remaining_ttl(SystemTime::now());
+        assert!(
+            left <= Duration::from_secs(55) && left > Duration::from_secs(50),
+            "remaining TTL kept: {left:?}"
+        );
+        let ttl = pttl(&other.url, &format!("{NS}k:GET:h/page")).await;
+        assert!((50_000..=55_000).contains(&ttl), "Redis TTL {ttl}");
+        // The tags came with it: a tag purge here finds it.
+        assert_eq!(hit.entry.meta().tags, vec!["t1".to_owned()]);
+    }
+    assert!(b.redis.stats().await.replication.unwrap().copied >= 1);
+    assert!(a.redis.stats().await.replication.unwrap().announced >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_newer_of_two_stores_wins_on_every_node() {
+    let servers = servers(3);
+    let nodes = fleet(&servers).await;
+    let now = SystemTime::now();
+    let newer = || entry_at("from-b", now, Duration::from_secs(60), &[]);
+    let older = || {
+        entry_at(
+            "from-a",
+            now - Duration::from_secs(2),
+            Duration::from_secs(60),
+            &[],
+        )
+    };
+    // `first`: the older store lands (and is read, into every memory) before
+    // the newer one. `second`: the older store happens after the newer one.
+    assert!(
+        nodes[0]
+            .cache
+            .set(&key("first"), older())
+            .await
+            .is_complete()
+    );
+    for node in &nodes {
+        assert!(
+            eventually(Duration::from_millis(400), || async {
+                read(node, "first").await.is_some()
+            })
+            .await
+        );
+    }
+    assert!(
+        nodes[1]
+            .cache
+            .set(&key("first"), newer())
+            .await
+            .is_complete()
+    );
+    assert!(
+        nodes[1]
+            .cache
+            .set(&key("second"), newer())
+            .await
+            .is_complete()
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let _ = nodes[0].cache.set(&key("second"), older()).await;
+
+    for k in ["first", "second"] {
+        for node in &nodes {
+            assert!(
+                eventually(Duration::from_millis(400), || async {
+                    read(node, k).await.is_some_and(|(b, _)| b == "from-b")
+                })
+                .await,
+                "{} did not converge on the newer value of {k}: {:?}",
+                node.url,
+                read(node, k).await
+            );
+        }
+    }
+    // And stays there: no late copy of the older one lands afterwards.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for k in ["first", "second"] {
+        for node in &nodes {
+            assert_eq!(
+                read(node, k).await.unwrap().0,
+                "from-b",
+                "{k} on {}",
+                node.url
+            );
+        }
+    }
+}
+
+/// Stores `k` on `from` and waits until every node has it in its own Redis
+/// and in its memory.
+async fn everywhere(nodes: &[Node], from: usize, k: &str) {
+    let e = entry_at("v", SystemTime::now(), Duration::from_secs(300), &[]);
+    assert!(nodes[from].cache.set(&key(k), e).await.is_complete());
+    for node in nodes {
+        assert!(
+            eventually(Duration::from_secs(2), || async {
+                exists(&node.url, &format!("{NS}k:{k}")).await
+            })
+            .await,
+            "{k} not copied to {}",
+            node.url
+        );
+        assert!(read(node, k).await.is_some());
+        assert!(node.memory.get(&key(k)).await.unwrap().is_some());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_url_prefix_purge_on_one_node_removes_the_entries_from_every_memory_and_redis() {
+    let servers = servers(3);
+    let nodes = fleet(&servers).await;
+    everywhere(&nodes, 0, "GET:h/api/1").await;
+    everywhere(&nodes, 2, "GET:h/api/2").await;
+    everywhere(&nodes, 0, "GET:h/home").await;
+
+    let report = nodes[1].cache.invalidate_prefix("GET:h/api/").await;
+    assert!(report.is_complete(), "{report:?}");
+
+    for node in &nodes {
+        for k in ["GET:h/api/1", "GET:h/api/2"] {
+            assert!(
+                !exists(&node.url, &format!("{NS}k:{k}")).await,
+                "{k} left in {}",
+                node.url
+            );
+            assert!(
+                eventually(Duration::from_millis(200), || async {
+                    node.memory.get(&key(k)).await.unwrap().is_none()
+                })
+                .await,
+                "{k} left in the memory of {}",
+                node.url
+            );
+            assert!(read(node, k).await.is_none());
+        }
+        assert!(
+            read(node, "GET:h/home").await.is_some(),
+            "outside the prefix"
+        );
+    }
+    // A late copy of a purged entry is refused everywhere (the purge mark).
+    let late = entry_at(
+        "late",
+        SystemTime::now() - Duration::from_secs(1),
+        Duration::from_secs(60),
+        &[],
+    );
+    let _ = nodes[0].cache.set(&key("GET:h/api/1"), late).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for node in &nodes[1..] {
+        assert!(!exists(&node.url, &format!("{NS}k:GET:h/api/1")).await);
+    }
+}
+
+/// A's deliveries to a peer that was down wait this long to be replayed:
+/// long enough for the peer to be read before them.
+fn slow_replay(config: &mut RedisConfig) {
+    if let Some(journal) = &mut config.journal {
+        journal.probe_interval = Duration::from_secs(3);
+    }
+}
+
+/// Reads `k` on `node` every few ms for `span`; panics if it is ever served.
+async fn never_served(node: &Node, k: &str, span: Duration) {
+    let until = Instant::now() + span;
+    while Instant::now() < until {
+        assert!(
+            read(node, k).await.is_none(),
+            "{} served the purged {k}",
+            node.url
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn undelivered(node: &Node) -> u64 {
+    node.redis
+        .stats()
+        .await
+        .peers
+        .iter()
+        .map(|p| p.undelivered)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_redis_restarted_from_an_old_dump_does_not_serve_what_was_purged_meanwhile() {
+    let mut servers = servers(3);
+    let nodes = fleet_with(&servers, slow_replay).await;
+    everywhere(&nodes, 0, "GET:h/api/1").await;
+    everywhere(&nodes, 0, "GET:h/keep").await;
+    // C's Redis is dumped (holding the entry), then dies.
+    servers[2].command("SAVE").unwrap();
+    servers[2].kill();
+    let report = nodes[0].cache.invalidate_prefix("GET:h/api/").await;
+    assert!(report.is_complete(), "{report:?}");
+    assert!(undelivered(&nodes[0]).await >= 1, "journaled for C");
+    // C's memory heard the purge on A's channel.
+    never_served(&nodes[2], "GET:h/api/1", Duration::from_millis(300)).await;
+
+    // C's Redis comes back from the old dump, with the purged entry.
+    servers[2].restart();
+    never_served(&nodes[2], "GET:h/api/1", Duration::from_millis(1500)).await;
+    ready(&nodes[2]).await;
+    never_served(&nodes[2], "GET:h/api/1", Duration::from_millis(200)).await;
+    assert!(!exists(&nodes[2].url, &format!("{NS}k:GET:h/api/1")).await);
+    // A's journal for C drained, and C takes copies again.
+    assert!(
+        eventually(Duration::from_secs(6), || async {
+            undelivered(&nodes[0]).await == 0
+        })
+        .await,
+        "A's journal for C did not drain"
+    );
+    everywhere(&nodes, 0, "GET:h/after").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_redis_stalled_through_a_purge_gets_it_and_does_not_serve_it() {
+    let servers = servers(3);
+    let nodes = fleet_with(&servers, slow_replay).await;
+    everywhere(&nodes, 1, "GET:h/api/1").await;
+    // C's Redis stalls (connections open, nothing answered): A cannot
+    // deliver, C cannot read it.
+    servers[2].pause();
+    let report = nodes[0].cache.invalidate_prefix("GET:h/api/").await;
+    assert!(report.is_complete(), "{report:?}");
+    assert!(undelivered(&nodes[0]).await >= 1, "journaled for C");
+    never_served(&nodes[2], "GET:h/api/1", Duration::from_millis(1500)).await;
+    servers[2].resume();
+    never_served(&nodes[2], "GET:h/api/1", Duration::from_millis(1500)).await;
+    ready(&nodes[2]).await;
+    assert!(
+        eventually(Duration::from_secs(6), || async {
+            undelivered(&nodes[0]).await == 0
+        })
+        .await,
+        "A's journal for C did not drain"
+    );
+    assert!(!exists(&nodes[2].url, &format!("{NS}k:GET:h/api/1")).await);
+    never_served(&nodes[2], "GET:h/api/1", Duration::from_millis(200)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_announcements_is_bounded_counted_and_never_delays_a_hit() {
+    let servers = servers(3);
+    let urls: Vec<String> = servers.iter().map(RedisServer::url).collect();
+    let a = start_node(&urls, &urls[0], |c| {
+        c.replication.queue = 256;
+        c.replication.concurrency = 2;
+    })
+    .await;
+    ready(&a).await;
+    let e = entry_at("hot", SystemTime::now(), Duration::from_secs(60), &[]);
+    assert!(a.cache.set(&key("hot"), e).await.is_complete());
+
+    // 10,000 announcements on B's channel, of entries B does not hold.
+    let burst = tokio::spawn({
+        let url = urls[1].clone();
+        async move {
+            let mut conn = raw(&url).await;
+            let mut pipe = redis::pipe();
+            for n in 0..10_000 {
+                let message = format!(
+                    "burst\na\n{} 60000 100 GET:h/burst/{n}",
+                    cachette_core::unix_millis(SystemTime::now())
+                );
+                pipe.cmd("PUBLISH")
+                    .arg(format!("{NS}bus"))
+                    .arg(message)
+                    .ignore();
+            }
+            let () = pipe.query_async(&mut conn).await.unwrap();
+        }
+    });
+    // Hits keep being answered from memory while the burst is processed.
+    let mut hits = 0;
+    let mut slowest = Duration::ZERO;
+    while !burst.is_finished() || hits < 1000 {
+        let started = Instant::now();
+        assert_eq!(read(&a, "hot").await.unwrap(), ("hot".to_owned(), "memory"));
+        slowest = slowest.max(started.elapsed());
+        hits += 1;
+        tokio::task::yield_now().await;
+    }
+    burst.await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            let r = a.redis.stats().await.replication.unwrap();
+            r.heard == 10_000 && r.queued == 0
+        })
+        .await,
+        "{:?}",
+        a.redis.stats().await.replication
+    );
+    let r = a.redis.stats().await.replication.unwrap();
+    assert!(r.max_queued <= 256, "bounded: {r:?}");
+    assert!(
+        r.dropped > 0,
+        "a burst over the queue drops the oldest: {r:?}"
+    );
+    assert_eq!(
+        r.heard,
+        r.dropped + r.copied + r.skipped + r.failed,
+        "every one accounted: {r:?}"
+    );
+    assert!(
+        slowest < Duration::from_millis(100),
+        "a hit waited {slowest:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_peer_fails_no_request_and_replication_resumes_when_it_returns() {
+    let mut servers = servers(3);
+    let nodes = fleet(&servers).await;
+    servers[2].kill();
+    // A and B keep storing, copying and invalidating; nothing fails.
+    for n in 0..20 {
+        let k = format!("GET:h/down/{n}");
+        let e = entry_at("v", SystemTime::now(), Duration::from_secs(60), &[]);
+        let report = nodes[0].cache.set(&key(&k), e).await;
+        assert!(report.failed.is_empty(), "{report:?}");
+        assert!(read(&nodes[0], &k).await.is_some());
+        let report = nodes[1]
+            .cache
+            .delete(&key(&format!("GET:h/other/{n}")))
+            .await;
+        assert!(report.failed.is_empty(), "{report:?}");
+    }
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            read(&nodes[1], "GET:h/down/19").await.is_some()
+        })
+        .await
+    );
+    // C, its Redis gone, still answers (a miss), and fails nothing.
+    assert!(read(&nodes[2], "GET:h/down/0").await.is_none());
+    let report = nodes[2]
+        .cache
+        .set(
+            &key("GET:h/c"),
+            entry_at("c", SystemTime::now(), Duration::from_secs(60), &[]),
+        )
+        .await;
+    assert!(
+        report.failed.is_empty(),
+        "journaled, not failed: {report:?}"
+    );
+
+    servers[2].restart();
+    for node in &nodes {
+        ready(node).await;
+    }
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            undelivered(&nodes[1]).await == 0
+        })
+        .await
+    );
+    // Replication resumes both ways.
+    everywhere(&nodes, 0, "GET:h/back/a").await;
+    everywhere(&nodes, 2, "GET:h/back/c").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_cannot_be_proven_current_is_never_read() {
+    // C's server refuses `INFO`: its run is unknown, so its Redis is never
+    // proven current, and it keeps nothing it could serve stale.
+    let mut servers = servers(2);
+    servers.push(RedisServer::start_with(&["--rename-command", "INFO", ""]));
+    let urls: Vec<String> = servers.iter().map(RedisServer::url).collect();
+    let c = start_node(&urls, &urls[2], |_| {}).await;
+    let e = entry_at("v", SystemTime::now(), Duration::from_secs(60), &[]);
+    let _ = c.cache.set(&key("k"), e).await;
+    assert!(
+        exists(&c.url, &format!("{NS}k:k")).await,
+        "writes still go to it"
+    );
+    c.memory.clear().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(c.redis.stats().await.own_current, Some(false));
+    assert!(read(&c, "k").await.is_none(), "an unproven Redis was read");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn this_node_must_be_one_of_the_peers() {
+    let servers = servers(2);
+    let urls: Vec<String> = servers.iter().map(RedisServer::url).collect();
+    let config = config(Topology::peers(urls, "redis://127.0.0.1:1/0"), NS);
+    let error = RedisTiers::connect(config).await.unwrap_err();
+    assert!(
+        error.to_string().contains("not one of the peers"),
+        "{error}"
+    );
+}
