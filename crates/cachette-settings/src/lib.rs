@@ -897,6 +897,15 @@ impl Settings {
                     ));
                 }
             }
+            let local_alone =
+                tiers.contains(&TierKind::Local) && !tiers.contains(&TierKind::Master);
+            if local_alone && !self.redis.values().any(RedisSettings::is_peers) {
+                return Err(err(
+                    key("tiers"),
+                    "`local` needs `master` after it (the local replica replicates a master)"
+                        .into(),
+                ));
+            }
             let uses_redis = tiers.iter().any(|t| *t != TierKind::Memory);
             if uses_redis {
                 let topology =

@@ -171,7 +171,7 @@ fn unreachable_combinations_are_refused() {
     );
     assert_eq!(
         err("[redis.main]\ndb = 1"),
-        "caches.toml: redis.main: set one of `url` (one Redis), `master` (+ `local`), `sentinels` (+ `service`) or `cluster` (seed nodes)"
+        "caches.toml: redis.main: set one of `url` (one Redis), `master` (+ `local`), `sentinels` (+ `service`), `cluster` (seed nodes) or `peers` (+ `self`)"
     );
     assert_eq!(
         err("[redis.main]\nurl = \"http://h\""),
@@ -310,7 +310,7 @@ fn a_cluster_topology_is_read_and_checked() {
     );
     assert_eq!(
         err("[redis.main]\ncluster = [\"h:7000\"]\nurl = \"redis://h:1\""),
-        "caches.toml: redis.main: `url`, `master`, `sentinels` and `cluster` are exclusive: set only one"
+        "caches.toml: redis.main: `url`, `master`, `sentinels`, `cluster` and `peers` are exclusive: set only one"
     );
     let braces = err(
         "[redis.main]\ncluster = [\"h:7000\"]\n[caches.default]\nbackend = \"redis\"\nnamespace = \"app{1}:\"",
@@ -319,6 +319,76 @@ fn a_cluster_topology_is_read_and_checked() {
         braces
             .starts_with("caches.toml: caches.default.namespace: `app{1}:` is on a Redis Cluster"),
         "{braces}"
+    );
+}
+
+#[test]
+fn a_fleet_of_peers_is_read_and_checked() {
+    let settings = Settings::from_toml_str(
+        "caches.toml",
+        r#"
+        [redis.fleet]
+        peers = ["redis://10.0.0.5:6379", "redis://10.0.0.6:6379", "redis://10.0.0.7:6379"]
+        self = "redis://10.0.0.6:6379"
+        replicate_max_bytes = "256 KiB"
+        replicate_queue = 100
+
+        [caches.default]
+        backend = "redis"
+        journal = { path = "/var/lib/cachette/default.journal" }
+
+        [caches.pages]
+        tiers = ["memory", "local"]
+        journal = { path = "/var/lib/cachette/pages.journal" }
+        "#,
+    )
+    .unwrap();
+    assert_eq!(settings.caches["default"].tiers(), vec![TierKind::Local]);
+    assert_eq!(
+        settings.caches["pages"].tiers(),
+        vec![TierKind::Memory, TierKind::Local]
+    );
+    assert_eq!(settings.redis["fleet"].replicate_queue, Some(100));
+
+    let peers = "[redis.fleet]\npeers = [\"redis://a:1\", \"redis://b:1\"]\n";
+    let with = |rest: &str| err(&format!("{peers}{rest}"));
+    assert_eq!(
+        err("[redis.fleet]\npeers = [\"redis://a:1\", \"redis://b:1\"]"),
+        "caches.toml: redis.fleet.self: a fleet of peers needs `self`: which of `peers` is this node's Redis"
+    );
+    assert_eq!(
+        with("self = \"redis://c:1\""),
+        "caches.toml: redis.fleet.self: `redis://c:1` is not one of `peers` (redis://a:1, redis://b:1)"
+    );
+    assert_eq!(
+        err("[redis.fleet]\npeers = [\"redis://a:1\"]\nself = \"redis://a:1\""),
+        "caches.toml: redis.fleet.peers: a fleet of peers lists every node's Redis: at least two"
+    );
+    assert_eq!(
+        err("[redis.fleet]\npeers = [\"redis://a:1\", \"a:2\"]\nself = \"redis://a:1\""),
+        "caches.toml: redis.fleet.peers: `a:2` is not a redis:// or rediss:// URL with host and port"
+    );
+    assert_eq!(
+        err(
+            "[redis.fleet]\npeers = [\"redis://a:1\", \"redis://u:p@a:1/0\"]\nself = \"redis://a:1\""
+        ),
+        "caches.toml: redis.fleet.peers: `redis://u:p@a:1/0` is listed twice"
+    );
+    assert_eq!(
+        err("[redis.main]\nurl = \"redis://a:1\"\nself = \"redis://a:1\""),
+        "caches.toml: redis.main.self: is only used with `peers`"
+    );
+    assert_eq!(
+        with("self = \"redis://a:1\"\n[caches.default]\ntiers = [\"memory\", \"local\"]"),
+        "caches.toml: caches.default.journal: a cache on a fleet of peers needs a journal: it keeps the invalidations a peer could not take until it answers again (and this node's own writes its Redis could not take)"
+    );
+    assert_eq!(
+        with("self = \"redis://a:1\"\n[caches.default]\ntiers = [\"memory\", \"master\"]"),
+        "caches.toml: caches.default.tiers: `[redis.fleet]` is a fleet of peers, which has no master: list `local` (this node's Redis) instead"
+    );
+    assert_eq!(
+        with("self = \"redis://a:1\"\nreplicate_concurrency = 0"),
+        "caches.toml: redis.fleet.replicate_concurrency: must be at least 1"
     );
 }
 
