@@ -188,6 +188,53 @@ pub struct RedisReport {
     pub bus_last_message_age_secs: Option<f64>,
     /// Failed attempts to resolve the master through Sentinel.
     pub resolve_errors: u64,
+    /// In a fleet of peers: the other nodes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<PeerReport>,
+    /// In a fleet of peers: whether this node's Redis is proven current
+    /// (read); false from a lost connection until it is checked again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub own_current: Option<bool>,
+    /// In a fleet of peers: what this node announced and copied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication: Option<ReplicationReport>,
+}
+
+/// Another node of a fleet of peers.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct PeerReport {
+    /// Its Redis (`host:port`).
+    pub addr: String,
+    /// Whether this node hears its channel now.
+    pub connected: bool,
+    /// Invalidations waiting in this node's journal for it.
+    pub undelivered: u64,
+}
+
+/// Replication counters of a node of a fleet of peers.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ReplicationReport {
+    /// Stores this node announced.
+    pub announced: u64,
+    /// Announcements heard from the other nodes.
+    pub heard: u64,
+    /// Announcements dropped unprocessed (the queue was full).
+    pub dropped: u64,
+    /// Entries copied into this node's Redis.
+    pub copied: u64,
+    /// Announcements not copied on purpose (held already, too large, too
+    /// short-lived, gone, or older than a delete or purge here).
+    pub skipped: u64,
+    /// Copies that failed.
+    pub failed: u64,
+    /// Announcements waiting now.
+    pub queued: u64,
+    /// The most that waited at once.
+    pub max_queued: u64,
+    /// Invalidations that reached neither a peer nor its journal.
+    pub undelivered: u64,
 }
 
 /// The journal of a cache.
@@ -352,6 +399,27 @@ impl Cache {
                     .bus_last_message_age_ms
                     .map(|ms| ms as f64 / 1000.0),
                 resolve_errors: stats.resolve_errors,
+                peers: stats
+                    .peers
+                    .into_iter()
+                    .map(|p| PeerReport {
+                        addr: p.addr,
+                        connected: p.connected,
+                        undelivered: p.undelivered,
+                    })
+                    .collect(),
+                own_current: stats.own_current,
+                replication: stats.replication.map(|r| ReplicationReport {
+                    announced: r.announced,
+                    heard: r.heard,
+                    dropped: r.dropped,
+                    copied: r.copied,
+                    skipped: r.skipped,
+                    failed: r.failed,
+                    queued: r.queued,
+                    max_queued: r.max_queued,
+                    undelivered: r.undelivered,
+                }),
             });
         }
         report
