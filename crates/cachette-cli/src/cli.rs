@@ -31,6 +31,10 @@ pub enum Command {
     Purge(PurgeArgs),
     /// Inspects or replays this node's journal of master writes that failed.
     Journal(JournalArgs),
+    /// Warms this node of a fleet of peers: copies another node's most
+    /// recently stored entries into this node's Redis (before this node
+    /// serves, typically), with a progress bar.
+    Warm(WarmArgs),
     /// A live terminal view of a running process's caches (from its admin
     /// routes): one row per cache and tier, refreshed every second; q quits.
     Top(TopArgs),
@@ -219,6 +223,30 @@ pub struct JournalReplayArgs {
     /// Only this cache.
     #[arg(long)]
     pub cache: Option<String>,
+}
+
+/// `cachette warm`.
+#[derive(Debug, Args)]
+pub struct WarmArgs {
+    /// The settings file (its cache's topology is a fleet of `peers`).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// The cache (alias).
+    #[arg(long)]
+    pub cache: String,
+    /// The peer to copy from: its URL or host:port, as in `peers`.
+    #[arg(long)]
+    pub from: String,
+    /// Entries copied at most (the most recently stored first).
+    #[arg(long, default_value_t = 10_000)]
+    pub max_entries: usize,
+    /// Bytes copied at most, e.g. 256MiB.
+    #[arg(long, default_value = "256MiB", value_parser = parse_size)]
+    pub max_bytes: u64,
+}
+
+fn parse_size(text: &str) -> Result<u64, String> {
+    text.parse::<cachette::settings::ByteSize>().map(|b| b.0)
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {

@@ -39,6 +39,7 @@ pub async fn run(cli: cli::Cli) -> Outcome {
             JournalAction::Replay(args) => commands::journal_replay(args).await,
         },
         Command::Top(args) => top::run(args).await,
+        Command::Warm(args) => commands::warm(args).await,
     }
 }
 

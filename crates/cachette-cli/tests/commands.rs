@@ -436,3 +436,86 @@ async fn proxy_process_with_admin_routes_and_remote_commands() {
     assert!(cache_status(&client, &url).await.contains("fwd=miss"));
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
+
+/// A `pages` cache on a fleet of the two servers, as the node at `this`.
+fn peers_settings(servers: &[&RedisServer], this: &RedisServer, dir: &Path, node: &str) -> String {
+    let peers: Vec<String> = servers.iter().map(|s| format!("\"{}\"", s.url())).collect();
+    format!(
+        r#"
+[redis.fleet]
+peers = [{}]
+self = "{}"
+master_timeout = "300ms"
+connect_timeout = "200ms"
+
+[caches.pages]
+tiers = ["memory", "local"]
+journal = {{ path = "{}" }}
+[caches.pages.http]
+default_ttl = "60s"
+"#,
+        peers.join(", "),
+        this.url(),
+        dir.join(format!("{node}.journal")).display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_copies_the_newest_entries_of_a_peer_into_a_joining_node() {
+    let a = RedisServer::start();
+    let b = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let a_config = write(dir.path(), "a.toml", &peers_settings(&[&a, &b], &a, dir.path(), "a"));
+    let b_config = write(dir.path(), "b.toml", &peers_settings(&[&a, &b], &b, dir.path(), "b"));
+
+    // Node A serves alone; node B joins later.
+    let caches = Caches::from_file(&a_config).await.unwrap();
+    let app = Router::new()
+        .fallback(get(|| async { "page" }))
+        .layer(caches.layer("pages").unwrap());
+    for n in 0..5 {
+        assert!(page(&app, &format!("/p/{n}")).await.contains("stored"));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(redis_keys(&b).await.is_empty());
+    assert_eq!(redis_keys(&a).await.len(), 5, "a node's first fills are its own");
+
+    let output = cachette()
+        .args(["warm", "--cache", "pages", "--max-entries", "3", "--from"])
+        .arg(a.url())
+        .arg("--config")
+        .arg(&b_config)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let out = stdout(&output);
+    assert!(out.contains("cache pages: 3 entries ("), "{out}");
+    assert!(out.contains("of its 5 entries looked at"), "{out}");
+    // The three most recently stored, with their remaining lifetime.
+    let copied = redis_keys(&b).await;
+    assert_eq!(copied.len(), 3, "{copied:?}");
+    for n in 2..5 {
+        assert!(copied.iter().any(|k| k.ends_with(&format!("/p/{n}"))), "{copied:?}");
+    }
+    let client = redis::Client::open(b.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&copied[0])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!((50_000..=60_000).contains(&ttl), "remaining TTL kept: {ttl}");
+
+    // Not a fleet, or a peer that is not one: clear errors.
+    let output = cachette()
+        .args(["warm", "--cache", "pages", "--from", "redis://10.9.9.9:6379", "--config"])
+        .arg(&b_config)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("10.9.9.9:6379 is not another node of this fleet"),
+        "{}",
+        stderr(&output)
+    );
+}

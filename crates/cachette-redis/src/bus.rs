@@ -94,8 +94,8 @@ async fn apply(space: &Arc<Space>, targets: &Targets, kind: &str, argument: &str
 pub(crate) async fn run_subscriber(shared: Weak<Space>, targets: Targets) {
     let mut backoff = Duration::from_millis(50);
     let mut attempt = 0usize;
-    // Whether a subscription was up and ended (for `verify_own`).
-    let mut lost = false;
+    // When a subscription that was up ended (for `verify_own`).
+    let mut lost_at: Option<std::time::SystemTime> = None;
     loop {
         let Some(strong) = shared.upgrade() else {
             return;
@@ -150,7 +150,7 @@ pub(crate) async fn run_subscriber(shared: Weak<Space>, targets: Targets) {
             let Some(strong) = shared.upgrade() else {
                 return;
             };
-            if let Err(error) = crate::peers::verify_own(&strong, lost).await {
+            if let Err(error) = crate::peers::verify_own(&strong, lost_at, strong.opened).await {
                 tracing::warn!(%error, "this node's Redis could not be proven current; retrying");
                 drop(strong);
                 tokio::time::sleep(backoff).await;
@@ -241,7 +241,7 @@ pub(crate) async fn run_subscriber(shared: Weak<Space>, targets: Targets) {
             if let Some(strong) = shared.upgrade() {
                 strong.verified.store(false, Ordering::Release);
             }
-            lost = true;
+            lost_at = Some(std::time::SystemTime::now());
         }
     }
 }

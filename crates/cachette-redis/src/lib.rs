@@ -45,7 +45,7 @@ use cachette_core::{Backend, CacheError, TierOptions, Tiered};
 
 pub use config::{JournalConfig, RedisConfig, ReplicationConfig, Topology, node_url};
 pub use journal::{DiskJournal, JournalStats, RecordedOp};
-pub use peers::{PeerStats, PeerTier, ReplicationStats};
+pub use peers::{PeerStats, PeerTier, ReplicationStats, WarmLimits, WarmProgress, WarmReport};
 pub use tier::{RedisTier, Role};
 
 use crate::{
@@ -374,6 +374,39 @@ impl RedisTiers {
             Some(journal) => options.journal(Arc::new(journal.clone())),
             None => options,
         }
+    }
+
+    /// Warms this node of a fleet of peers from `peer` (its URL or
+    /// `host:port`, as in the topology): copies the peer's most recently
+    /// stored entries into this node's Redis with their remaining TTL,
+    /// newest first, within `limits`, reporting to `progress` as it goes.
+    /// Versioned like every write: a copy older than what this node holds,
+    /// or than a delete or purge it applied, is skipped.
+    pub async fn warm_from(
+        &self,
+        peer: &str,
+        limits: WarmLimits,
+        progress: &(dyn Fn(WarmProgress) + Send + Sync),
+    ) -> Result<WarmReport, CacheError> {
+        let links = self.space.peers.as_ref().ok_or_else(|| {
+            CacheError::backend(node::BACKEND, "warm-up is for a fleet of peers (`peers`)")
+        })?;
+        let wanted = config::address_of(peer);
+        let index = links
+            .peers
+            .iter()
+            .position(|p| p.addr == wanted)
+            .ok_or_else(|| {
+                let known: Vec<&str> = links.peers.iter().map(|p| p.addr.as_str()).collect();
+                CacheError::backend(
+                    node::BACKEND,
+                    format!(
+                        "{wanted} is not another node of this fleet (peers: {})",
+                        known.join(", ")
+                    ),
+                )
+            })?;
+        peers::warm(&self.space, index, limits, progress).await
     }
 
     /// Whether this is a node of a fleet of peers.

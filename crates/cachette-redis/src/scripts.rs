@@ -151,6 +151,27 @@ return {0, now}
     )
 }
 
+/// `KEYS` entry keys; `ARGV[1]` a version. Removes those whose value is
+/// older (counters, which carry none, included): what a node of a fleet of
+/// peers cannot prove current. Returns `{removed, master_now_ms}`.
+pub(crate) fn forget_older_script() -> String {
+    format!(
+        "{VERSION_OF}{}",
+        r"
+local now = now_ms()
+local before = tonumber(ARGV[1])
+local removed = 0
+for i = 1, #KEYS do
+  local head = redis.call('GETRANGE', KEYS[i], 0, 14)
+  if head ~= '' and version_of(head) < before then
+    removed = removed + redis.call('UNLINK', KEYS[i])
+  end
+end
+return {removed, now}
+"
+    )
+}
+
 /// `KEYS[1]` counter key; `ARGV[1]` delta. Nil when the key is missing, an
 /// error reply `NOTCOUNTER` when it holds something else, else the new value
 /// (`INCRBY` keeps the TTL).
@@ -253,6 +274,7 @@ pub(crate) struct Scripts {
     pub(crate) purge_tag_chunk: Script,
     pub(crate) purge_slot: Script,
     pub(crate) index_add: Script,
+    pub(crate) forget_older: Script,
     /// The sources of the scripts a cluster pipelines (loaded on every
     /// primary first).
     pub(crate) set_code: String,
@@ -272,6 +294,7 @@ impl Default for Scripts {
             purge_tag_chunk: Script::new(&purge_tag_chunk_script()),
             purge_slot: Script::new(&purge_slot_code),
             index_add: Script::new(INDEX_ADD),
+            forget_older: Script::new(&forget_older_script()),
             set_code,
             delete_code,
             purge_slot_code,

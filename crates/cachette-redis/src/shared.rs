@@ -228,6 +228,9 @@ pub(crate) struct Space {
     /// from the loss of the connection to it until it is proven current
     /// again (see `peers::verify_own`); always true otherwise.
     pub(crate) verified: AtomicBool,
+    /// When this namespace was opened: in a fleet of peers, what this node
+    /// stored since then is its own (kept when its Redis must be proven).
+    pub(crate) opened: SystemTime,
     pub(crate) tasks: Tasks,
 }
 
@@ -266,6 +269,7 @@ impl Space {
             bus_last_message_ms: AtomicU64::new(0),
             fill_wakers: cachette_core::FillWakers::default(),
             verified: AtomicBool::new(peers.is_none()),
+            opened: SystemTime::now(),
             peers,
             tasks: Tasks::default(),
         }

@@ -29,7 +29,7 @@ pub enum Role {
 }
 
 /// One `SCAN MATCH pattern COUNT 1000` page: the next cursor and its keys.
-async fn scan_page(
+pub(crate) async fn scan_page(
     conn: &mut (impl redis::aio::ConnectionLike + Send),
     cursor: u64,
     pattern: &str,
@@ -302,16 +302,37 @@ impl RedisTier {
         Ok(removed)
     }
 
-    /// Removes every entry and tag index of the namespace from this tier's
-    /// server, telling no other node (a node of a fleet of peers whose
-    /// Redis may have missed invalidations: what it forgets, the others
-    /// still hold).
-    pub(crate) async fn forget_all(&self) -> Result<u64, CacheError> {
+    /// Removes the namespace's entries stored before `before` (by their
+    /// versions) from this tier's server, telling no other node: for a node
+    /// of a fleet of peers whose Redis may have missed invalidations since
+    /// then (what it forgets, the others still hold; what it stored since,
+    /// it keeps). Returns how many were removed.
+    pub(crate) async fn forget_older(&self, before: SystemTime) -> Result<u64, CacheError> {
         let node = self.node()?;
-        let keys = &self.space.keys;
-        let entries = Self::sweep(&node, self.role, &keys.entries_pattern()).await?;
-        Self::sweep(&node, self.role, &keys.tags_pattern()).await?;
-        Ok(entries)
+        let version = self.space.conns.master_clock(before);
+        let mut conn = node.exclusive().await?;
+        let mut cursor = 0;
+        let mut removed = 0;
+        loop {
+            let (next, page) =
+                scan_page(&mut conn, cursor, &self.space.keys.entries_pattern()).await?;
+            if !page.is_empty() {
+                let mut invocation = self.space.scripts.forget_older.prepare_invoke();
+                for key in &page {
+                    invocation.key(key.as_slice());
+                }
+                invocation.arg(version);
+                let reply: redis::Value = invocation
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(redis_error)?;
+                removed += script_reply(&reply).map_or(0, |(n, _)| n.unsigned_abs());
+            }
+            if next == 0 {
+                return Ok(removed);
+            }
+            cursor = next;
+        }
     }
 
     /// The tombstone window in ms, for the scripts.

@@ -93,6 +93,18 @@ impl<'de> Deserialize<'de> for Timeout {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ByteSize(pub u64);
 
+impl std::str::FromStr for ByteSize {
+    type Err = String;
+
+    /// `1048576`, `"256MiB"`, `"64 MB"`.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        text.trim()
+            .parse::<bytesize::ByteSize>()
+            .map(|b| ByteSize(b.as_u64()))
+            .map_err(|e| format!("`{text}` is not a size ({e}); write e.g. \"256MiB\""))
+    }
+}
+
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct Visitor;
@@ -110,12 +122,7 @@ impl<'de> Deserialize<'de> for ByteSize {
                     .map_err(|_| E::custom(format!("a size cannot be negative ({v})")))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                v.trim()
-                    .parse::<bytesize::ByteSize>()
-                    .map(|b| ByteSize(b.as_u64()))
-                    .map_err(|e| {
-                        E::custom(format!("`{v}` is not a size ({e}); write e.g. \"256MiB\""))
-                    })
+                v.parse::<ByteSize>().map_err(E::custom)
             }
         }
         deserializer.deserialize_any(Visitor)

@@ -2,6 +2,7 @@
 
 mod journal;
 mod purge;
+mod warm;
 
 use std::path::Path;
 
@@ -15,6 +16,7 @@ use crate::{
 
 pub(crate) use journal::{journal_replay, journal_status};
 pub(crate) use purge::purge;
+pub(crate) use warm::warm;
 
 /// Loads and validates a settings file.
 fn load(path: &Path) -> Result<Settings, Failure> {

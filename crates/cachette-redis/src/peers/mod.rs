@@ -22,10 +22,11 @@
 
 mod replicator;
 mod tier;
+mod warm;
 
 use std::{
     sync::{Arc, atomic::Ordering},
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use cachette_core::{CacheError, Tiered};
@@ -33,6 +34,8 @@ use cachette_core::{CacheError, Tiered};
 pub use replicator::ReplicationStats;
 pub(crate) use replicator::{Replicator, run_workers};
 pub use tier::PeerTier;
+pub use warm::{WarmLimits, WarmProgress, WarmReport};
+pub(crate) use warm::warm;
 
 use crate::{RedisTier, RedisTiers, Role, node::redis_error, shared::Space};
 
@@ -81,22 +84,26 @@ pub(crate) fn peer_journal_path(path: &std::path::Path, addr: &str) -> std::path
     name.into()
 }
 
-/// Proves this node's Redis current before it is read again: compares the
-/// server's `run_id` with the one recorded in the namespace, and when the
-/// connection was lost (`after_loss`) or the server is another run (a
-/// restart, maybe from an old dump), removes the namespace's entries first.
-pub(crate) async fn verify_own(space: &Arc<Space>, after_loss: bool) -> Result<(), CacheError> {
+/// Proves this node's Redis current before it is read again. After the
+/// connection to it was lost at `lost_at`, the entries stored before then
+/// are removed (invalidations the others delivered since may not have
+/// landed); otherwise the server's `run_id` is compared with the one
+/// recorded in the namespace, and if it is another run (a restart, maybe
+/// from an old dump, or a server never proven), the entries stored before
+/// `started` (when this node began using it) are removed. What this node
+/// stored since stays.
+pub(crate) async fn verify_own(
+    space: &Arc<Space>,
+    lost_at: Option<SystemTime>,
+    started: SystemTime,
+) -> Result<(), CacheError> {
     let own = RedisTier {
         space: space.clone(),
         role: Role::Master,
     };
     let node = own.node()?;
     let mut conn = node.shared.clone();
-    let timeout = space
-        .conns
-        .config
-        .master_timeout
-        .max(Duration::from_secs(1));
+    let timeout = space.conns.config.master_timeout.max(Duration::from_secs(1));
     let info: String = tokio::time::timeout(
         timeout,
         redis::cmd("INFO").arg("server").query_async(&mut conn),
@@ -108,7 +115,8 @@ pub(crate) async fn verify_own(space: &Arc<Space>, after_loss: bool) -> Result<(
         .lines()
         .find_map(|line| line.strip_prefix("run_id:"))
         .map(str::trim)
-        .unwrap_or_default()
+        .filter(|id| !id.is_empty())
+        .ok_or_else(|| CacheError::backend(crate::node::BACKEND, "INFO server has no run_id"))?
         .to_owned();
     let key = space.keys.peer_run();
     let recorded: Option<String> = redis::cmd("GET")
@@ -116,20 +124,24 @@ pub(crate) async fn verify_own(space: &Arc<Space>, after_loss: bool) -> Result<(
         .query_async(&mut conn)
         .await
         .map_err(redis_error)?;
-    if after_loss || recorded.as_deref() != Some(run_id.as_str()) {
-        let removed = own.forget_all().await?;
+    let before = match lost_at {
+        Some(lost_at) => Some((lost_at, "the connection to it was lost")),
+        None if recorded.as_deref() != Some(run_id.as_str()) => {
+            Some((started, "the server restarted, or was never proven current"))
+        }
+        None => None,
+    };
+    if let Some((before, why)) = before {
+        let removed = own.forget_older(before).await?;
         let _: () = redis::cmd("SET")
             .arg(&key)
             .arg(&run_id)
             .query_async(&mut conn)
             .await
             .map_err(redis_error)?;
-        let why = if after_loss {
-            "the connection to it was lost"
-        } else {
-            "the server restarted or is new"
-        };
-        tracing::warn!(redis = %node.addr, removed, why, "this node's Redis may have missed invalidations: its entries were removed");
+        if removed > 0 {
+            tracing::warn!(redis = %node.addr, removed, why, "this node's Redis may have missed invalidations: the entries stored before were removed");
+        }
     }
     space.verified.store(true, Ordering::Release);
     Ok(())
