@@ -465,8 +465,16 @@ async fn warm_copies_the_newest_entries_of_a_peer_into_a_joining_node() {
     let a = RedisServer::start();
     let b = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let a_config = write(dir.path(), "a.toml", &peers_settings(&[&a, &b], &a, dir.path(), "a"));
-    let b_config = write(dir.path(), "b.toml", &peers_settings(&[&a, &b], &b, dir.path(), "b"));
+    let a_config = write(
+        dir.path(),
+        "a.toml",
+        &peers_settings(&[&a, &b], &a, dir.path(), "a"),
+    );
+    let b_config = write(
+        dir.path(),
+        "b.toml",
+        &peers_settings(&[&a, &b], &b, dir.path(), "b"),
+    );
 
     // Node A serves alone; node B joins later.
     let caches = Caches::from_file(&a_config).await.unwrap();
@@ -478,7 +486,11 @@ async fn warm_copies_the_newest_entries_of_a_peer_into_a_joining_node() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert!(redis_keys(&b).await.is_empty());
-    assert_eq!(redis_keys(&a).await.len(), 5, "a node's first fills are its own");
+    assert_eq!(
+        redis_keys(&a).await.len(),
+        5,
+        "a node's first fills are its own"
+    );
 
     let output = cachette()
         .args(["warm", "--cache", "pages", "--max-entries", "3", "--from"])
@@ -495,7 +507,10 @@ async fn warm_copies_the_newest_entries_of_a_peer_into_a_joining_node() {
     let copied = redis_keys(&b).await;
     assert_eq!(copied.len(), 3, "{copied:?}");
     for n in 2..5 {
-        assert!(copied.iter().any(|k| k.ends_with(&format!("/p/{n}"))), "{copied:?}");
+        assert!(
+            copied.iter().any(|k| k.ends_with(&format!("/p/{n}"))),
+            "{copied:?}"
+        );
     }
     let client = redis::Client::open(b.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
@@ -504,11 +519,21 @@ async fn warm_copies_the_newest_entries_of_a_peer_into_a_joining_node() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    assert!((50_000..=60_000).contains(&ttl), "remaining TTL kept: {ttl}");
+    assert!(
+        (50_000..=60_000).contains(&ttl),
+        "remaining TTL kept: {ttl}"
+    );
 
     // Not a fleet, or a peer that is not one: clear errors.
     let output = cachette()
-        .args(["warm", "--cache", "pages", "--from", "redis://10.9.9.9:6379", "--config"])
+        .args([
+            "warm",
+            "--cache",
+            "pages",
+            "--from",
+            "redis://10.9.9.9:6379",
+            "--config",
+        ])
         .arg(&b_config)
         .output()
         .unwrap();

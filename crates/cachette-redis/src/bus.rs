@@ -94,8 +94,9 @@ async fn apply(space: &Arc<Space>, targets: &Targets, kind: &str, argument: &str
 pub(crate) async fn run_subscriber(shared: Weak<Space>, targets: Targets) {
     let mut backoff = Duration::from_millis(50);
     let mut attempt = 0usize;
-    // When a subscription that was up ended (for `verify_own`).
-    let mut lost_at: Option<std::time::SystemTime> = None;
+    // When a subscription that was up ended (for `verify_own`), and how
+    // many peer subscriptions had been lost by then.
+    let mut lost: Option<crate::peers::Loss> = None;
     loop {
         let Some(strong) = shared.upgrade() else {
             return;
@@ -150,13 +151,14 @@ pub(crate) async fn run_subscriber(shared: Weak<Space>, targets: Targets) {
             let Some(strong) = shared.upgrade() else {
                 return;
             };
-            if let Err(error) = crate::peers::verify_own(&strong, lost_at, strong.opened).await {
+            if let Err(error) = crate::peers::verify_own(&strong, lost, strong.opened).await {
                 tracing::warn!(%error, "this node's Redis could not be proven current; retrying");
                 drop(strong);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
                 continue;
             }
+            lost = None;
         }
         backoff = Duration::from_millis(50);
         // Stay on this node next time, unless it is the one that fails.
@@ -225,6 +227,10 @@ pub(crate) async fn run_subscriber(shared: Weak<Space>, targets: Targets) {
                         continue;
                     }
                     apply(&strong, &targets, kind, argument).await;
+                    drop(strong);
+                    if let Some((own, _)) = &targets.announcements {
+                        apply_to_own(own, kind, argument).await;
+                    }
                 }
                 changed = generation.changed() => {
                     if changed.is_err() {
@@ -240,9 +246,41 @@ pub(crate) async fn run_subscriber(shared: Weak<Space>, targets: Targets) {
             // no read of this Redis until it is proven current again.
             if let Some(strong) = shared.upgrade() {
                 strong.verified.store(false, Ordering::Release);
+                // The first loss counts until this Redis is proven again.
+                lost.get_or_insert(crate::peers::Loss {
+                    at: std::time::SystemTime::now(),
+                    peer_losses: strong.peer_losses.load(Ordering::Acquire),
+                });
             }
-            lost_at = Some(std::time::SystemTime::now());
         }
+        if let Some((own, _)) = &targets.announcements {
+            if let Some(own) = own.upgrade() {
+                own.peer_losses.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+    }
+}
+
+/// In a fleet of peers, an invalidation heard from another node is also
+/// applied to this node's own Redis (it was delivered there too, unless
+/// that delivery failed: then this application, or this node's journal
+/// when its Redis cannot take it either, is what keeps it from serving the
+/// entry), without publishing it again.
+async fn apply_to_own(own: &Weak<Space>, kind: &str, argument: &str) {
+    let Some(invalidation) = crate::peers::Invalidation::from_bus(kind, argument) else {
+        return;
+    };
+    let Some(own) = own.upgrade() else { return };
+    let Some(links) = own.peers.as_ref() else {
+        return;
+    };
+    let report = crate::peers::quietly(invalidation.run(&links.own)).await;
+    if !report.failed.is_empty() {
+        tracing::warn!(
+            kind,
+            argument,
+            "an invalidation heard from another node reached neither this node's Redis nor its journal"
+        );
     }
 }
 

@@ -52,7 +52,7 @@ pub enum Topology {
     Peers {
         /// Every node's Redis URL, this node's included.
         peers: Vec<String>,
-        /// This node's Redis: one of `peers` (a `unix://` socket is fine).
+        /// This node's Redis: one of `peers` (as the others reach it).
         this: String,
     },
 }

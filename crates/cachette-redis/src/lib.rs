@@ -179,7 +179,8 @@ impl RedisTiers {
                 };
                 (Some(master), local)
             }
-            Topology::Peers { this, .. } => (Some(node(this, config.local_timeout)?), None),
+            // Invalidations and sweeps go to it too: the master timeout.
+            Topology::Peers { this, .. } => (Some(node(this, config.master_timeout)?), None),
         };
         let peers = match &config.topology {
             Topology::Peers { peers, this } => Self::peer_connections(&config, peers, this)?,
@@ -214,7 +215,9 @@ impl RedisTiers {
             let mut peer = config.clone();
             peer.topology = Topology::single(url.clone());
             peer.journal = None;
-            peer.bus = false;
+            // Deliveries publish on the peer's own channel, which its
+            // memory hears even while this node's Redis is down.
+            peer.bus = true;
             let node = Node::new(
                 url,
                 config.master_timeout,
@@ -255,8 +258,16 @@ impl RedisTiers {
             conns.config.node_id,
             SPACES.fetch_add(1, Ordering::Relaxed)
         );
-        let links = Self::peer_links(&conns, &namespace, journal_config.as_ref())?;
-        let space = Arc::new(Space::new(conns, namespace, journal, bus, node_id, links));
+        let peer_parts = Self::peer_links(&conns, &namespace, journal_config.as_ref())?;
+        let own_timeout = conns.config.master_timeout;
+        let space = Arc::new_cyclic(|weak| {
+            let links = peer_parts.map(|(peers, replicator)| peers::Links {
+                own: peers::own_tiered(weak.clone(), journal.as_ref(), own_timeout),
+                peers,
+                replicator,
+            });
+            Space::new(conns, namespace, journal, bus, node_id, links)
+        });
         if replay_in_background {
             space
                 .tasks
@@ -266,12 +277,14 @@ impl RedisTiers {
     }
 
     /// In a fleet of peers, this namespace's view of the other nodes: a
-    /// delivery per peer, journaled beside this namespace's journal.
+    /// delivery per peer, journaled beside this namespace's journal, and
+    /// the replicator's queue.
+    #[allow(clippy::type_complexity)]
     fn peer_links(
         conns: &Arc<Connections>,
         namespace: &str,
         journal: Option<&JournalConfig>,
-    ) -> Result<Option<peers::Links>, CacheError> {
+    ) -> Result<Option<(Vec<peers::Peer>, Arc<peers::Replicator>)>, CacheError> {
         if !conns.config.topology.is_peers() {
             return Ok(None);
         }
@@ -299,10 +312,10 @@ impl RedisTiers {
                 delivery,
             });
         }
-        Ok(Some(peers::Links {
-            peers: links,
-            replicator: Arc::new(peers::Replicator::new(conns.config.replication.clone())),
-        }))
+        Ok(Some((
+            links,
+            Arc::new(peers::Replicator::new(conns.config.replication.clone())),
+        )))
     }
 
     async fn start_connection_tasks(conns: &Arc<Connections>) {
@@ -361,19 +374,17 @@ impl RedisTiers {
     }
 
     /// Tier options for [`Self::peer_tier`]: room for this node's call and
-    /// the deliveries to the peers (each bounded by the master timeout),
-    /// and the journal.
+    /// the deliveries to the peers (each bounded by the master timeout).
     pub fn peer_options(&self) -> TierOptions {
         let config = &self.space.conns.config;
         let limit = config
             .master_timeout
             .saturating_mul(2)
             .saturating_add(config.connect_timeout);
-        let options = TierOptions::with_timeout(Some(limit));
-        match &self.space.journal {
-            Some(journal) => options.journal(Arc::new(journal.clone())),
-            None => options,
-        }
+        // No journal here: `PeerTier` journals this node's own Redis itself
+        // (so an invalidation always reaches the peers, even while this
+        // node's Redis is down or has a backlog).
+        TierOptions::with_timeout(Some(limit))
     }
 
     /// Warms this node of a fleet of peers from `peer` (its URL or
@@ -461,10 +472,21 @@ impl RedisTiers {
                 self.master_options(),
             );
         }
-        if let Some(memory) = memory {
-            self.start_bus(memory);
+        match memory {
+            Some(memory) => self.start_bus(memory),
+            None => self.start_without_memory(),
         }
         builder.build()
+    }
+
+    /// For a cache without a memory tier: in a fleet of peers, starts what
+    /// [`Self::start_bus`] starts (this node's Redis is proven current by
+    /// its subscriber, and the replicator copies the others' stores);
+    /// nothing otherwise.
+    pub fn start_without_memory(&self) {
+        if self.space.peers.is_some() {
+            self.start_bus(Arc::new(peers::NoMemory));
+        }
     }
 
     /// Starts the bus subscriber for `memory` (and this node's replica). Does

@@ -124,7 +124,7 @@ async fn apply_pipelined(
             outcomes[*i] = Some(outcome);
         }
     }
-    if tier.space.bus {
+    if tier.space.bus && !crate::peers::is_quiet() {
         for record in run {
             if let Some(JournalOp::Delete { key, .. }) = &record.op {
                 tier.publish(&mut conn, 'd', key.as_str()).await;
@@ -180,7 +180,7 @@ async fn apply_pipeline(
             }
             Some(JournalOp::Delete { key, at }) => {
                 pipe.invoke_script(&tier.delete_invocation(key.as_str(), *at));
-                if shared.bus && publish_inline {
+                if shared.bus && publish_inline && !crate::peers::is_quiet() {
                     pipe.cmd("PUBLISH")
                         .arg(shared.keys.bus_channel())
                         .arg(bus_message(&shared.node_id, 'd', key.as_str()))

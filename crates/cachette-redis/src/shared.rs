@@ -191,6 +191,26 @@ impl Connections {
             .store(master_now.saturating_sub(local), Ordering::Relaxed);
     }
 
+    /// Whether the master's clock was measured in the last
+    /// [`CLOCK_SAMPLE_FOR`].
+    pub(crate) fn clock_known(&self) -> bool {
+        self.clock_sample
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some_and(|(_, at)| at.elapsed() <= CLOCK_SAMPLE_FOR)
+    }
+
+    /// `version` (Unix ms in the master's clock) in this node's clock.
+    pub(crate) fn local_clock(&self, version: u64) -> SystemTime {
+        let offset = self.clock_offset_ms.load(Ordering::Relaxed);
+        let local = if offset >= 0 {
+            version.saturating_sub(offset.unsigned_abs())
+        } else {
+            version.saturating_add(offset.unsigned_abs())
+        };
+        std::time::UNIX_EPOCH + Duration::from_millis(local)
+    }
+
     /// The offset last measured (master minus this node), in ms.
     pub(crate) fn clock_offset_ms(&self) -> i64 {
         self.clock_offset_ms.load(Ordering::Relaxed)
@@ -231,6 +251,10 @@ pub(crate) struct Space {
     /// When this namespace was opened: in a fleet of peers, what this node
     /// stored since then is its own (kept when its Redis must be proven).
     pub(crate) opened: SystemTime,
+    /// In a fleet of peers: how many times a subscription to another
+    /// node's channel was lost (what that node published meanwhile was
+    /// not heard here).
+    pub(crate) peer_losses: AtomicU64,
     pub(crate) tasks: Tasks,
 }
 
@@ -270,6 +294,7 @@ impl Space {
             fill_wakers: cachette_core::FillWakers::default(),
             verified: AtomicBool::new(peers.is_none()),
             opened: SystemTime::now(),
+            peer_losses: AtomicU64::new(0),
             peers,
             tasks: Tasks::default(),
         }

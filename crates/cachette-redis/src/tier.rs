@@ -201,7 +201,7 @@ impl RedisTier {
         kind: char,
         argument: &str,
     ) {
-        if self.role != Role::Master || !self.space.bus {
+        if self.role != Role::Master || !self.space.bus || crate::peers::is_quiet() {
             return;
         }
         let message = bus_message(&self.space.node_id, kind, argument);
@@ -351,6 +351,21 @@ impl RedisTier {
         ttl: Duration,
         mode: &str,
     ) -> redis::ScriptInvocation<'_> {
+        let version = self.space.conns.master_clock(entry.meta().stored_at);
+        self.set_invocation_at(key, entry, ttl, mode, version)
+    }
+
+    /// [`Self::set_invocation`] with the write's version given (in this
+    /// server's clock): a copy from another server keeps the version it
+    /// had there.
+    pub(crate) fn set_invocation_at(
+        &self,
+        key: &CacheKey,
+        entry: &Entry,
+        ttl: Duration,
+        mode: &str,
+        version: u64,
+    ) -> redis::ScriptInvocation<'_> {
         let keys = &self.space.keys;
         let mut invocation = self.space.scripts.set.key(keys.entry(key.as_str()));
         invocation
@@ -368,7 +383,7 @@ impl RedisTier {
             .arg(wire_value(entry).as_ref())
             .arg(ttl_arg(ttl))
             .arg(mode)
-            .arg(self.space.conns.master_clock(entry.meta().stored_at))
+            .arg(version)
             .arg(self.window_ms())
             .arg(if versioned { "v" } else { "" });
         invocation
@@ -774,6 +789,44 @@ impl RedisTier {
                 .await
                 .map_err(|e| self.fail(e))?;
         }
+        Ok(())
+    }
+
+    /// Stores a copy of an entry from another server at `version` (in this
+    /// server's clock), unless this server holds a newer value, a later
+    /// delete or purge; a refused copy still removes an older value held.
+    /// Returns whether it was stored.
+    pub(crate) async fn copy_in(
+        &self,
+        key: &CacheKey,
+        entry: &Entry,
+        ttl: Duration,
+        version: u64,
+    ) -> Result<bool, CacheError> {
+        let node = self.node()?;
+        let mut conn = node.shared.clone();
+        let invocation = self.set_invocation_at(key, entry, ttl, "", version);
+        match self.run_script(&mut conn, &invocation).await {
+            Ok(stored) => Ok(stored == 1),
+            Err(error) => Err(self.fail(error)),
+        }
+    }
+
+    /// Removes the value of `key` if it is older than `version` (in this
+    /// server's clock), leaving a tombstone at it: a newer value exists
+    /// elsewhere that was not copied here.
+    pub(crate) async fn drop_older(&self, key: &CacheKey, version: u64) -> Result<(), CacheError> {
+        let node = self.node()?;
+        let mut conn = node.shared.clone();
+        let keys = &self.space.keys;
+        let mut invocation = self.space.scripts.delete.key(keys.entry(key.as_str()));
+        invocation
+            .key(keys.tombstone(key.as_str()))
+            .arg(version)
+            .arg(self.window_ms());
+        self.run_script(&mut conn, &invocation)
+            .await
+            .map_err(|e| self.fail(e))?;
         Ok(())
     }
 

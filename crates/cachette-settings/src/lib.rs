@@ -460,6 +460,13 @@ fn check_peers(
             "a fleet of peers has no replicas: this node's Redis is `self`".into(),
         ));
     }
+    if redis.bus == Some(false) {
+        return Err(err(
+            key("bus"),
+            "a fleet of peers needs the bus: stores are announced and invalidations heard on it"
+                .into(),
+        ));
+    }
     if redis.replicate_queue == Some(0) || redis.replicate_concurrency == Some(0) {
         return Err(err(
             key(if redis.replicate_queue == Some(0) {

@@ -202,8 +202,9 @@ impl CachesBuilder {
                             redis.master_options(),
                         );
                     }
-                    if let Some(memory) = &memory {
-                        redis.start_bus(Arc::new(memory.clone()));
+                    match &memory {
+                        Some(memory) => redis.start_bus(Arc::new(memory.clone())),
+                        None => redis.start_without_memory(),
                     }
                     redis_tiers = Some(redis);
                 }

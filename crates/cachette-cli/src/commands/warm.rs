@@ -25,10 +25,9 @@ pub(crate) async fn warm(args: WarmArgs) -> Outcome {
             .unwrap_or_else(|_| ProgressStyle::default_spinner()),
     );
     bar.enable_steady_tick(Duration::from_millis(120));
-    let copying = ProgressStyle::with_template(
-        "{bar:30} {pos}/{len} entries, {msg} ({elapsed}, eta {eta})",
-    )
-    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let copying =
+        ProgressStyle::with_template("{bar:30} {pos}/{len} entries, {msg} ({elapsed}, eta {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
     let progress = |step: WarmProgress| match step {
         WarmProgress::Scanning { scanned } => {
             bar.set_message(format!("reading {}: {scanned} keys", args.from));

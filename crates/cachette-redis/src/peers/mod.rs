@@ -20,6 +20,7 @@
 //!   (what the others delivered meanwhile waits in their journals, and is
 //!   replayed after).
 
+mod own;
 mod replicator;
 mod tier;
 mod warm;
@@ -31,17 +32,21 @@ use std::{
 
 use cachette_core::{CacheError, Tiered};
 
+pub(crate) use own::{NoMemory, is_quiet, own_tiered, quietly};
 pub use replicator::ReplicationStats;
 pub(crate) use replicator::{Replicator, run_workers};
+pub(crate) use tier::Invalidation;
 pub use tier::PeerTier;
-pub use warm::{WarmLimits, WarmProgress, WarmReport};
 pub(crate) use warm::warm;
+pub use warm::{WarmLimits, WarmProgress, WarmReport};
 
 use crate::{RedisTier, RedisTiers, Role, node::redis_error, shared::Space};
 
 /// The other nodes of a fleet, as one namespace sees them.
 #[derive(Debug)]
 pub(crate) struct Links {
+    /// This node's Redis as a one-tier cache (timeout, breaker, journal).
+    pub(crate) own: Tiered,
     pub(crate) peers: Vec<Peer>,
     pub(crate) replicator: Arc<Replicator>,
 }
@@ -84,17 +89,34 @@ pub(crate) fn peer_journal_path(path: &std::path::Path, addr: &str) -> std::path
     name.into()
 }
 
-/// Proves this node's Redis current before it is read again. After the
-/// connection to it was lost at `lost_at`, the entries stored before then
-/// are removed (invalidations the others delivered since may not have
-/// landed); otherwise the server's `run_id` is compared with the one
-/// recorded in the namespace, and if it is another run (a restart, maybe
-/// from an old dump, or a server never proven), the entries stored before
-/// `started` (when this node began using it) are removed. What this node
-/// stored since stays.
+/// How long removing unproven entries may take (a large namespace is
+/// swept page by page) before the proof is retried.
+const FORGET_FOR: Duration = Duration::from_secs(60);
+
+/// The loss of this node's connection to its own Redis.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Loss {
+    /// When it was noticed.
+    pub(crate) at: SystemTime,
+    /// [`Space::peer_losses`] then.
+    pub(crate) peer_losses: u64,
+}
+
+/// Proves this node's Redis current before it is read again, removing the
+/// entries stored before a moment it cannot vouch for (what this node
+/// stored since stays; what it forgets, the others still hold):
+///
+/// - the server is another run than the one recorded in the namespace (a
+///   restart, maybe from an old dump, or a server never proven): the
+///   entries stored before the loss, or before this node opened the
+///   namespace (`started`);
+/// - after a loss, if a subscription to another node was lost too, or
+///   there is no journal: the entries stored before the loss. Otherwise
+///   every invalidation of the outage was heard from the others and
+///   applied here, or kept in the journal, which hides what it covers.
 pub(crate) async fn verify_own(
     space: &Arc<Space>,
-    lost_at: Option<SystemTime>,
+    lost: Option<Loss>,
     started: SystemTime,
 ) -> Result<(), CacheError> {
     let own = RedisTier {
@@ -103,7 +125,11 @@ pub(crate) async fn verify_own(
     };
     let node = own.node()?;
     let mut conn = node.shared.clone();
-    let timeout = space.conns.config.master_timeout.max(Duration::from_secs(1));
+    let timeout = space
+        .conns
+        .config
+        .master_timeout
+        .max(Duration::from_secs(1));
     let info: String = tokio::time::timeout(
         timeout,
         redis::cmd("INFO").arg("server").query_async(&mut conn),
@@ -119,26 +145,41 @@ pub(crate) async fn verify_own(
         .ok_or_else(|| CacheError::backend(crate::node::BACKEND, "INFO server has no run_id"))?
         .to_owned();
     let key = space.keys.peer_run();
-    let recorded: Option<String> = redis::cmd("GET")
-        .arg(&key)
-        .query_async(&mut conn)
-        .await
-        .map_err(redis_error)?;
-    let before = match lost_at {
-        Some(lost_at) => Some((lost_at, "the connection to it was lost")),
-        None if recorded.as_deref() != Some(run_id.as_str()) => {
-            Some((started, "the server restarted, or was never proven current"))
-        }
+    let recorded: Option<String> =
+        tokio::time::timeout(timeout, redis::cmd("GET").arg(&key).query_async(&mut conn))
+            .await
+            .map_err(|_| CacheError::backend(crate::node::BACKEND, "GET timed out"))?
+            .map_err(redis_error)?;
+    let restarted = recorded.as_deref() != Some(run_id.as_str());
+    let unheard = lost.is_some_and(|loss| {
+        space.journal.is_none() || space.peer_losses.load(Ordering::Acquire) != loss.peer_losses
+    });
+    let before = match lost {
+        Some(loss) if restarted => Some((loss.at, "the server restarted during an outage")),
+        Some(loss) if unheard => Some((
+            loss.at,
+            "the connection to it was lost while another node was not heard either",
+        )),
+        Some(_) => None,
+        None if restarted => Some((started, "the server restarted, or was never proven current")),
         None => None,
     };
     if let Some((before, why)) = before {
-        let removed = own.forget_older(before).await?;
-        let _: () = redis::cmd("SET")
-            .arg(&key)
-            .arg(&run_id)
-            .query_async(&mut conn)
+        let removed = tokio::time::timeout(FORGET_FOR, own.forget_older(before))
             .await
-            .map_err(redis_error)?;
+            .map_err(|_| {
+                CacheError::backend(crate::node::BACKEND, "removing unproven entries timed out")
+            })??;
+        let _: () = tokio::time::timeout(
+            timeout,
+            redis::cmd("SET")
+                .arg(&key)
+                .arg(&run_id)
+                .query_async(&mut conn),
+        )
+        .await
+        .map_err(|_| CacheError::backend(crate::node::BACKEND, "SET timed out"))?
+        .map_err(redis_error)?;
         if removed > 0 {
             tracing::warn!(redis = %node.addr, removed, why, "this node's Redis may have missed invalidations: the entries stored before were removed");
         }

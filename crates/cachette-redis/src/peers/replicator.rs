@@ -9,7 +9,7 @@ use std::{
         Arc, Mutex, PoisonError, Weak,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime},
 };
 
 use cachette_core::{Backend, CacheError, CacheKey, Entry};
@@ -27,7 +27,8 @@ use crate::{
 struct Announcement {
     /// Which peer (index in `Links::peers`) holds it.
     peer: usize,
-    stored_at_ms: u64,
+    /// Its version: when it was stored, in the announcer's Redis clock (ms).
+    version: u64,
     /// Remaining TTL when announced, in ms (`0`: none).
     ttl_ms: u64,
     size: u64,
@@ -35,12 +36,12 @@ struct Announcement {
 }
 
 impl Announcement {
-    /// `{stored_at_ms} {ttl_ms} {size} {key}` (the key may hold spaces).
+    /// `{version_ms} {ttl_ms} {size} {key}` (the key may hold spaces).
     fn parse(peer: usize, argument: &str) -> Option<Self> {
         let mut parts = argument.splitn(4, ' ');
         Some(Self {
             peer,
-            stored_at_ms: parts.next()?.parse().ok()?,
+            version: parts.next()?.parse().ok()?,
             ttl_ms: parts.next()?.parse().ok()?,
             size: parts.next()?.parse().ok()?,
             key: parts.next()?.to_owned(),
@@ -208,6 +209,11 @@ async fn run_worker(space: Weak<Space>, replicator: Arc<Replicator>, memory: Arc
 /// Copies one announced entry, unless this node holds it already (same or
 /// newer), it is too large or too short-lived, or it is gone. Returns
 /// whether it was copied.
+///
+/// Versions are compared in this node's Redis clock: the announcer's
+/// (stamped in its own Redis's clock) is brought into this node's clock
+/// through the offset measured to the announcer's Redis, so a node whose
+/// clock runs ahead cannot make a copy win over a later delete here.
 async fn copy(
     space: &Arc<Space>,
     memory: &dyn Backend,
@@ -216,12 +222,11 @@ async fn copy(
     let Some(links) = space.peers.as_ref() else {
         return Ok(false);
     };
-    let config = &links.replicator.config;
-    if announcement.size > config.max_bytes
-        || (announcement.ttl_ms != 0 && announcement.ttl_ms < millis(config.min_ttl))
-    {
+    if !space.verified.load(Ordering::Acquire) {
+        // It would be removed by the proof, or mixed with what it missed.
         return Ok(false);
     }
+    let config = &links.replicator.config;
     let Ok(key) = CacheKey::new(announcement.key.as_str()) else {
         return Ok(false);
     };
@@ -233,13 +238,26 @@ async fn copy(
         role: Role::Master,
     };
     let timeout = space.conns.config.master_timeout;
-    let redis_key = space.keys.entry(key.as_str());
-    // The version this node would give the copy, against the one it holds:
-    // a 12-byte read, not the entry.
-    let stored_at = UNIX_EPOCH + Duration::from_millis(announcement.stored_at_ms);
-    let version = space.conns.master_clock(stored_at);
+    let peer_tier = peer.tiers.master_tier();
+    let peer_node = peer_tier.node()?;
+    let peer_clock = &peer.tiers.space.conns;
+    let mut peer_conn = peer_node.shared.clone();
+    if !peer_clock.clock_known() {
+        let sent = Instant::now();
+        let (secs, micros): (i64, i64) =
+            within(timeout, redis::cmd("TIME").query_async(&mut peer_conn)).await?;
+        peer_clock.observe_master_clock(
+            secs.saturating_mul(1000).saturating_add(micros / 1000),
+            sent,
+        );
+    }
+    let here = |version: u64| space.conns.master_clock(peer_clock.local_clock(version));
+    let announced = here(announcement.version);
+
+    // What this node holds: a 12-byte read, not the entry.
     let own_node = own.node()?;
     let mut conn = own_node.shared.clone();
+    let redis_key = space.keys.entry(key.as_str());
     let head: Vec<u8> = within(
         timeout,
         redis::cmd("GETRANGE")
@@ -249,12 +267,20 @@ async fn copy(
             .query_async(&mut conn),
     )
     .await?;
-    if stored_version(&head) >= version && !head.is_empty() {
+    let held = (!head.is_empty()).then(|| stored_version(&head));
+    if held.is_some_and(|held| held >= announced) {
         return Ok(false);
     }
-    let peer_tier = peer.tiers.master_tier();
-    let peer_node = peer_tier.node()?;
-    let mut peer_conn = peer_node.shared.clone();
+    if announcement.size > config.max_bytes
+        || (announcement.ttl_ms != 0 && announcement.ttl_ms < millis(config.min_ttl))
+    {
+        if held.is_some() {
+            // Not copied, but newer than what is held here: drop that.
+            within_cache(timeout, own.drop_older(&key, announced)).await?;
+            memory.delete(&key).await?;
+        }
+        return Ok(false);
+    }
     let raw: Option<Vec<u8>> = within(
         timeout,
         redis::cmd("GET")
@@ -263,29 +289,34 @@ async fn copy(
     )
     .await?;
     let Some(raw) = raw else { return Ok(false) };
-    if raw.len() as u64 > config.max_bytes.saturating_add(4096) {
-        return Ok(false);
+    let version = stored_version(&raw);
+    if version == 0 || raw.len() as u64 > config.max_bytes.saturating_add(4096) {
+        return Ok(false); // a counter (each node's own), or grown since
     }
     let entry = Entry::decode(entry_bytes(raw))?;
     let ttl = entry.remaining_ttl(SystemTime::now());
     if ttl < config.min_ttl {
         return Ok(false);
     }
-    match tokio::time::timeout(timeout, own.set(&key, Arc::new(entry), ttl)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(CacheError::Superseded { .. })) => return Ok(false),
-        Ok(Err(error)) => return Err(error),
-        Err(_) => {
-            return Err(CacheError::Timeout {
-                tier: "local".to_owned(),
-                timeout,
-            });
-        }
+    let stored = within_cache(timeout, own.copy_in(&key, &entry, ttl, here(version))).await?;
+    if stored {
+        // This node's memory may hold an older copy: the next read
+        // promotes the one just stored.
+        memory.delete(&key).await?;
     }
-    // This node's memory may hold an older copy: the next read promotes
-    // the one just stored.
-    memory.delete(&key).await?;
-    Ok(true)
+    Ok(stored)
+}
+
+async fn within_cache<T>(
+    limit: Duration,
+    call: impl std::future::Future<Output = Result<T, CacheError>>,
+) -> Result<T, CacheError> {
+    tokio::time::timeout(limit, call)
+        .await
+        .unwrap_or(Err(CacheError::Timeout {
+            tier: "local".to_owned(),
+            timeout: limit,
+        }))
 }
 
 fn millis(duration: Duration) -> u64 {
