@@ -62,8 +62,20 @@ async fn a_page_filled_on_one_node_is_a_hit_on_the_others_without_an_origin_call
         );
         fleet.push(caches);
     }
-    // Every node hears the others before the fill.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Every node hears the others and reads its own Redis before the fill.
+    for caches in &fleet {
+        let started = Instant::now();
+        loop {
+            let report = caches.report(false, None).await;
+            let redis = report.caches[0].redis.clone().unwrap();
+            if redis.own_current == Some(true) && redis.peers.iter().all(|p| p.connected) {
+                assert_eq!(redis.peers.len(), 2);
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(5), "{redis:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 
     let first = fetch(&apps[0], "/page").await;
     assert!(!first.is_hit(), "{}", first.cache_status());
@@ -89,8 +101,13 @@ async fn a_page_filled_on_one_node_is_a_hit_on_the_others_without_an_origin_call
         assert!(reply.is_hit(), "{}", reply.cache_status());
         assert_eq!(reply.text(), first.text(), "the same page");
     }
-    // One origin call for the fleet (a hit that waited counts no call).
+    // One origin call for the fleet; the reports say what was copied.
     assert_eq!(origin.get(), 1);
+    for caches in &fleet[1..] {
+        let report = caches.report(false, None).await;
+        let replication = report.caches[0].redis.clone().unwrap().replication.unwrap();
+        assert!(replication.copied >= 1, "{replication:?}");
+    }
 
     // A purge on B reaches every node.
     let report = fleet[1]

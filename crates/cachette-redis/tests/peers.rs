@@ -236,6 +236,7 @@ async fn a_url_prefix_purge_on_one_node_removes_the_entries_from_every_memory_an
     everywhere(&nodes, 0, "GET:h/api/1").await;
     everywhere(&nodes, 2, "GET:h/api/2").await;
     everywhere(&nodes, 0, "GET:h/home").await;
+    let before_purge = raw_value(&nodes[0].url, "GET:h/api/1").await;
 
     let report = nodes[1].cache.invalidate_prefix("GET:h/api/").await;
     assert!(report.is_complete(), "{report:?}");
@@ -262,18 +263,51 @@ async fn a_url_prefix_purge_on_one_node_removes_the_entries_from_every_memory_an
             "outside the prefix"
         );
     }
-    // A late copy of a purged entry is refused everywhere (the purge mark).
-    let late = entry_at(
-        "late",
-        SystemTime::now() - Duration::from_secs(1),
-        Duration::from_secs(60),
-        &[],
-    );
-    let _ = nodes[0].cache.set(&key("GET:h/api/1"), late).await;
+    // A's Redis holds a pre-purge value again (a late write) and announces
+    // it: no other node takes the copy (the purge mark).
+    let mut conn = raw(&nodes[0].url).await;
+    let () = redis::cmd("SET")
+        .arg(format!("{NS}k:GET:h/api/1"))
+        .arg(&before_purge)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    announce(&nodes[0].url, "GET:h/api/1", SystemTime::now()).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     for node in &nodes[1..] {
-        assert!(!exists(&node.url, &format!("{NS}k:GET:h/api/1")).await);
+        assert!(
+            !exists(&node.url, &format!("{NS}k:GET:h/api/1")).await,
+            "{}",
+            node.url
+        );
     }
+    assert!(nodes[1].redis.stats().await.replication.unwrap().skipped >= 1);
+}
+
+/// Publishes, on the channel of the node at `url`, an announcement of `k`
+/// stored at `at` (in that node's clock), as that node would.
+async fn announce(url: &str, k: &str, at: SystemTime) {
+    let mut conn = raw(url).await;
+    let message = format!(
+        "forged\na\n{} 60000 100 {k}",
+        cachette_core::unix_millis(at)
+    );
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg(format!("{NS}bus"))
+        .arg(message)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
+
+/// The raw bytes of `k` in the Redis at `url`.
+async fn raw_value(url: &str, k: &str) -> Vec<u8> {
+    let mut conn = raw(url).await;
+    redis::cmd("GET")
+        .arg(format!("{NS}k:{k}"))
+        .query_async(&mut conn)
+        .await
+        .unwrap()
 }
 
 /// A's deliveries to a peer that was down wait this long to be replayed:
@@ -401,8 +435,15 @@ async fn a_burst_of_announcements_is_bounded_counted_and_never_delays_a_hit() {
     let mut hits = 0;
     let mut slowest = Duration::ZERO;
     while !burst.is_finished() || hits < 1000 {
+        // One hit in ten from this node's Redis, which the replicator uses too.
+        let tier = if hits % 10 == 0 {
+            a.memory.clear().await.unwrap();
+            "local"
+        } else {
+            "memory"
+        };
         let started = Instant::now();
-        assert_eq!(read(&a, "hot").await.unwrap(), ("hot".to_owned(), "memory"));
+        assert_eq!(read(&a, "hot").await.unwrap(), ("hot".to_owned(), tier));
         slowest = slowest.max(started.elapsed());
         hits += 1;
         tokio::task::yield_now().await;
@@ -410,8 +451,9 @@ async fn a_burst_of_announcements_is_bounded_counted_and_never_delays_a_hit() {
     burst.await.unwrap();
     assert!(
         eventually(Duration::from_secs(10), || async {
+            // Heard, and each one dropped or dealt with (none in flight).
             let r = a.redis.stats().await.replication.unwrap();
-            r.heard == 10_000 && r.queued == 0
+            r.heard == 10_000 && r.heard == r.dropped + r.copied + r.skipped + r.failed
         })
         .await,
         "{:?}",
@@ -428,8 +470,10 @@ async fn a_burst_of_announcements_is_bounded_counted_and_never_delays_a_hit() {
         r.dropped + r.copied + r.skipped + r.failed,
         "every one accounted: {r:?}"
     );
+    // Generous: a loaded 2-core CI machine; what it guards against is a hit
+    // queued behind the burst (seconds).
     assert!(
-        slowest < Duration::from_millis(100),
+        slowest < Duration::from_millis(250),
         "a hit waited {slowest:?}"
     );
 }
@@ -505,6 +549,184 @@ async fn a_redis_that_cannot_be_proven_current_is_never_read() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(c.redis.stats().await.own_current, Some(false));
     assert!(read(&c, "k").await.is_none(), "an unproven Redis was read");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_on_a_node_whose_redis_is_down_reaches_every_other_node() {
+    let mut servers = servers(3);
+    let nodes = fleet(&servers).await;
+    everywhere(&nodes, 1, "GET:h/api/1").await;
+    servers[0].kill();
+    // A's own journal now holds a write (a backlog), and its breaker opens.
+    for n in 0..6 {
+        let e = entry_at("v", SystemTime::now(), Duration::from_secs(60), &[]);
+        let _ = nodes[0]
+            .cache
+            .set(&key(&format!("GET:h/while-down/{n}")), e)
+            .await;
+    }
+    let report = nodes[0].cache.invalidate_prefix("GET:h/api/").await;
+    assert!(report.failed.is_empty(), "{report:?}");
+    for node in &nodes[1..] {
+        // Delivered to its Redis, and heard by its memory on its own
+        // channel (A's is down).
+        assert!(
+            !exists(&node.url, &format!("{NS}k:GET:h/api/1")).await,
+            "{}",
+            node.url
+        );
+        assert!(
+            eventually(Duration::from_millis(200), || async {
+                node.memory
+                    .get(&key("GET:h/api/1"))
+                    .await
+                    .unwrap()
+                    .is_none()
+            })
+            .await,
+            "still in the memory of {}",
+            node.url
+        );
+        assert!(read(node, "GET:h/api/1").await.is_none());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stall_too_short_to_be_noticed_does_not_let_a_node_serve_what_was_purged() {
+    let servers = servers(3);
+    let nodes = fleet_with(&servers, slow_replay).await;
+    everywhere(&nodes, 1, "GET:h/api/1").await;
+    let subscriptions = nodes[2].redis.stats().await.bus_subscriptions;
+    // C's Redis stalls for less than three heartbeats: A's delivery to it
+    // times out (journaled on A, replayed only later), and C's subscription
+    // to it never looks lost.
+    servers[2].pause();
+    let purge = tokio::spawn({
+        let cache = nodes[0].cache.clone();
+        async move { cache.invalidate_prefix("GET:h/api/").await }
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    servers[2].resume();
+    let report = purge.await.unwrap();
+    assert!(report.failed.is_empty(), "{report:?}");
+    assert!(
+        undelivered(&nodes[0]).await >= 1,
+        "A's delivery to C was journaled"
+    );
+    never_served(&nodes[2], "GET:h/api/1", Duration::from_millis(1500)).await;
+    assert_eq!(
+        nodes[2].redis.stats().await.bus_subscriptions,
+        subscriptions,
+        "the stall went unnoticed (the path under test)"
+    );
+    // C applied what it heard from A itself, once its Redis answered.
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            !exists(&nodes[2].url, &format!("{NS}k:GET:h/api/1")).await
+        })
+        .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_a_memory_tier_proves_its_redis_and_copies_the_others() {
+    let servers = servers(2);
+    let nodes = fleet(&servers).await;
+    let urls: Vec<String> = servers.iter().map(RedisServer::url).collect();
+    drop(nodes);
+    let dir = tempfile::tempdir().unwrap();
+    let bare = connect(node_config(&urls, &urls[1], dir.path())).await;
+    let bare_cache = bare.tiered("bare", None);
+    let a = start_node(&urls, &urls[0], |_| {}).await;
+    ready(&a).await;
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            let stats = bare.stats().await;
+            stats.own_current == Some(true) && stats.peers.iter().all(|p| p.connected)
+        })
+        .await
+    );
+    let e = entry_at("v", SystemTime::now(), Duration::from_secs(60), &[]);
+    assert!(a.cache.set(&key("k"), e).await.is_complete());
+    assert!(
+        eventually(Duration::from_millis(500), || async {
+            bare_cache.get(&key("k")).await.is_some()
+        })
+        .await,
+        "copied into the node without memory, and read there"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_clock_runs_ahead_cannot_bring_back_what_was_deleted() {
+    let servers = servers(3);
+    let nodes = fleet(&servers).await;
+    // A's clock runs 10 s ahead: its entry says it was stored in the future
+    // (its Redis stamps the version in its own, right, clock).
+    let ahead = SystemTime::now() + Duration::from_secs(10);
+    let e = entry_at("old", ahead, Duration::from_secs(60), &[]);
+    assert!(nodes[0].cache.set(&key("k"), e).await.is_complete());
+    for node in &nodes {
+        assert!(
+            eventually(Duration::from_secs(1), || async {
+                exists(&node.url, &format!("{NS}k:k")).await
+            })
+            .await
+        );
+    }
+    let before_delete = raw_value(&nodes[0].url, "k").await;
+    assert!(nodes[1].cache.delete(&key("k")).await.is_complete());
+    // A's Redis holds the value from before the delete again (a slow
+    // write), and A announces it with its clock.
+    let mut conn = raw(&nodes[0].url).await;
+    let () = redis::cmd("SET")
+        .arg(format!("{NS}k:k"))
+        .arg(&before_delete)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    announce(&nodes[0].url, "k", ahead).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for node in &nodes[1..] {
+        assert!(
+            !exists(&node.url, &format!("{NS}k:k")).await,
+            "brought back on {}",
+            node.url
+        );
+        assert!(read(node, "k").await.is_none());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_value_too_large_to_copy_drops_the_older_copies() {
+    let servers = servers(3);
+    let urls: Vec<String> = servers.iter().map(RedisServer::url).collect();
+    let mut nodes = Vec::new();
+    for url in &urls {
+        nodes.push(start_node(&urls, url, |c| c.replication.max_bytes = 1000).await);
+    }
+    for node in &nodes {
+        ready(node).await;
+    }
+    everywhere(&nodes, 0, "k").await;
+    let big = entry_at(
+        &"x".repeat(4000),
+        SystemTime::now(),
+        Duration::from_secs(60),
+        &[],
+    );
+    assert!(nodes[1].cache.set(&key("k"), big).await.is_complete());
+    for node in [&nodes[0], &nodes[2]] {
+        assert!(
+            eventually(Duration::from_millis(400), || async {
+                read(node, "k").await.is_none()
+            })
+            .await,
+            "{} still serves the older value",
+            node.url
+        );
+    }
+    assert_eq!(read(&nodes[1], "k").await.unwrap().0.len(), 4000);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -128,7 +128,7 @@ pub(crate) async fn warm(
         cursor = next;
     }
     let mut chosen: Vec<(u64, Vec<u8>)> = newest.into_iter().map(|Reverse(v)| v).collect();
-    chosen.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    chosen.sort_unstable_by_key(|(version, _)| Reverse(*version));
     let total = chosen.len() as u64;
 
     let own = RedisTier {
