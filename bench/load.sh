@@ -47,7 +47,7 @@ need openssl openssl
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 echo "==> building (release)"
-cargo build --release -q -p cachette-suite --example bench_server --example bench_stampede --example bench_memory
+cargo build --release -q -p cachette-suite --example bench_server --example bench_stampede --example bench_memory --example bench_replication
 cargo build --release -q -p cachette-cli
 # The peer crates: a package outside the workspace, built into this target.
 cargo build --release -q --manifest-path bench/peers/Cargo.toml --target-dir target
@@ -413,17 +413,31 @@ done
 echo "==> memory tier filled to ${MEMORY_MIB} MiB"
 MEMORY_LINE=$("$BIN/examples/bench_memory" "$MEMORY_MIB")
 
+echo "==> a fleet of two peers: store on A to hit on B, copies per second"
+PEER_URLS=()
+for i in 1 2; do
+    port=$(free_port)
+    mkdir -p "$WORK/peer-$port"
+    redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no \
+        --dir "$WORK/peer-$port" --logfile "$WORK/peer-$port/redis.log" &
+    PIDS+=($!)
+    wait_port "$port"
+    PEER_URLS+=("redis://127.0.0.1:$port/0")
+done
+REPLICATION_LINE=$("$BIN/examples/bench_replication" "${PEER_URLS[@]}" 20000)
+
 mkdir -p "$OUT"
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 cp "$RESULTS" "$OUT/$STAMP-wrk.tsv"
 cp "$STAMPEDE_TSV" "$OUT/$STAMP-stampede.tsv"
 echo "$MEMORY_LINE" >"$OUT/$STAMP-memory.txt"
+echo "$REPLICATION_LINE" >"$OUT/$STAMP-replication.txt"
 
-python3 - "$RESULTS" "$STAMPEDE_TSV" "$MEMORY_LINE" "$OUT/$STAMP-report.md" <<'PY'
+python3 - "$RESULTS" "$STAMPEDE_TSV" "$MEMORY_LINE" "$OUT/$STAMP-report.md" "$REPLICATION_LINE" <<'PY'
 import statistics, sys
 from collections import defaultdict
 
-results, stampede_path, memory_line, report_path = sys.argv[1:5]
+results, stampede_path, memory_line, report_path, replication_line = sys.argv[1:6]
 runs = defaultdict(list)
 for line in open(results):
     size, row, rnd, rps, p50, p99, errors = line.split("\t")
@@ -516,6 +530,8 @@ for size in sizes:
         lines.append(f"- {label}: a miss adds {get('miss-layer')[1] - get('miss-plain')[1]:.3f} ms at p50 ({get('miss-layer')[1]:.3f} vs {get('miss-plain')[1]:.3f})")
 fields = dict(kv.split("=") for kv in memory_line.split()[1:])
 lines.append(f"- memory tier full at {int(fields['max_bytes']) >> 20} MiB: resident growth {int(fields['growth']) / 2**20:.1f} MiB = {float(fields['ratio']):.2f}× max_bytes ({fields['entries']} entries, baseline RSS {int(fields['baseline_rss']) / 2**20:.1f} MiB)")
+rep = dict(kv.split("=") for kv in replication_line.split()[1:])
+lines.append(f"- peers replication (2 nodes, 1 KiB): store on A to hit on B p50 {int(rep['p50_us']) / 1000:.2f} ms, p99 {int(rep['p99_us']) / 1000:.2f} ms, max {int(rep['max_us']) / 1000:.2f} ms; one replicator copies {float(rep['copies_per_s']):.0f}/s while A stores {float(rep['stores_per_s']):.0f}/s ({rep['copied']} copied, {rep['dropped']} dropped of {rep['stores']})")
 report = "\n".join(lines) + "\n"
 open(report_path, "w").write(report)
 print()
