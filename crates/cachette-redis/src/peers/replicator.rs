@@ -345,7 +345,7 @@ mod tests {
         let a = Announcement::parse(1, "1700000000000 5000 1024 GET:h/a b?c").unwrap();
         assert_eq!(a.key, "GET:h/a b?c");
         assert_eq!(
-            (a.stored_at_ms, a.ttl_ms, a.size),
+            (a.version, a.ttl_ms, a.size),
             (1_700_000_000_000, 5000, 1024)
         );
         assert!(Announcement::parse(0, "x 1 2 k").is_none());
