@@ -228,8 +228,13 @@ pub(crate) async fn run_subscriber(shared: Weak<Space>, targets: Targets) {
                     }
                     apply(&strong, &targets, kind, argument).await;
                     drop(strong);
+                    // What a delivery published here was applied to this
+                    // peer's Redis by its sender, and to this node's by
+                    // its own delivery.
                     if let Some((own, _)) = &targets.announcements {
-                        apply_to_own(own, kind, argument).await;
+                        if !sender.contains(crate::peers::DELIVERY_MARK) {
+                            apply_to_own(own, kind, argument).await;
+                        }
                     }
                 }
                 changed = generation.changed() => {
@@ -247,14 +252,15 @@ pub(crate) async fn run_subscriber(shared: Weak<Space>, targets: Targets) {
             if let Some(strong) = shared.upgrade() {
                 strong.verified.store(false, Ordering::Release);
                 // The first loss counts until this Redis is proven again.
-                lost.get_or_insert(crate::peers::Loss {
-                    at: std::time::SystemTime::now(),
-                    peer_losses: strong.peer_losses.load(Ordering::Acquire),
-                });
+                lost.get_or_insert_with(|| crate::peers::Loss::now(&strong));
             }
         }
         if let Some((own, _)) = &targets.announcements {
             if let Some(own) = own.upgrade() {
+                own.last_peer_loss_ms.store(
+                    cachette_core::unix_millis(std::time::SystemTime::now()),
+                    Ordering::Release,
+                );
                 own.peer_losses.fetch_add(1, Ordering::AcqRel);
             }
         }

@@ -218,6 +218,10 @@ impl RedisTiers {
             // Deliveries publish on the peer's own channel, which its
             // memory hears even while this node's Redis is down.
             peer.bus = true;
+            // Marks what deliveries publish: the peer's memory applies it,
+            // the other nodes hearing that channel do not (they got it
+            // from this node's channel and their own delivery already).
+            peer.node_id = format!("{}{}", config.node_id, peers::DELIVERY_MARK);
             let node = Node::new(
                 url,
                 config.master_timeout,

@@ -208,7 +208,9 @@ impl Connections {
         } else {
             version.saturating_add(offset.unsigned_abs())
         };
-        std::time::UNIX_EPOCH + Duration::from_millis(local)
+        std::time::UNIX_EPOCH
+            .checked_add(Duration::from_millis(local))
+            .unwrap_or(std::time::UNIX_EPOCH)
     }
 
     /// The offset last measured (master minus this node), in ms.
@@ -255,6 +257,8 @@ pub(crate) struct Space {
     /// node's channel was lost (what that node published meanwhile was
     /// not heard here).
     pub(crate) peer_losses: AtomicU64,
+    /// When the last of those happened (Unix ms; 0: never).
+    pub(crate) last_peer_loss_ms: AtomicU64,
     pub(crate) tasks: Tasks,
 }
 
@@ -295,6 +299,7 @@ impl Space {
             verified: AtomicBool::new(peers.is_none()),
             opened: SystemTime::now(),
             peer_losses: AtomicU64::new(0),
+            last_peer_loss_ms: AtomicU64::new(0),
             peers,
             tasks: Tasks::default(),
         }

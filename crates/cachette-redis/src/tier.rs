@@ -968,9 +968,11 @@ impl Backend for RedisTier {
             .await;
         match result {
             Ok(value) => {
-                if value.is_some() {
+                if value.is_some() && self.space.peers.is_none() {
                     // Other memory tiers (other nodes, other aliases here)
-                    // hold the old number: drop their copies.
+                    // hold the old number: drop their copies. (In a fleet
+                    // of peers a counter is each node's own: the others
+                    // would delete theirs.)
                     self.publish(&mut conn, 'd', key.as_str()).await;
                 }
                 Ok(value)

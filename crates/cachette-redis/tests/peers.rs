@@ -272,8 +272,9 @@ async fn a_url_prefix_purge_on_one_node_removes_the_entries_from_every_memory_an
         .query_async(&mut conn)
         .await
         .unwrap();
+    let dealt = dealt_with(&nodes[1..]).await;
     announce(&nodes[0].url, "GET:h/api/1", SystemTime::now()).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    settled(&nodes[1..], &dealt).await;
     for node in &nodes[1..] {
         assert!(
             !exists(&node.url, &format!("{NS}k:GET:h/api/1")).await,
@@ -281,7 +282,28 @@ async fn a_url_prefix_purge_on_one_node_removes_the_entries_from_every_memory_an
             node.url
         );
     }
-    assert!(nodes[1].redis.stats().await.replication.unwrap().skipped >= 1);
+}
+
+/// How many announcements each node has dealt with (copied or not).
+async fn dealt_with(nodes: &[Node]) -> Vec<u64> {
+    let mut out = Vec::new();
+    for node in nodes {
+        let r = node.redis.stats().await.replication.unwrap();
+        out.push(r.copied + r.skipped + r.failed + r.dropped);
+    }
+    out
+}
+
+/// Waits until each node has dealt with one more announcement than `before`.
+async fn settled(nodes: &[Node], before: &[u64]) {
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            let now = dealt_with(nodes).await;
+            now.iter().zip(before).all(|(n, b)| n > b)
+        })
+        .await,
+        "the announcement was not dealt with"
+    );
 }
 
 /// Publishes, on the channel of the node at `url`, an announcement of `k`
@@ -685,8 +707,9 @@ async fn a_node_whose_clock_runs_ahead_cannot_bring_back_what_was_deleted() {
         .query_async(&mut conn)
         .await
         .unwrap();
+    let dealt = dealt_with(&nodes[1..]).await;
     announce(&nodes[0].url, "k", ahead).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    settled(&nodes[1..], &dealt).await;
     for node in &nodes[1..] {
         assert!(
             !exists(&node.url, &format!("{NS}k:k")).await,
@@ -727,6 +750,45 @@ async fn a_newer_value_too_large_to_copy_drops_the_older_copies() {
         );
     }
     assert_eq!(read(&nodes[1], "k").await.unwrap().0.len(), 4000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_counter_is_each_nodes_own() {
+    let servers = servers(2);
+    let nodes = fleet(&servers).await;
+    let counter = |n| {
+        Arc::new(cachette_core::Entry::counter(
+            n,
+            cachette_core::EntryMeta::new(SystemTime::now(), Duration::from_secs(60)),
+        ))
+    };
+    assert!(
+        nodes[0]
+            .cache
+            .set(&key("n"), counter(1))
+            .await
+            .is_complete()
+    );
+    assert!(
+        nodes[1]
+            .cache
+            .set(&key("n"), counter(10))
+            .await
+            .is_complete()
+    );
+    everywhere(&nodes, 0, "marker").await;
+    assert_eq!(nodes[0].cache.incr(&key("n"), 1).await.unwrap(), 2);
+    // Whatever A published after its incr has been heard on B...
+    assert!(nodes[0].cache.delete(&key("marker")).await.is_complete());
+    assert!(
+        eventually(Duration::from_secs(1), || async {
+            nodes[1].memory.get(&key("marker")).await.unwrap().is_none()
+        })
+        .await
+    );
+    // ...and B's counter is untouched.
+    assert_eq!(nodes[1].cache.incr(&key("n"), 1).await.unwrap(), 11);
+    assert_eq!(nodes[0].cache.incr(&key("n"), 1).await.unwrap(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

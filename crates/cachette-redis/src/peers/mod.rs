@@ -42,6 +42,9 @@ pub use warm::{WarmLimits, WarmProgress, WarmReport};
 
 use crate::{RedisTier, RedisTiers, Role, node::redis_error, shared::Space};
 
+/// Ends the bus sender id of what a delivery to a peer publishes there.
+pub(crate) const DELIVERY_MARK: &str = "~delivery";
+
 /// The other nodes of a fleet, as one namespace sees them.
 #[derive(Debug)]
 pub(crate) struct Links {
@@ -100,6 +103,45 @@ pub(crate) struct Loss {
     pub(crate) at: SystemTime,
     /// [`Space::peer_losses`] then.
     pub(crate) peer_losses: u64,
+    /// Whether every peer's channel was heard then.
+    pub(crate) all_heard: bool,
+}
+
+impl Loss {
+    /// The loss of `space`'s own Redis, noticed now.
+    pub(crate) fn now(space: &Space) -> Self {
+        Self {
+            at: SystemTime::now(),
+            peer_losses: space.peer_losses.load(Ordering::Acquire),
+            all_heard: all_heard(space),
+        }
+    }
+
+    /// Whether something another node published may have gone unheard
+    /// during the outage: a peer's channel not heard at its start or now,
+    /// one lost since, or lost shortly before it was noticed (a loss is
+    /// noticed up to a few heartbeats late).
+    fn unheard(&self, space: &Space) -> bool {
+        let noticed_late = space.conns.config.heartbeat.saturating_mul(4);
+        let last_peer_loss = space.last_peer_loss_ms.load(Ordering::Acquire);
+        let since =
+            cachette_core::unix_millis(self.at.checked_sub(noticed_late).unwrap_or(self.at));
+        space.journal.is_none()
+            || !self.all_heard
+            || !all_heard(space)
+            || space.peer_losses.load(Ordering::Acquire) != self.peer_losses
+            || (last_peer_loss != 0 && last_peer_loss >= since)
+    }
+}
+
+/// Whether this node hears every other node's channel now.
+fn all_heard(space: &Space) -> bool {
+    space.peers.as_ref().is_none_or(|links| {
+        links
+            .peers
+            .iter()
+            .all(|p| p.tiers.space.bus_connected.load(Ordering::Relaxed))
+    })
 }
 
 /// Proves this node's Redis current before it is read again, removing the
@@ -151,9 +193,7 @@ pub(crate) async fn verify_own(
             .map_err(|_| CacheError::backend(crate::node::BACKEND, "GET timed out"))?
             .map_err(redis_error)?;
     let restarted = recorded.as_deref() != Some(run_id.as_str());
-    let unheard = lost.is_some_and(|loss| {
-        space.journal.is_none() || space.peer_losses.load(Ordering::Acquire) != loss.peer_losses
-    });
+    let unheard = lost.is_some_and(|loss| loss.unheard(space));
     let before = match lost {
         Some(loss) if restarted => Some((loss.at, "the server restarted during an outage")),
         Some(loss) if unheard => Some((

@@ -242,15 +242,7 @@ async fn copy(
     let peer_node = peer_tier.node()?;
     let peer_clock = &peer.tiers.space.conns;
     let mut peer_conn = peer_node.shared.clone();
-    if !peer_clock.clock_known() {
-        let sent = Instant::now();
-        let (secs, micros): (i64, i64) =
-            within(timeout, redis::cmd("TIME").query_async(&mut peer_conn)).await?;
-        peer_clock.observe_master_clock(
-            secs.saturating_mul(1000).saturating_add(micros / 1000),
-            sent,
-        );
-    }
+    measure_clock(peer_clock, &mut peer_conn, timeout).await?;
     let here = |version: u64| space.conns.master_clock(peer_clock.local_clock(version));
     let announced = here(announcement.version);
 
@@ -274,10 +266,24 @@ async fn copy(
     if announcement.size > config.max_bytes
         || (announcement.ttl_ms != 0 && announcement.ttl_ms < millis(config.min_ttl))
     {
-        if held.is_some() {
-            // Not copied, but newer than what is held here: drop that.
-            within_cache(timeout, own.drop_older(&key, announced)).await?;
-            memory.delete(&key).await?;
+        // Not copied, but newer than what is held here (or than a copy
+        // that may still arrive from another node): drop that, at the
+        // version the peer really holds.
+        let head: Vec<u8> = within(
+            timeout,
+            redis::cmd("GETRANGE")
+                .arg(peer.tiers.space.keys.entry(key.as_str()))
+                .arg(0)
+                .arg(11)
+                .query_async(&mut peer_conn),
+        )
+        .await?;
+        let version = stored_version(&head);
+        if version != 0 {
+            within_cache(timeout, own.drop_older(&key, here(version))).await?;
+            if held.is_some() {
+                memory.delete(&key).await?;
+            }
         }
         return Ok(false);
     }
@@ -305,6 +311,26 @@ async fn copy(
         memory.delete(&key).await?;
     }
     Ok(stored)
+}
+
+/// Measures the clock of a peer's Redis with `TIME` unless it was measured
+/// lately: versions read there are brought into this node's clock with it.
+pub(crate) async fn measure_clock(
+    peer_clock: &crate::shared::Connections,
+    peer_conn: &mut (impl redis::aio::ConnectionLike + Send),
+    timeout: Duration,
+) -> Result<(), CacheError> {
+    if peer_clock.clock_known() {
+        return Ok(());
+    }
+    let sent = Instant::now();
+    let (secs, micros): (i64, i64) =
+        within(timeout, redis::cmd("TIME").query_async(peer_conn)).await?;
+    peer_clock.observe_master_clock(
+        secs.saturating_mul(1000).saturating_add(micros / 1000),
+        sent,
+    );
+    Ok(())
 }
 
 async fn within_cache<T>(

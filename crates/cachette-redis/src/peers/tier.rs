@@ -93,8 +93,8 @@ impl PeerTier {
     }
 
     /// Applies `invalidation` here and delivers it to every peer, at once.
-    /// The deliveries run in tasks of their own: a caller that gives up
-    /// (a client gone, a timeout) does not cancel them half-way. Fails if
+    /// Each runs in a task of its own: a caller that gives up (a client
+    /// gone, a timeout) cancels none of them half-way. Fails if
     /// this node's Redis failed it without journaling it, or a delivery
     /// reached neither its peer nor its journal.
     async fn invalidate(&self, invalidation: Invalidation) -> Result<(), CacheError> {
@@ -107,7 +107,10 @@ impl PeerTier {
                 tokio::spawn(async move { invalidation.run(&delivery).await })
             })
             .collect();
-        let here = invalidation.run(&links.own).await;
+        let here = {
+            let (invalidation, own) = (invalidation.clone(), links.own.clone());
+            tokio::spawn(async move { invalidation.run(&own).await })
+        };
         let mut lost = 0u64;
         for delivery in deliveries {
             match delivery.await {
@@ -115,7 +118,9 @@ impl PeerTier {
                 _ => lost += 1,
             }
         }
-        own_result(&here)?;
+        let here = here.await.map_err(|e| {
+            CacheError::backend(BACKEND, format!("the invalidation task failed: {e}"))
+        })?;
         if lost > 0 {
             links
                 .replicator
@@ -123,12 +128,13 @@ impl PeerTier {
                 .undelivered
                 .fetch_add(lost, Ordering::Relaxed);
             tracing::error!(op = ?invalidation, lost, "an invalidation reached neither a peer nor its journal (no journal configured, or it failed)");
+            own_result(&here)?;
             return Err(CacheError::backend(
                 BACKEND,
                 format!("{lost} peer(s) took neither the invalidation nor a journal record of it"),
             ));
         }
-        Ok(())
+        own_result(&here)
     }
 
     /// Tells the other nodes that `key` was stored here.

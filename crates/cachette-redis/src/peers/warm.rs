@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use cachette_core::{Backend, CacheError, CacheKey, Entry};
+use cachette_core::{CacheError, CacheKey, Entry};
 
 use crate::{
     RedisTier, Role,
@@ -136,6 +136,7 @@ pub(crate) async fn warm(
         role: Role::Master,
     };
     let timeout = space.conns.config.master_timeout;
+    let peer_clock = &peer.tiers.space.conns;
     for (done, (_, redis_key)) in chosen.into_iter().enumerate() {
         let raw: Option<Vec<u8>> = redis::cmd("GET")
             .arg(&redis_key)
@@ -146,7 +147,16 @@ pub(crate) async fn warm(
             Some(raw) if report.bytes.saturating_add(raw.len() as u64) > limits.max_bytes => {
                 break;
             }
-            Some(raw) => copy_one(&own, &entry_prefix, &redis_key, raw, timeout).await?,
+            Some(raw) => {
+                let version = stored_version(&raw);
+                if version == 0 {
+                    None // a counter: each node's own
+                } else {
+                    super::replicator::measure_clock(peer_clock, &mut conn, timeout).await?;
+                    let here = space.conns.master_clock(peer_clock.local_clock(version));
+                    copy_one(&own, &entry_prefix, &redis_key, raw, here, timeout).await?
+                }
+            }
             None => None,
         };
         match copied {
@@ -171,6 +181,7 @@ async fn copy_one(
     entry_prefix: &str,
     redis_key: &[u8],
     raw: Vec<u8>,
+    version: u64,
     timeout: Duration,
 ) -> Result<Option<u64>, CacheError> {
     let size = raw.len() as u64;
@@ -188,9 +199,11 @@ async fn copy_one(
     if ttl.is_zero() {
         return Ok(None);
     }
-    match tokio::time::timeout(timeout, own.set(&key, Arc::new(entry), ttl)).await {
-        Ok(Ok(())) => Ok(Some(size)),
-        Ok(Err(CacheError::Superseded { .. })) => Ok(None),
+    // The version the peer holds, in this node's clock: a writer whose
+    // clock runs ahead cannot beat a delete here.
+    match tokio::time::timeout(timeout, own.copy_in(&key, &entry, ttl, version)).await {
+        Ok(Ok(true)) => Ok(Some(size)),
+        Ok(Ok(false)) => Ok(None),
         Ok(Err(error)) => Err(error),
         Err(_) => Err(CacheError::Timeout {
             tier: "local".to_owned(),
