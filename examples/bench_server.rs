@@ -25,6 +25,8 @@
 //! | `/slow-cached/{n}` | the same behind the layer |
 //! | `/slow-fleet/{n}` | the same behind a layer with fleet coalescing over the Redis at the URL (memory + Redis): start several servers on one Redis for a fleet |
 //! | `/calls` | how many times the 200 ms origin ran |
+//! | `/expiring` | the route behind the layer, stored for `EXPIRY_SECS` (default 20) only: the mass-expiry row (keys in the query) |
+//! | `/expiring-calls` | how many times `/expiring`'s origin ran |
 
 use std::{
     sync::{
@@ -67,6 +69,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     });
     let slow_fleet = slow.clone();
+    let expiry: u64 = std::env::var("EXPIRY_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    let expiring_calls = Arc::new(AtomicU64::new(0));
+    let expiring = {
+        let (body, counted) = (Bytes::from(vec![b'x'; size]), expiring_calls.clone());
+        let control = format!("max-age={expiry}");
+        get(move || {
+            counted.fetch_add(1, Ordering::Relaxed);
+            let (body, control) = (body.clone(), control.clone());
+            async move { ([("cache-control", control)], body) }
+        })
+    };
     let mut app = Router::new()
         .route("/plain", get(handler.clone()))
         .route("/cached", get(handler.clone()).layer(memory_layer("bench")))
@@ -79,6 +95,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route(
             "/slow-cached/{n}",
             slow.layer(memory_layer("bench-stampede")),
+        )
+        .route("/expiring", expiring.layer(memory_layer("bench-expiring")))
+        .route(
+            "/expiring-calls",
+            get(move || {
+                let calls = expiring_calls.clone();
+                async move { calls.load(Ordering::Relaxed).to_string() }
+            }),
         )
         .route(
             "/calls",

@@ -26,7 +26,34 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let body = body.clone();
         async move { ([("cache-control", "max-age=3600")], body) }
     };
+    // The mass-expiry row: stored for EXPIRY_SECS (default 20), counting
+    // its origin calls.
+    let expiry: u64 = std::env::var("EXPIRY_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = calls.clone();
+    let expiring_body = Bytes::from(vec![b'x'; size]);
+    let expiring = get(move || {
+        counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let body = expiring_body.clone();
+        async move { body }
+    });
     let app = Router::new()
+        .route(
+            "/expiring",
+            expiring.layer(axum_response_cache::CacheLayer::with_lifespan(
+                Duration::from_secs(expiry),
+            )),
+        )
+        .route(
+            "/expiring-calls",
+            get(move || {
+                let calls = calls.clone();
+                async move { calls.load(std::sync::atomic::Ordering::Relaxed).to_string() }
+            }),
+        )
         .route("/plain", get(handler.clone()))
         .route(
             "/peer",

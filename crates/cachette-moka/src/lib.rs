@@ -53,11 +53,12 @@ pub const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
 #[derive(Debug, Clone)]
 struct Stored {
     entry: Arc<Entry>,
-    ttl: Duration,
+    /// How long moka keeps it: its TTL and then a grace (see [`held_for`]).
+    held: Option<Duration>,
     /// Which write this is, for the tag index.
     generation: u64,
-    /// When this tier stops holding it: taken just before moka is given
-    /// it, so never after moka's own expiry (`None`: no expiry).
+    /// When this tier stops answering with it (`None`: no expiry): taken
+    /// just before moka is given it, so never after moka's own expiry.
     expires: Option<Instant>,
 }
 
@@ -66,15 +67,40 @@ impl Stored {
         let expires = expiry(ttl).and_then(|ttl| Instant::now().checked_add(ttl));
         Self {
             entry,
-            ttl,
+            held: expiry(ttl).map(|ttl| held_for(ttl, generation)),
             generation,
             expires,
         }
     }
+
+    /// Whether its lifetime in this tier is not over: every read checks
+    /// it (moka holds it a while longer).
+    fn live(&self) -> bool {
+        self.expires.is_none_or(|at| Instant::now() < at)
+    }
 }
 
-/// Each entry lives for the TTL it was written with (already capped and
-/// already saturated at zero by the writer).
+/// How long moka holds an entry whose lifetime here is `ttl`: `ttl`, then a
+/// grace of a quarter of it (1 s to 30 s), stretched by up to as much again
+/// per entry (from its write's number).
+///
+/// Why: moka removes expired entries in its maintenance, which runs inline
+/// in whichever call triggers it and processes every expired timer at
+/// once; when many entries written together expire together while misses
+/// insert their refills, calls stall for 100 ms and more (measured: 180 ms
+/// with 100,000 entries). Read after its lifetime, an entry is a miss here
+/// (see [`Stored::live`]); its refill replaces it before moka's timer fires,
+/// and the entries nobody asks for again are removed spread over the grace.
+/// They stay within `max_bytes` meanwhile.
+fn held_for(ttl: Duration, generation: u64) -> Duration {
+    let grace = (ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(30));
+    // A fraction in [0, 1) from the write number (Fibonacci hashing).
+    let spread =
+        (generation.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as f64 / (1u64 << 24) as f64;
+    ttl.saturating_add(grace.mul_f64(1.0 + spread))
+}
+
+/// Each entry is held for its lifetime and a grace (see [`held_for`]).
 struct PerEntryTtl;
 
 /// `Duration::MAX` means "no expiry" (a persistent entry, no TTL cap).
@@ -84,7 +110,7 @@ fn expiry(ttl: Duration) -> Option<Duration> {
 
 impl Expiry<CacheKey, Stored> for PerEntryTtl {
     fn expire_after_create(&self, _: &CacheKey, value: &Stored, _: Instant) -> Option<Duration> {
-        expiry(value.ttl)
+        value.held
     }
 
     fn expire_after_update(
@@ -94,7 +120,7 @@ impl Expiry<CacheKey, Stored> for PerEntryTtl {
         _: Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
-        expiry(value.ttl)
+        value.held
     }
 }
 
@@ -265,7 +291,7 @@ impl MemoryTier {
         let now = std::time::SystemTime::now();
         for key in keys {
             let changing = self.hot.changing(&key);
-            let Some(stored) = self.cache.get(&key).await else {
+            let Some(stored) = self.cache.get(&key).await.filter(Stored::live) else {
                 continue;
             };
             if matches!(stored.entry.payload(), Payload::Variants(_)) {
@@ -335,6 +361,7 @@ impl Backend for MemoryTier {
             .cache
             .get(key)
             .await
+            .filter(Stored::live)
             .map(|stored| self.keep_hot(epoch, key, stored)))
     }
 
@@ -356,9 +383,9 @@ impl Backend for MemoryTier {
         // own maintenance; then the caller awaits `get` instead.
         let lookup = std::pin::pin!(self.cache.get(key));
         match lookup.poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
-            std::task::Poll::Ready(found) => {
-                Some(Ok(found.map(|stored| self.keep_hot(epoch, key, stored))))
-            }
+            std::task::Poll::Ready(found) => Some(Ok(found
+                .filter(Stored::live)
+                .map(|stored| self.keep_hot(epoch, key, stored)))),
             std::task::Poll::Pending => None,
         }
     }
@@ -388,7 +415,11 @@ impl Backend for MemoryTier {
 
     async fn delete(&self, key: &CacheKey) -> Result<bool, CacheError> {
         let _changing = self.hot.changing(key);
-        Ok(self.cache.remove(key).await.is_some())
+        Ok(self
+            .cache
+            .remove(key)
+            .await
+            .is_some_and(|stored| stored.live()))
     }
 
     async fn soften(&self, key: &CacheKey) -> Result<(), CacheError> {
@@ -457,15 +488,25 @@ impl Backend for MemoryTier {
         // registration comes first, and is taken back if the key was present.
         let generation = self.register(key, &entry);
         let tags = entry.meta().tags.clone();
-        let stored = self
+        // An entry past its lifetime (held by moka for its grace) is absent.
+        let outcome = self
             .cache
             .entry(key.clone())
-            .or_insert_with(async move { Stored::new(entry, ttl, generation) })
+            .and_compute_with(|current| async move {
+                match current {
+                    Some(current) if current.value().live() => Op::Nop,
+                    _ => Op::Put(Stored::new(entry, ttl, generation)),
+                }
+            })
             .await;
-        if !stored.is_fresh() {
+        let added = matches!(
+            outcome,
+            CompResult::Inserted(_) | CompResult::ReplacedWith(_)
+        );
+        if !added {
             self.tags.remove(key, &tags, generation);
         }
-        Ok(stored.is_fresh())
+        Ok(added)
     }
 
     async fn incr(&self, key: &CacheKey, delta: i64) -> Result<Option<i64>, CacheError> {
@@ -477,7 +518,7 @@ impl Backend for MemoryTier {
             .cache
             .entry(key.clone())
             .and_compute_with(|current| async move {
-                let Some(current) = current else {
+                let Some(current) = current.filter(|c| c.value().live()) else {
                     return Op::Nop;
                 };
                 let stored = current.into_value();
@@ -504,6 +545,7 @@ impl Backend for MemoryTier {
                 Payload::Counter(value) => Ok(Some(*value)),
                 _ => Err(CacheError::NotACounter(key.to_string())),
             },
+            CompResult::Unchanged(stored) if !stored.value().live() => Ok(None),
             CompResult::Unchanged(stored) => match stored.into_value().entry.payload() {
                 Payload::Counter(_) => Err(CacheError::Overflow(key.to_string())),
                 _ => Err(CacheError::NotACounter(key.to_string())),
