@@ -8,7 +8,9 @@
 #
 # Settings (environment): SIZES ("1024 65536"), ROUNDS (3), DURATION (5,
 # seconds per wrk run), WARMUP (2), THREADS (2), CONNECTIONS (64),
-# STAMPEDE (500 clients), MEMORY_MIB (256), OUT (bench/results).
+# STAMPEDE (500 clients), MEMORY_MIB (256), EXPIRY_KEYS (100000),
+# EXPIRY_SECS (15, the entries' max-age in the mass-expiry row),
+# EXPIRY_RUN (30, seconds of load through it), OUT (bench/results).
 #
 # Installs wrk, h2load, nginx, openssl, redis-server, redis-tools and python3 with apt-get when missing
 # (run as root or with sudo). Starts everything it needs on free loopback
@@ -24,6 +26,9 @@ THREADS=${THREADS:-2}
 CONNECTIONS=${CONNECTIONS:-64}
 STAMPEDE=${STAMPEDE:-500}
 MEMORY_MIB=${MEMORY_MIB:-256}
+EXPIRY_KEYS=${EXPIRY_KEYS:-100000}
+EXPIRY_SECS=${EXPIRY_SECS:-15}
+EXPIRY_RUN=${EXPIRY_RUN:-30}
 OUT=${OUT:-bench/results}
 if [ "${QUICK:-0}" = 1 ]; then
     ROUNDS=1 DURATION=2 WARMUP=1
@@ -47,7 +52,7 @@ need openssl openssl
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 echo "==> building (release)"
-cargo build --release -q -p cachette-suite --example bench_server --example bench_stampede --example bench_memory --example bench_replication
+cargo build --release -q -p cachette-suite --example bench_server --example bench_stampede --example bench_memory --example bench_replication --example bench_expiry
 cargo build --release -q -p cachette-cli
 # The peer crates: a package outside the workspace, built into this target.
 cargo build --release -q --manifest-path bench/peers/Cargo.toml --target-dir target
@@ -413,6 +418,23 @@ done
 echo "==> memory tier filled to ${MEMORY_MIB} MiB"
 MEMORY_LINE=$("$BIN/examples/bench_memory" "$MEMORY_MIB")
 
+echo "==> mass expiry: $EXPIRY_KEYS keys stored for ${EXPIRY_SECS}s, random load through their expiry"
+EXPIRY_TSV="$WORK/expiry.tsv"
+: >"$EXPIRY_TSV"
+for target in layer peer; do
+    port=$(free_port)
+    case "$target" in
+        layer) EXPIRY_SECS=$EXPIRY_SECS "$BIN/examples/bench_server" "$port" 1024 >/dev/null & ;;
+        peer) EXPIRY_SECS=$EXPIRY_SECS "$BIN/cachette-bench-peers" "$port" 1024 >/dev/null & ;;
+    esac
+    pid=$!
+    PIDS+=("$pid")
+    wait_port "$port"
+    "$BIN/examples/bench_expiry" "http://127.0.0.1:$port/expiring" "http://127.0.0.1:$port/expiring-calls" \
+        "$EXPIRY_KEYS" "$CONNECTIONS" "$EXPIRY_RUN" | sed "s/^/$target /" >>"$EXPIRY_TSV"
+    stop "$pid"
+done
+
 echo "==> a fleet of two peers: store on A to hit on B, copies per second"
 PEER_URLS=()
 for i in 1 2; do
@@ -432,12 +454,13 @@ cp "$RESULTS" "$OUT/$STAMP-wrk.tsv"
 cp "$STAMPEDE_TSV" "$OUT/$STAMP-stampede.tsv"
 echo "$MEMORY_LINE" >"$OUT/$STAMP-memory.txt"
 echo "$REPLICATION_LINE" >"$OUT/$STAMP-replication.txt"
+cp "$EXPIRY_TSV" "$OUT/$STAMP-expiry.txt"
 
-python3 - "$RESULTS" "$STAMPEDE_TSV" "$MEMORY_LINE" "$OUT/$STAMP-report.md" "$REPLICATION_LINE" <<'PY'
+python3 - "$RESULTS" "$STAMPEDE_TSV" "$MEMORY_LINE" "$OUT/$STAMP-report.md" "$REPLICATION_LINE" "$EXPIRY_TSV" "$OUT/$STAMP-expiry.svg" "$EXPIRY_SECS" <<'PY'
 import statistics, sys
 from collections import defaultdict
 
-results, stampede_path, memory_line, report_path, replication_line = sys.argv[1:6]
+results, stampede_path, memory_line, report_path, replication_line, expiry_path, expiry_svg, expiry_secs = sys.argv[1:9]
 runs = defaultdict(list)
 for line in open(results):
     size, row, rnd, rps, p50, p99, errors = line.split("\t")
@@ -530,6 +553,56 @@ for size in sizes:
         lines.append(f"- {label}: a miss adds {get('miss-layer')[1] - get('miss-plain')[1]:.3f} ms at p50 ({get('miss-layer')[1]:.3f} vs {get('miss-plain')[1]:.3f})")
 fields = dict(kv.split("=") for kv in memory_line.split()[1:])
 lines.append(f"- memory tier full at {int(fields['max_bytes']) >> 20} MiB: resident growth {int(fields['growth']) / 2**20:.1f} MiB = {float(fields['ratio']):.2f}× max_bytes ({fields['entries']} entries, baseline RSS {int(fields['baseline_rss']) / 2**20:.1f} MiB)")
+# The mass-expiry row: per second, requests, p50/p99/max, for each target.
+expiry = defaultdict(list)
+expiry_calls = {}
+for line in open(expiry_path):
+    target, *fields = line.split()
+    kv = dict(f.split("=") for f in fields)
+    if "sec" in kv:
+        expiry[target].append(kv)
+    else:
+        expiry_calls[target] = (int(kv["calls"]), int(kv["keys"]))
+def expiry_summary(target):
+    rows = expiry.get(target, [])
+    if not rows:
+        return None
+    p99 = [int(r["p99_us"]) for r in rows]
+    steady = statistics.median(p99[: max(1, len(p99) // 3)])
+    worst = max(rows, key=lambda r: int(r["p99_us"]))
+    return steady, worst
+lines.append("")
+lines.append("| mass expiry | steady p99 ms | worst second: req/s | p50 ms | p99 ms | max ms | × steady p99 | origin calls / keys |")
+lines.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+for target, label in (("layer", "CacheLayer, memory"), ("peer", "axum-response-cache")):
+    summary = expiry_summary(target)
+    if summary is None:
+        continue
+    steady, worst = summary
+    calls, keys = expiry_calls.get(target, (0, 0))
+    lines.append(f"| {label} | {steady / 1000:.2f} | {int(worst['requests'])} | {int(worst['p50_us']) / 1000:.2f} | {int(worst['p99_us']) / 1000:.2f} | {int(worst['max_us']) / 1000:.1f} | {int(worst['p99_us']) / steady:.1f} | {calls} / {keys} |")
+# A small plot: p99 and max per second, log scale.
+import math
+width, height, left, bottom = 640, 260, 50, 30
+seconds = max((len(v) for v in expiry.values()), default=1)
+def y(us):
+    lo, hi = math.log10(100), math.log10(1_000_000)
+    v = min(max(math.log10(max(us, 100)), lo), hi)
+    return 10 + (height - bottom - 10) * (1 - (v - lo) / (hi - lo))
+def x(sec):
+    return left + (width - left - 10) * sec / max(seconds - 1, 1)
+svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">']
+for us, label in ((100, "0.1 ms"), (1000, "1 ms"), (10_000, "10 ms"), (100_000, "100 ms"), (1_000_000, "1 s")):
+    svg.append(f'<line x1="{left}" x2="{width - 10}" y1="{y(us):.1f}" y2="{y(us):.1f}" stroke="#ddd"/><text x="4" y="{y(us) + 4:.1f}">{label}</text>')
+colors = {"layer": "#c0392b", "peer": "#2c3e50"}
+for target, rows in expiry.items():
+    for key, dash in (("p99_us", ""), ("max_us", ' stroke-dasharray="4 3"')):
+        points = " ".join(f"{x(i):.1f},{y(int(r[key])):.1f}" for i, r in enumerate(rows))
+        svg.append(f'<polyline fill="none" stroke="{colors.get(target, "#888")}"{dash} points="{points}"/>')
+svg.append(f'<text x="{left}" y="{height - 8}">seconds of load (entries expire ~{expiry_secs}s after their fill); solid p99, dashed max; red CacheLayer, dark axum-response-cache</text>')
+svg.append("</svg>")
+open(expiry_svg, "w").write("\n".join(svg) + "\n")
+
 rep = dict(kv.split("=") for kv in replication_line.split()[1:])
 lines.append(f"- peers replication (2 nodes, 1 KiB): store on A to hit on B p50 {int(rep['p50_us']) / 1000:.2f} ms, p99 {int(rep['p99_us']) / 1000:.2f} ms, max {int(rep['max_us']) / 1000:.2f} ms; one replicator copies {float(rep['copies_per_s']):.0f}/s while A stores {float(rep['stores_per_s']):.0f}/s ({rep['copied']} copied, {rep['dropped']} dropped of {rep['stores']})")
 report = "\n".join(lines) + "\n"
