@@ -8,7 +8,9 @@
 //! valgrind --tool=callgrind target/release/examples/bench_hit_loop cached 200000
 //! ```
 //! The difference of the two totals, divided by the number of requests, is
-//! what a memory hit adds to the route (docs/benchmarks.md).
+//! what a memory hit adds to the route (docs/benchmarks.md). Modes `miss`
+//! and `plain-miss` send a new query string each request (`?k=<n>`): a miss
+//! and store each time, and the same URLs without the layer.
 
 use axum::{Router, body::Body, routing::get};
 use bytes::Bytes;
@@ -19,10 +21,14 @@ use tower::ServiceExt;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let cached = match args.next().as_deref() {
-        Some("cached") => true,
-        Some("plain") | None => false,
-        Some(other) => return Err(format!("mode {other:?}: plain or cached").into()),
+    let (cached, fresh_keys) = match args.next().as_deref() {
+        Some("cached") => (true, false),
+        Some("plain") | None => (false, false),
+        Some("miss") => (true, true),
+        Some("plain-miss") => (false, true),
+        Some(other) => {
+            return Err(format!("mode {other:?}: plain, cached, miss or plain-miss").into());
+        }
     };
     let requests: u64 = args
         .next()
@@ -36,7 +42,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     let app = if cached {
         let cache = Tiered::builder("bench")
-            .tier("memory", MemoryTier::with_max_bytes(64 << 20))
+            .tier("memory", MemoryTier::with_max_bytes(256 << 20))
             .build();
         Router::new()
             .route("/p", route)
@@ -50,8 +56,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build()?;
     runtime.block_on(async {
         let mut bytes = 0;
-        for _ in 0..requests {
-            let request = Request::get("http://bench.local/p").body(Body::empty())?;
+        for n in 0..requests {
+            let request = if fresh_keys {
+                Request::get(format!("http://bench.local/p?k={n}")).body(Body::empty())?
+            } else {
+                Request::get("http://bench.local/p").body(Body::empty())?
+            };
             let response = app.clone().oneshot(request).await?;
             bytes += response.into_body().collect().await?.to_bytes().len();
         }

@@ -62,7 +62,14 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
+    // Most responses have none: look once over the names present rather
+    // than parse and remove each hop-by-hop name.
+    let present: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| HOP_BY_HOP.contains(&name.as_str()))
+        .cloned()
+        .collect();
+    for name in present {
         headers.remove(name);
     }
 }
@@ -276,69 +283,23 @@ pub(crate) fn evaluate(
     let origin_s_maxage = cc.has("s-maxage");
     let explicit_swr = cc.seconds("stale-while-revalidate");
     let explicit_sie = cc.seconds("stale-if-error");
-    let mut policy_headers = headers.clone();
-    policy_headers.remove(header::SET_COOKIE);
-    if targeted {
-        // A targeted field replaces Cache-Control and Expires for this cache.
-        policy_headers.remove(header::EXPIRES);
-        policy_headers.remove(header::PRAGMA);
-    }
-    let mut ttl_injected = false;
-    if let Some(ttl) = config.ttl_override {
-        cc.remove(&["max-age", "s-maxage", "no-cache"]);
-        cc.push("s-maxage", Some(ttl.as_secs().to_string()));
-        policy_headers.remove(header::EXPIRES);
-        policy_headers.remove(header::PRAGMA);
-        ttl_injected = true;
-    } else if let Some(ttl) = config.default_ttl {
-        let explicit = cc.has("max-age")
-            || cc.has("s-maxage")
-            || cc.has("no-cache")
-            || policy_headers.contains_key(header::EXPIRES);
-        if !explicit {
-            cc.push("s-maxage", Some(ttl.as_secs().to_string()));
-            ttl_injected = true;
-        }
-    }
-    match cc.to_header().filter(|_| !cc.is_empty()) {
-        Some(value) => {
-            policy_headers.insert(header::CACHE_CONTROL, value);
-        }
-        None => {
-            policy_headers.remove(header::CACHE_CONTROL);
-        }
-    }
-
-    // RFC 9111 §3: a shared cache may store a response of any final status
-    // the origin gave explicit freshness (a 503 with `max-age=5`, a 599...);
-    // http-cache-semantics stores only the statuses it knows. Such a status
-    // is judged as a 200 would be, with no heuristic freshness.
-    let policy_status = if UNDERSTOOD_STATUSES.contains(&status.as_u16()) {
-        status
-    } else if explicit_freshness {
-        StatusCode::OK
-    } else {
-        return Err("status not storable without explicit freshness");
+    // Before the directives are rewritten with the layer's TTL.
+    let ttl_injected = config.ttl_override.is_some()
+        || (config.default_ttl.is_some()
+            && !explicit_freshness_for_default(&cc, headers, targeted));
+    let (header_age, lifetime) = match fast_lifetime(config, request, status, headers, targeted) {
+        Some(found) => found,
+        None => library_lifetime(
+            config,
+            request,
+            status,
+            headers,
+            &mut cc,
+            targeted,
+            explicit_freshness,
+            now,
+        )?,
     };
-    let policy = CachePolicy::new_options(
-        request,
-        &response_parts(policy_status, policy_headers),
-        now,
-        config.rfc_options,
-    );
-    if !policy.is_storable() {
-        return Err(
-            "not storable by RFC 9111 (no-store, private, Authorization, status or method)",
-        );
-    }
-    // RFC 9111 §4.2.3: the initial age is the larger of the Age header and the
-    // apparent age (response time minus Date). http-cache-semantics counts only
-    // the former, so correct the remaining lifetime here.
-    let header_age = policy.age(now).min(cachette_core::MAX_DELTA);
-    let lifetime = policy
-        .time_to_live(now)
-        .min(cachette_core::MAX_DELTA)
-        .saturating_add(header_age);
     let apparent_age = headers
         .get(header::DATE)
         .and_then(|d| httpdate::parse_http_date(d.to_str().ok()?).ok())
@@ -396,9 +357,16 @@ pub(crate) fn evaluate(
 
     let mut stored = headers.clone();
     strip_hop_by_hop(&mut stored);
-    stored.remove(header::SET_COOKIE);
-    stored.remove(header::AGE);
-    for name in &config.strip_fields {
+    let unstored: Vec<HeaderName> = stored
+        .keys()
+        .filter(|name| {
+            *name == header::SET_COOKIE
+                || *name == header::AGE
+                || config.strip_fields.contains(name)
+        })
+        .cloned()
+        .collect();
+    for name in unstored {
         stored.remove(name);
     }
     stored.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
@@ -416,6 +384,168 @@ pub(crate) fn evaluate(
         meta,
         vary,
     })
+}
+
+/// Whether the origin gave the freshness the layer's `default_ttl` defers to
+/// (as [`library_lifetime`] decides whether to inject it).
+fn explicit_freshness_for_default(cc: &Directives, headers: &HeaderMap, targeted: bool) -> bool {
+    cc.has("max-age")
+        || cc.has("s-maxage")
+        || cc.has("no-cache")
+        || (!targeted && headers.contains_key(header::EXPIRES))
+}
+
+/// The freshness of the common response, without http-cache-semantics: a
+/// 200 to a GET or HEAD without `Authorization`, whose only freshness
+/// information is one `max-age` or `s-maxage` (digits, each at most once),
+/// with only `public`, `must-revalidate`, `stale-while-revalidate` and
+/// `stale-if-error` beside them, no `Age`, `Expires`, `Pragma` or targeted
+/// field, and no TTL override. For these the library's answer is known: storable,
+/// no header age, the lifetime `s-maxage` (a shared cache) or else
+/// `max-age` (checked against the library by a property test). `None`:
+/// ask the library. Returns `(header age, lifetime)`.
+fn fast_lifetime(
+    config: &Config,
+    request: &request::Parts,
+    status: StatusCode,
+    headers: &HeaderMap,
+    targeted: bool,
+) -> Option<(Duration, Duration)> {
+    if status != StatusCode::OK
+        || targeted
+        || config.ttl_override.is_some()
+        || !config.rfc_options.shared
+        || !(request.method == http::Method::GET || request.method == http::Method::HEAD)
+        || request.headers.contains_key(header::AUTHORIZATION)
+        || request.headers.contains_key(header::CACHE_CONTROL)
+        || headers.contains_key(header::AGE)
+        || headers.contains_key(header::EXPIRES)
+        || headers.contains_key(header::PRAGMA)
+        || headers.contains_key(header::SET_COOKIE)
+    {
+        return None;
+    }
+    let mut values = headers.get_all(header::CACHE_CONTROL).iter();
+    let text = values.next()?.to_str().ok()?;
+    if values.next().is_some() {
+        return None;
+    }
+    let (mut max_age, mut s_maxage, mut seen) = (None, None, 0u8);
+    for item in text.split(',') {
+        let item = item.trim_matches([' ', '\t']);
+        let (name, arg) = match item.split_once('=') {
+            Some((name, arg)) => (name, Some(arg)),
+            None => (item, None),
+        };
+        let digits = |arg: Option<&str>| {
+            arg.filter(|a| !a.is_empty() && a.len() <= 10 && a.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|a| a.parse::<u64>().ok())
+                .filter(|n| *n <= cachette_core::MAX_DELTA.as_secs())
+        };
+        let bit = match name {
+            "max-age" => {
+                max_age = Some(digits(arg)?);
+                1
+            }
+            "s-maxage" => {
+                s_maxage = Some(digits(arg)?);
+                2
+            }
+            "stale-while-revalidate" => {
+                digits(arg)?;
+                4
+            }
+            "stale-if-error" => {
+                digits(arg)?;
+                8
+            }
+            "public" if arg.is_none() => 16,
+            "must-revalidate" if arg.is_none() => 32,
+            _ => return None,
+        };
+        if seen & bit != 0 {
+            return None;
+        }
+        seen |= bit;
+    }
+    let seconds = s_maxage.or(max_age)?;
+    Some((Duration::ZERO, Duration::from_secs(seconds)))
+}
+
+/// The freshness by http-cache-semantics, after applying the layer's TTL
+/// override or default to the directives: `(header age, lifetime)`.
+#[allow(clippy::too_many_arguments)]
+fn library_lifetime(
+    config: &Config,
+    request: &request::Parts,
+    status: StatusCode,
+    headers: &HeaderMap,
+    cc: &mut Directives,
+    targeted: bool,
+    explicit_freshness: bool,
+    now: SystemTime,
+) -> Result<(Duration, Duration), NotStorable> {
+    let mut policy_headers = headers.clone();
+    policy_headers.remove(header::SET_COOKIE);
+    if targeted {
+        // A targeted field replaces Cache-Control and Expires for this cache.
+        policy_headers.remove(header::EXPIRES);
+        policy_headers.remove(header::PRAGMA);
+    }
+    if let Some(ttl) = config.ttl_override {
+        cc.remove(&["max-age", "s-maxage", "no-cache"]);
+        cc.push("s-maxage", Some(ttl.as_secs().to_string()));
+        policy_headers.remove(header::EXPIRES);
+        policy_headers.remove(header::PRAGMA);
+    } else if let Some(ttl) = config.default_ttl {
+        let explicit = cc.has("max-age")
+            || cc.has("s-maxage")
+            || cc.has("no-cache")
+            || policy_headers.contains_key(header::EXPIRES);
+        if !explicit {
+            cc.push("s-maxage", Some(ttl.as_secs().to_string()));
+        }
+    }
+    match cc.to_header().filter(|_| !cc.is_empty()) {
+        Some(value) => {
+            policy_headers.insert(header::CACHE_CONTROL, value);
+        }
+        None => {
+            policy_headers.remove(header::CACHE_CONTROL);
+        }
+    }
+
+    // RFC 9111 §3: a shared cache may store a response of any final status
+    // the origin gave explicit freshness (a 503 with `max-age=5`, a 599...);
+    // http-cache-semantics stores only the statuses it knows. Such a status
+    // is judged as a 200 would be, with no heuristic freshness.
+    let policy_status = if UNDERSTOOD_STATUSES.contains(&status.as_u16()) {
+        status
+    } else if explicit_freshness {
+        StatusCode::OK
+    } else {
+        return Err("status not storable without explicit freshness");
+    };
+    let policy = CachePolicy::new_options(
+        request,
+        &response_parts(policy_status, policy_headers),
+        now,
+        config.rfc_options,
+    );
+    if !policy.is_storable() {
+        return Err(
+            "not storable by RFC 9111 (no-store, private, Authorization, status or method)",
+        );
+    }
+    // RFC 9111 §4.2.3: the initial age is the larger of the Age header and the
+    // apparent age (response time minus Date). http-cache-semantics counts only
+    // the former, so correct the remaining lifetime here.
+    let header_age = policy.age(now).min(cachette_core::MAX_DELTA);
+    let lifetime = policy
+        .time_to_live(now)
+        .min(cachette_core::MAX_DELTA)
+        .saturating_add(header_age);
+    Ok((header_age, lifetime))
 }
 
 /// Applies a `304 Not Modified` from the origin to a stale stored response
@@ -487,8 +617,9 @@ mod properties {
     use http::{HeaderMap, HeaderValue, StatusCode, header};
     use proptest::prelude::*;
 
-    use super::{evaluate, revalidated};
+    use super::{evaluate, fast_lifetime, library_lifetime, revalidated};
     use crate::Config;
+    use crate::directives::Directives;
 
     /// Header values as hostile origins write them: huge and negative
     /// numbers, lists, junk, dates of every form.
@@ -556,6 +687,118 @@ mod properties {
                 }
                 let _ = revalidated(&config, &request, &storable.response, &storable.meta, &headers, now);
             }
+        }
+    }
+
+    /// Directives as the common origin writes them (what the fast path
+    /// takes), and near misses it must leave to the library.
+    fn simple_directives() -> impl Strategy<Value = String> {
+        let number = prop_oneof![
+            0u64..100_000,
+            Just(1u64 << 31),
+            Just((1u64 << 31) + 1),
+            Just(99_999_999_999u64)
+        ];
+        let directive = prop_oneof![
+            number.clone().prop_map(|n| format!("max-age={n}")),
+            number.clone().prop_map(|n| format!("s-maxage={n}")),
+            number
+                .clone()
+                .prop_map(|n| format!("stale-while-revalidate={n}")),
+            number.prop_map(|n| format!("stale-if-error={n}")),
+            Just("public".to_owned()),
+            Just("must-revalidate".to_owned()),
+            Just("proxy-revalidate".to_owned()),
+            Just("no-cache".to_owned()),
+            Just("private".to_owned()),
+            Just("immutable".to_owned()),
+            Just("max-age=\"5\"".to_owned()),
+            Just("max-age = 5".to_owned()),
+            Just("Max-Age=5".to_owned()),
+            Just("max-age=".to_owned()),
+        ];
+        (
+            proptest::collection::vec(directive, 0..4),
+            prop_oneof![Just(", "), Just(","), Just(" , ")],
+        )
+            .prop_map(|(d, sep)| d.join(sep))
+    }
+
+    proptest! {
+        #[test]
+        fn the_fast_path_agrees_with_http_cache_semantics(
+            cc in simple_directives(),
+            date in proptest::option::of(0u64..120),
+            etag in any::<bool>(),
+            default_ttl in proptest::option::of(1u64..1000),
+            authorization in any::<bool>(),
+            head in any::<bool>(),
+        ) {
+            let mut headers = HeaderMap::new();
+            if let Ok(v) = HeaderValue::from_str(&cc) {
+                headers.insert(header::CACHE_CONTROL, v);
+            }
+            let now = SystemTime::now();
+            if let Some(ago) = date {
+                let at = now.checked_sub(Duration::from_secs(ago)).unwrap_or(now);
+                headers.insert(header::DATE, HeaderValue::from_str(&httpdate::fmt_http_date(at)).unwrap());
+            }
+            if etag {
+                headers.insert(header::ETAG, HeaderValue::from_static("\"v\""));
+            }
+            let mut config = Config::default();
+            config.default_ttl = default_ttl.map(Duration::from_secs);
+            let mut request = if head { http::Request::head("http://h/p") } else { http::Request::get("http://h/p") };
+            if authorization {
+                request = request.header(header::AUTHORIZATION, "Bearer x");
+            }
+            let (request, ()) = request.body(()).unwrap().into_parts();
+            if let Some(fast) = fast_lifetime(&config, &request, StatusCode::OK, &headers, false) {
+                let mut cc = Directives::parse(headers.get_all(header::CACHE_CONTROL));
+                let explicit = cc.has("max-age") || cc.has("s-maxage") || headers.contains_key(header::EXPIRES);
+                let library = library_lifetime(&config, &request, StatusCode::OK, &headers, &mut cc, false, explicit, now);
+                prop_assert_eq!(Ok(fast), library, "{}", cc_text(&headers));
+            }
+        }
+    }
+
+    fn cc_text(headers: &HeaderMap) -> String {
+        headers
+            .get(header::CACHE_CONTROL)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    }
+
+    #[test]
+    fn the_fast_path_takes_the_common_responses_and_leaves_the_rest() {
+        let config = Config::default();
+        let (request, ()) = http::Request::get("http://h/p")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let fast = |cc: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_str(cc).unwrap());
+            fast_lifetime(&config, &request, StatusCode::OK, &headers, false)
+                .map(|(_, l)| l.as_secs())
+        };
+        assert_eq!(fast("max-age=15"), Some(15));
+        assert_eq!(
+            fast("public, max-age=60, stale-while-revalidate=30"),
+            Some(60)
+        );
+        assert_eq!(fast("s-maxage=10, max-age=5, must-revalidate"), Some(10));
+        for other in [
+            "private, max-age=5",
+            "no-cache",
+            "max-age=\"5\"",
+            "max-age=5, max-age=6",
+            "proxy-revalidate, max-age=5",
+            "public",
+            "max-age=99999999999",
+        ] {
+            assert_eq!(fast(other), None, "{other}");
         }
     }
 }

@@ -691,7 +691,8 @@ where
         count(&counters.hit_for_miss);
     }
     if !layer.config.coalesce || authorized || hit_for_miss {
-        let (response, _) = fetch(inner, layer, parts, body, &primary, stale, fwd, true).await;
+        let (response, _) =
+            Box::pin(fetch(inner, layer, parts, body, &primary, stale, fwd, true)).await;
         return response;
     }
 
@@ -741,7 +742,7 @@ where
                     FleetFill::Unavailable => {}
                 }
             }
-            let fetched = fetch(
+            let fetched = Box::pin(fetch(
                 inner,
                 layer,
                 parts,
@@ -750,7 +751,7 @@ where
                 stale.clone(),
                 fwd,
                 true,
-            );
+            ));
             let (response, filled) = under_lease(layer, &primary, lease, fetched).await;
             own_response = Some(response);
             Shared::from(filled)
@@ -771,7 +772,10 @@ where
                 "origin call was lost\n",
             ));
         };
-        let (response, _) = fetch(inner, layer, parts, body, &primary, stale, fwd, false).await;
+        let (response, _) = Box::pin(fetch(
+            inner, layer, parts, body, &primary, stale, fwd, false,
+        ))
+        .await;
         return response;
     };
     if role == Role::Leader {
@@ -817,7 +821,10 @@ where
             "origin call was lost\n",
         ));
     };
-    let (response, _) = fetch(inner, layer, parts, body, &primary, stale, fwd, storing).await;
+    let (response, _) = Box::pin(fetch(
+        inner, layer, parts, body, &primary, stale, fwd, storing,
+    ))
+    .await;
     response
 }
 
@@ -1087,7 +1094,7 @@ where
                 count(&counters.revalidated);
                 status.stored = true;
                 let (entry, filled) =
-                    store(layer, primary, updated, &head.headers, Vec::new()).await;
+                    Box::pin(store(layer, primary, updated, &head.headers, Vec::new())).await;
                 let filled = Filled {
                     fwd_status: Some(304),
                     ..filled
@@ -1218,8 +1225,14 @@ where
                 .cloned()
                 .collect();
             let storable = storable.with_body(bytes);
-            let (entry, filled) =
-                store(layer, primary, storable, &head.headers, cookies.clone()).await;
+            let (entry, filled) = Box::pin(store(
+                layer,
+                primary,
+                storable,
+                &head.headers,
+                cookies.clone(),
+            ))
+            .await;
             let Some(stored) = entry.as_response() else {
                 return (
                     Ok(plain_response(
