@@ -52,7 +52,9 @@ pub enum Topology {
     Peers {
         /// Every node's Redis URL, this node's included.
         peers: Vec<String>,
-        /// This node's Redis: one of `peers` (as the others reach it).
+        /// This node's Redis: one of `peers`, or a `unix://` socket to it
+        /// (then its entry in `peers` is treated as another node's, and
+        /// what this node publishes there is recognised as its own).
         this: String,
     },
 }

@@ -200,8 +200,13 @@ impl RedisTiers {
         peers: &[String],
         this: &str,
     ) -> Result<Vec<Arc<Connections>>, CacheError> {
+        // Over a Unix socket, this node's Redis also appears in `peers` by
+        // the address the others use, which is not known here: that entry
+        // is then a peer too (what it publishes is this node's own, and
+        // skipped; deliveries to it apply twice, harmlessly).
+        let unix = this.starts_with("unix://");
         let this_addr = config::address_of(this);
-        if !peers.iter().any(|p| config::address_of(p) == this_addr) {
+        if !unix && !peers.iter().any(|p| config::address_of(p) == this_addr) {
             return Err(CacheError::backend(
                 node::BACKEND,
                 format!("peers: this node's Redis {this_addr} is not one of the peers"),
@@ -209,7 +214,7 @@ impl RedisTiers {
         }
         let mut out = Vec::new();
         for url in peers {
-            if config::address_of(url) == this_addr {
+            if !unix && config::address_of(url) == this_addr {
                 continue;
             }
             let mut peer = config.clone();

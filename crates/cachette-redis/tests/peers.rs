@@ -792,6 +792,59 @@ async fn a_counter_is_each_nodes_own() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_may_reach_its_own_redis_by_a_unix_socket() {
+    let socket_dir = tempfile::tempdir().unwrap();
+    let socket = socket_dir.path().join("redis.sock");
+    let socket_arg = socket.to_str().unwrap().to_owned();
+    let mut servers = servers(2);
+    servers.push(RedisServer::start_with(&[
+        "--unixsocket",
+        &socket_arg,
+        "--unixsocketperm",
+        "700",
+    ]));
+    let urls: Vec<String> = servers.iter().map(RedisServer::url).collect();
+    let a = start_node(&urls, &urls[0], |_| {}).await;
+    let b = start_node(&urls, &urls[1], |_| {}).await;
+    // C lists every node by TCP (as the others do) and reaches its own by
+    // the socket.
+    let c = start_node(&urls, &format!("unix://{socket_arg}"), |_| {}).await;
+    for node in [&a, &b, &c] {
+        ready(node).await;
+    }
+    let nodes = [a, b, c];
+    for n in 0..3 {
+        let e = entry_at("v", SystemTime::now(), Duration::from_secs(60), &[]);
+        assert!(
+            nodes[2]
+                .cache
+                .set(&key(&format!("from-c/{n}")), e)
+                .await
+                .is_complete()
+        );
+    }
+    everywhere(&nodes, 0, "from-a").await;
+    for node in &nodes[..2] {
+        assert!(
+            eventually(Duration::from_secs(1), || async {
+                exists(&node.url, &format!("{NS}k:from-c/2")).await
+            })
+            .await
+        );
+    }
+    // C hears its own channel through its TCP entry, and skips itself.
+    let heard = nodes[2].redis.stats().await.replication.unwrap().heard;
+    assert_eq!(heard, 1, "only A's store was heard on C");
+    let report = nodes[2].cache.invalidate_prefix("from-").await;
+    assert!(report.is_complete(), "{report:?}");
+    for node in &nodes[..2] {
+        assert!(!exists(&node.url, &format!("{NS}k:from-a")).await);
+        assert!(!exists(&node.url, &format!("{NS}k:from-c/0")).await);
+    }
+    assert!(read(&nodes[2], "from-a").await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn this_node_must_be_one_of_the_peers() {
     let servers = servers(2);
     let urls: Vec<String> = servers.iter().map(RedisServer::url).collect();

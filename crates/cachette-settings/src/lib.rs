@@ -322,8 +322,8 @@ pub struct RedisSettings {
     /// included, as `self`). Each node reads and writes its own and copies
     /// what the others store.
     pub peers: Option<Vec<String>>,
-    /// With `peers`: this node's Redis, one of them (a `unix://` socket
-    /// path is fine when the others list it by its TCP address too).
+    /// With `peers`: this node's Redis, one of them, or a `unix:///path`
+    /// socket to it (the others list it by its TCP address).
     #[serde(rename = "self")]
     pub this: Option<String>,
     /// With `peers`: entries larger than this are not copied (default 1 MiB).
@@ -439,18 +439,21 @@ fn check_peers(
             "a fleet of peers needs `self`: which of `peers` is this node's Redis".into(),
         ));
     };
-    if this.starts_with("unix://") {
-        return Err(err(
-            key("self"),
-            "name this node's Redis as it appears in `peers` (the others reach it there); a unix socket for this node alone is not supported yet".into(),
-        ));
-    }
+    // A Unix socket reaches this node's Redis without the network; the
+    // others list it by its TCP address.
+    let unix = this
+        .strip_prefix("unix://")
+        .is_some_and(|path| path.starts_with('/'));
     match address(this) {
+        _ if unix => {}
         Some(addr) if seen.contains(&addr) => {}
         _ => {
             return Err(err(
                 key("self"),
-                format!("`{this}` is not one of `peers` ({})", peers.join(", ")),
+                format!(
+                    "`{this}` is not one of `peers` ({}), nor a unix:///path socket",
+                    peers.join(", ")
+                ),
             ));
         }
     }

@@ -358,7 +358,15 @@ fn a_fleet_of_peers_is_read_and_checked() {
     );
     assert_eq!(
         with("self = \"redis://c:1\""),
-        "caches.toml: redis.fleet.self: `redis://c:1` is not one of `peers` (redis://a:1, redis://b:1)"
+        "caches.toml: redis.fleet.self: `redis://c:1` is not one of `peers` (redis://a:1, redis://b:1), nor a unix:///path socket"
+    );
+    assert!(
+        Settings::from_toml_str(
+            "caches.toml",
+            &format!("{peers}self = \"unix:///run/redis.sock\"")
+        )
+        .is_ok(),
+        "a unix socket for this node"
     );
     assert_eq!(
         err("[redis.fleet]\npeers = [\"redis://a:1\"]\nself = \"redis://a:1\""),
