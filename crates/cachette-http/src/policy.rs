@@ -746,8 +746,10 @@ mod properties {
             if etag {
                 headers.insert(header::ETAG, HeaderValue::from_static("\"v\""));
             }
-            let mut config = Config::default();
-            config.default_ttl = default_ttl.map(Duration::from_secs);
+            let config = Config {
+                default_ttl: default_ttl.map(Duration::from_secs),
+                ..Config::default()
+            };
             let mut request = if head { http::Request::head("http://h/p") } else { http::Request::get("http://h/p") };
             if authorization {
                 request = request.header(header::AUTHORIZATION, "Bearer x");
