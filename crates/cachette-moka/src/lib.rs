@@ -78,11 +78,18 @@ impl Stored {
     fn live(&self) -> bool {
         self.expires.is_none_or(|at| Instant::now() < at)
     }
+
+    /// What is left of its lifetime in this tier (`Duration::MAX`: no expiry).
+    fn left(&self) -> Duration {
+        self.expires.map_or(Duration::MAX, |at| {
+            at.saturating_duration_since(Instant::now())
+        })
+    }
 }
 
 /// How long moka holds an entry whose lifetime here is `ttl`: `ttl`, then a
 /// grace of a quarter of it (1 s to 30 s), stretched by up to as much again
-/// per entry (from its write's number).
+/// per entry (from its write's number), and at most `ttl` again.
 ///
 /// Why: moka removes expired entries in its maintenance, which runs inline
 /// in whichever call triggers it and processes every expired timer at
@@ -97,7 +104,9 @@ fn held_for(ttl: Duration, generation: u64) -> Duration {
     // A fraction in [0, 1) from the write number (Fibonacci hashing).
     let spread =
         (generation.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as f64 / (1u64 << 24) as f64;
-    ttl.saturating_add(grace.mul_f64(1.0 + spread))
+    // At most 60 s (finite: `mul_f64` cannot overflow), and never more
+    // than the lifetime itself (short-lived entries hold little capacity).
+    ttl.saturating_add(grace.mul_f64(1.0 + spread).min(ttl))
 }
 
 /// Each entry is held for its lifetime and a grace (see [`held_for`]).
@@ -305,7 +314,9 @@ impl MemoryTier {
                     .entry
                     .with_meta(stored.entry.meta().clone().staled(now)),
             );
-            let ttl = self.capped(staled.remaining_ttl(now));
+            // Never longer than what was left of it here (its `max_ttl` cap
+            // does not start again).
+            let ttl = self.capped(staled.remaining_ttl(now)).min(stored.left());
             if ttl.is_zero() {
                 self.cache.invalidate(&key).await;
                 drop(changing);
@@ -505,6 +516,14 @@ impl Backend for MemoryTier {
         );
         if !added {
             self.tags.remove(key, &tags, generation);
+            // Registering this write replaced the live entry's registration
+            // of the same tags: put that back, or a purge of its tags would
+            // no longer find it.
+            if let CompResult::Unchanged(current) = &outcome {
+                let current = current.value();
+                self.tags
+                    .add(key, &current.entry.meta().tags, current.generation);
+            }
         }
         Ok(added)
     }
@@ -529,7 +548,7 @@ impl Backend for MemoryTier {
                     return Op::Nop;
                 };
                 let now = std::time::SystemTime::now();
-                let mut ttl = stored.entry.remaining_ttl(now);
+                let mut ttl = stored.entry.remaining_ttl(now).min(stored.left());
                 if let Some(cap) = cap {
                     ttl = ttl.min(cap);
                 }

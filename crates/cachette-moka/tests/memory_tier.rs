@@ -256,8 +256,9 @@ async fn a_tag_purge_reaches_an_entry_stored_again_after_a_clear() {
 /// held, it is absent for every operation.
 #[tokio::test]
 async fn an_entry_past_its_lifetime_is_absent_but_removed_by_moka_only_after_a_grace() {
+    // (The grace is at most the lifetime: 1 s here.)
     let memory = MemoryTier::default();
-    let ttl = Duration::from_millis(150);
+    let ttl = Duration::from_secs(1);
     memory
         .set(&key("v"), value(b"1", ttl, &["t"]), ttl)
         .await
@@ -272,7 +273,7 @@ async fn an_entry_past_its_lifetime_is_absent_but_removed_by_moka_only_after_a_g
         let k = key(&format!("filler/{n}"));
         memory.set(&k, value(b"1", ttl, &[]), ttl).await.unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     assert!(
         memory.get(&key("v")).await.unwrap().is_none(),
         "a miss after its lifetime"
@@ -288,9 +289,9 @@ async fn an_entry_past_its_lifetime_is_absent_but_removed_by_moka_only_after_a_g
         "nothing live was deleted"
     );
 
-    // moka's timers tick about every second: without the grace, all of
-    // them would be removed by now.
-    tokio::time::sleep(Duration::from_millis(1250)).await;
+    // moka's timers tick about every 1.07 s: without the grace, all of
+    // them would be removed by now; with it, not before about 2.1 s.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     memory.run_pending_tasks().await;
     assert!(
         memory.entry_count() > 0,
@@ -307,4 +308,29 @@ async fn an_entry_past_its_lifetime_is_absent_but_removed_by_moka_only_after_a_g
     );
     let replaced = memory.get(&key("v")).await.unwrap().unwrap();
     assert!(matches!(replaced.payload(), cachette_core::Payload::Value(v) if v.as_ref() == b"2"));
+}
+
+/// `add` of a key that is live keeps the live entry findable by its tags
+/// (registering the refused write must not take its registration away).
+#[tokio::test]
+async fn a_refused_add_leaves_the_live_entry_purgeable_by_tag() {
+    let memory = MemoryTier::default();
+    let ttl = Duration::from_secs(60);
+    assert!(
+        memory
+            .add(&key("k"), value(b"1", ttl, &["t"]), ttl)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !memory
+            .add(&key("k"), value(b"2", ttl, &["t"]), ttl)
+            .await
+            .unwrap()
+    );
+    memory.invalidate_tag("t").await.unwrap();
+    assert!(
+        memory.get(&key("k")).await.unwrap().is_none(),
+        "the tag purge found it"
+    );
 }

@@ -33,6 +33,9 @@ pub(crate) struct Targets {
     /// announcements go to this namespace's replicator (the `Space`, and
     /// the peer's index in its links).
     pub(crate) announcements: Option<(Weak<Space>, usize)>,
+    /// Senders whose messages are this cache's own (on another node's
+    /// channel: this cache's id and its deliveries' ids), skipped.
+    pub(crate) own_senders: Vec<String>,
 }
 
 /// A soft purge (`S` key, `P` prefix, `T` tag, `G` pattern): this node's
@@ -110,17 +113,6 @@ pub(crate) async fn run_subscriber(shared: Weak<Space>, targets: Targets) {
         generation.mark_unchanged();
         let channel = strong.keys.bus_channel();
         let node_id = strong.node_id.clone();
-        // On another node's channel, what this process published itself
-        // (its own Redis reached by a Unix socket and listed among the
-        // peers, or its deliveries there) carries its id: skipped.
-        let own_sender = targets.announcements.as_ref().map(|_| {
-            let base = strong
-                .conns
-                .config
-                .node_id
-                .trim_end_matches(crate::peers::DELIVERY_MARK);
-            base.to_owned()
-        });
         let heartbeat = strong.conns.config.heartbeat;
         let timeout = strong
             .conns
@@ -213,10 +205,10 @@ pub(crate) async fn run_subscriber(shared: Weak<Space>, targets: Targets) {
                     let (Some(sender), Some(kind), Some(argument)) = (parts.next(), parts.next(), parts.next()) else {
                         continue;
                     };
-                    let own = own_sender.as_deref().and_then(|own| sender.strip_prefix(own)).is_some_and(|rest| {
-                        rest.starts_with('.') || rest.starts_with(crate::peers::DELIVERY_MARK)
-                    });
-                    if sender == node_id || own {
+                    // On another node's channel, what this cache published
+                    // itself (its own Redis reached by a Unix socket and
+                    // listed among the peers, or its deliveries there).
+                    if sender == node_id || targets.own_senders.iter().any(|own| own == sender) {
                         continue;
                     }
                     let Some(strong) = shared.upgrade() else {

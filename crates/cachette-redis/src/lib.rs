@@ -510,6 +510,7 @@ impl RedisTiers {
             memory: memory.clone(),
             verify_own: self.space.peers.is_some(),
             announcements: None,
+            own_senders: Vec::new(),
         };
         self.space.bus_started.store(true, Ordering::Relaxed);
         let task = tokio::spawn(bus::run_subscriber(Arc::downgrade(&self.space), targets));
@@ -517,11 +518,15 @@ impl RedisTiers {
         let Some(links) = &self.space.peers else {
             return;
         };
+        let own_senders: Vec<String> = std::iter::once(self.space.node_id.clone())
+            .chain(links.peers.iter().map(|p| p.tiers.space.node_id.clone()))
+            .collect();
         for (index, peer) in links.peers.iter().enumerate() {
             let targets = bus::Targets {
                 memory: memory.clone(),
                 verify_own: false,
                 announcements: Some((Arc::downgrade(&self.space), index)),
+                own_senders: own_senders.clone(),
             };
             peer.tiers.space.bus_started.store(true, Ordering::Relaxed);
             let task = tokio::spawn(bus::run_subscriber(
