@@ -89,6 +89,10 @@ pub struct ProxyArgs {
     /// within stale-if-error).
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub upstream_timeout: Duration,
+    /// A client that has not sent a whole request head within this is
+    /// disconnected (slowloris; HTTP/1.1, plain and TLS listeners).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub client_header_timeout: Duration,
     /// A front proxy (IP or CIDR range; repeat for several) whose
     /// X-Forwarded-* / Forwarded headers are passed on. From any other
     /// client they are dropped: they are not part of the cache key.

@@ -13,6 +13,7 @@
 pub mod cli;
 mod commands;
 mod failure;
+pub mod listen;
 pub mod proxy;
 mod remote;
 mod render;

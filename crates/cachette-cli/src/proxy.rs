@@ -625,19 +625,21 @@ pub async fn serve_until(
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt as _;
-    // Without TCP_NODELAY an HTTP/2 response whose last frame waits for the
-    // client's WINDOW_UPDATE (any body over 64 KiB) is held back by Nagle
-    // until the client's delayed ACK: ~40 ms each.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(error) = tcp.set_nodelay(true) {
-            tracing::debug!(%error, "TCP_NODELAY not set on an accepted connection");
-        }
-    });
-    axum::serve(
+    serve_with(
         listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
+        app,
+        crate::listen::ClientLimits::default(),
+        shutdown,
     )
-    .with_graceful_shutdown(shutdown)
     .await
+}
+
+/// [`serve_until`] with `limits` on slow or silent clients.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: crate::listen::ClientLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    crate::listen::serve_connections(listener, app, None, limits, shutdown).await
 }

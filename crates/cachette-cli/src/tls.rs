@@ -5,17 +5,11 @@
 //! logged and the old pair kept).
 
 use std::{
-    net::SocketAddr,
     path::{Path, PathBuf},
     sync::{Arc, RwLock},
 };
 
-use axum::{Router, extract::ConnectInfo};
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto, graceful::GracefulShutdown},
-    service::TowerToHyperService,
-};
+use axum::Router;
 use rustls::{
     ServerConfig,
     pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
@@ -87,7 +81,7 @@ impl TlsFiles {
         Ok(())
     }
 
-    fn current(&self) -> Arc<ServerConfig> {
+    pub(crate) fn current(&self) -> Arc<ServerConfig> {
         self.config
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -118,67 +112,8 @@ pub async fn serve_tls(
     listener: tokio::net::TcpListener,
     app: Router,
     files: Arc<TlsFiles>,
+    limits: crate::listen::ClientLimits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let graceful = GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // Out of descriptors and the like: wait, do not spin.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let _ = tcp.set_nodelay(true);
-        let acceptor = tokio_rustls::TlsAcceptor::from(files.current());
-        let app = app.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            // A client that opens a connection and says nothing gets ten
-            // seconds to finish its handshake.
-            let handshake =
-                tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp));
-            let Ok(Ok(stream)) = handshake.await else {
-                return;
-            };
-            let service = tower::ServiceExt::map_request(
-                app,
-                move |mut request: http::Request<hyper::body::Incoming>| {
-                    request
-                        .extensions_mut()
-                        .insert(ConnectInfo::<SocketAddr>(peer));
-                    request.extensions_mut().insert(Tls);
-                    request.map(axum::body::Body::new)
-                },
-            );
-            // A client that sends half a request head, or keeps an idle
-            // HTTP/2 connection without answering pings, is let go.
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(30));
-            builder
-                .http2()
-                .timer(TokioTimer::new())
-                .keep_alive_interval(Some(std::time::Duration::from_secs(30)))
-                .keep_alive_timeout(std::time::Duration::from_secs(10));
-            let connection = builder.serve_connection_with_upgrades(
-                TokioIo::new(stream),
-                TowerToHyperService::new(service),
-            );
-            let _ = watcher.watch(connection.into_owned()).await;
-        });
-    }
-    drop(listener);
-    // Requests in flight finish; a connection that never does is not
-    // waited for past a minute.
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(60), graceful.shutdown()).await;
-    Ok(())
+    crate::listen::serve_connections(listener, app, Some(files), limits, shutdown).await
 }

@@ -585,3 +585,47 @@ async fn an_http2_body_larger_than_the_stream_window_is_not_held_back() {
         "{hits} HTTP/2 hits of 64 KiB took {elapsed:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_finishes_its_request_head_is_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Slowloris: half a request head, then nothing. On the plain listener
+    // too (axum's own server sets no header timer: it waited forever).
+    let upstream = UpstreamServer::start(Router::new().route("/", get(|| async { "ok" })));
+    let app = router(
+        Upstream::new(&upstream.url(), Duration::from_secs(5)).unwrap(),
+        memory_layer(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let limits = cachette_cli::listen::ClientLimits {
+        header_read_timeout: Duration::from_millis(300),
+        ..Default::default()
+    };
+    tokio::spawn(cachette_cli::proxy::serve_with(
+        listener,
+        app,
+        limits,
+        std::future::pending(),
+    ));
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: shop.test\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(3), slow.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the connection is still open after 3 s");
+    // A client that sends its head in time is served on the same listener.
+    let mut quick = tokio::net::TcpStream::connect(addr).await.unwrap();
+    quick
+        .write_all(b"GET / HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    quick.read_to_end(&mut answer).await.unwrap();
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+}

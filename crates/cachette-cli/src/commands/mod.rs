@@ -184,9 +184,13 @@ pub(crate) async fn proxy(args: ProxyArgs) -> Outcome {
         "cachette proxy started"
     );
     let app = proxy::router(upstream, layer);
+    let limits = crate::listen::ClientLimits {
+        header_read_timeout: args.client_header_timeout,
+        ..crate::listen::ClientLimits::default()
+    };
     match tls {
-        Some(files) => crate::tls::serve_tls(listener, app, files, shutdown_signal()).await,
-        None => proxy::serve_until(listener, app, shutdown_signal()).await,
+        Some(files) => crate::tls::serve_tls(listener, app, files, limits, shutdown_signal()).await,
+        None => proxy::serve_with(listener, app, limits, shutdown_signal()).await,
     }
     .map_err(|e| Failure::operational(format!("proxy stopped: {e}")))
 }
