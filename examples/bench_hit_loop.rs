@@ -10,7 +10,9 @@
 //! The difference of the two totals, divided by the number of requests, is
 //! what a memory hit adds to the route (docs/benchmarks.md). Modes `miss`
 //! and `plain-miss` send a new query string each request (`?k=<n>`): a miss
-//! and store each time, and the same URLs without the layer.
+//! and store each time, and the same URLs without the layer. Modes `keyed`
+//! and `plain-keyed` cycle through `KEYS` query strings (third argument,
+//! default 1,000): hits over many keys once the first round has stored them.
 
 use axum::{Router, body::Body, routing::get};
 use bytes::Bytes;
@@ -21,13 +23,16 @@ use tower::ServiceExt;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let (cached, fresh_keys) = match args.next().as_deref() {
+    let (cached, keyed) = match args.next().as_deref() {
         Some("cached") => (true, false),
         Some("plain") | None => (false, false),
-        Some("miss") => (true, true),
-        Some("plain-miss") => (false, true),
+        Some("miss" | "keyed") => (true, true),
+        Some("plain-miss" | "plain-keyed") => (false, true),
         Some(other) => {
-            return Err(format!("mode {other:?}: plain, cached, miss or plain-miss").into());
+            return Err(format!(
+                "mode {other:?}: plain, cached, miss, plain-miss, keyed or plain-keyed"
+            )
+            .into());
         }
     };
     let requests: u64 = args
@@ -35,6 +40,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|n| n.parse())
         .transpose()?
         .unwrap_or(200_000);
+    // `miss`: every key new; `keyed`: KEYS keys, over and over.
+    let keys: u64 = match std::env::args().nth(1).as_deref() {
+        Some("keyed" | "plain-keyed") => {
+            args.next().map(|n| n.parse()).transpose()?.unwrap_or(1_000)
+        }
+        _ => u64::MAX,
+    };
     let body = Bytes::from(vec![b'x'; 1024]);
     let route = get(move || {
         let body = body.clone();
@@ -57,8 +69,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     runtime.block_on(async {
         let mut bytes = 0;
         for n in 0..requests {
-            let request = if fresh_keys {
-                Request::get(format!("http://bench.local/p?k={n}")).body(Body::empty())?
+            let request = if keyed {
+                Request::get(format!("http://bench.local/p?k={}", n % keys)).body(Body::empty())?
             } else {
                 Request::get("http://bench.local/p").body(Body::empty())?
             };

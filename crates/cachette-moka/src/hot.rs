@@ -1,25 +1,39 @@
-//! A per-thread, read-only view of the entries a thread hit last, in front
-//! of moka: a hit answered here reads two shared counters and writes
-//! nothing shared (moka's `get` hashes with SipHash, walks its table, reads
-//! the clock for expiry and queues the read for its eviction policy: most of
-//! a memory hit's cost, and cache lines every core writes).
+//! The read side in front of moka: per-thread slots of the entries a
+//! thread hit last, then the shared index of every entry read since it was
+//! written (`index`), then moka. A hit answered by a slot reads two shared
+//! counters and writes nothing shared; one answered by the index takes a
+//! shard's read lock (moka's `get` hashes with SipHash, walks its table,
+//! pins an epoch, reads the clock for expiry and queues the read for its
+//! eviction policy: most of a memory hit's cost, and cache lines every core
+//! writes).
 //!
-//! **Exactness** comes from epochs, counters raised *after* a change to the
-//! tier is made: one per stripe of keys ([`STRIPES`], by key hash), raised
-//! by a change to one key (write, delete, soft purge, counter, and moka's
-//! own removals through its eviction listener), and one for the whole tier,
-//! raised by changes to many keys (prefix, pattern and tag purges, clear). A
-//! slot remembers both epochs as read *before* the moka lookup that filled
-//! it, and answers only while both are unchanged: a read that starts after
-//! a change completes never sees what the change replaced. The raise runs
-//! from a guard, so a change whose future is dropped midway raises it too.
+//! **Exactness** comes from epochs, counters raised around every change to
+//! the tier: one per stripe of keys ([`STRIPES`], by key hash), raised by a
+//! change to one key (write, delete, soft purge, counter, and moka's own
+//! removals through its eviction listener), and one for the whole tier,
+//! raised by changes to many keys (prefix, pattern and tag purges, clear).
+//! Once moka has applied a change to a key, its stripe is raised, the key
+//! is removed from the shared index, and the stripe is raised again (the
+//! guard [`Changing`], also when the change's future is dropped midway). A
+//! slot remembers both epochs as read *before* the lookup that filled it,
+//! and answers only while both are unchanged; the index is filled only
+//! while they are. So a read that starts after a change completes never
+//! sees what the change replaced: a slot filled from the index just before
+//! the key's removal is stale by the second raise, and a fill of the index
+//! with what moka answered before the change either lands before the
+//! removal (and is removed) or after the first raise (and is refused).
 //! A slot also stops answering at the entry's expiry in this tier (taken at
 //! or before moka's own), so an expired entry is never served from here
 //! before moka's maintenance removes it.
 //!
-//! **Recency**: every [`SAMPLE`]th answer from a slot also reads moka (the
-//! answer stays the slot's), so moka's eviction policy still sees which
+//! **Recency**: every [`SAMPLE`]th answer from a slot, and every
+//! [`index::SAMPLE`]th from the index, also reads moka (the answer stays
+//! the slot's or the index's), so moka's eviction policy still sees which
 //! entries are hot.
+//!
+//! **Hashing**: one keyed SipHash per lookup (the tier's own random keys,
+//! so client-chosen URLs cannot aim at one slot, stripe or shard), used for
+//! the slot, the stripe and the index.
 //!
 //! **Contention**: a response served from a shared entry writes the reference
 //! counts of the entry, its body and its field values: cache lines that
@@ -35,10 +49,12 @@
 //! thread, so the copies are bounded per thread (64 × 32 KiB = 2 MiB) and are
 //! outside the tier's `max_bytes`. A slot whose epoch moved is released at
 //! the thread's next lookup of its index, and a thread's slots of a tier
-//! are all released at its first lookup after a whole-tier change.
+//! are all released at its first lookup after a whole-tier change. The
+//! shared index's bytes are counted in the entries' weights (`index`).
 
 use std::{
     cell::RefCell,
+    hash::{BuildHasher, RandomState},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -47,6 +63,8 @@ use std::{
 };
 
 use cachette_core::{CacheKey, Entry, Payload, StoredResponse};
+
+use crate::index::{self, SharedIndex};
 
 /// Slots per thread (direct-mapped by key hash: a collision replaces a
 /// slot, so hostile keys can only cause misses here, never longer lookups).
@@ -80,6 +98,9 @@ pub(crate) struct HotView {
     id: u64,
     whole: Padded,
     stripes: Box<[Padded]>,
+    /// The tier's keyed hash of cache keys.
+    hasher: RandomState,
+    index: SharedIndex,
 }
 
 struct Slot {
@@ -113,6 +134,8 @@ struct ThreadSlots {
     candidates: Vec<u64>,
     /// The whole-tier epoch this thread last saw, per tier it reads.
     seen: Vec<(u64, u64)>,
+    /// Answers from the shared index, for sampling them into moka.
+    index_hits: u32,
 }
 
 impl ThreadSlots {
@@ -144,19 +167,9 @@ thread_local! {
     static SLOTS_OF_THIS_THREAD: RefCell<ThreadSlots> = RefCell::new(ThreadSlots::default());
 }
 
-/// The slot (and stripe) of `key`: the high bits of its FNV-1a hash, mixed
-/// with the tier (FNV's low bits depend only on the low bits of each byte).
-fn hash_of(tier: u64, key: &CacheKey) -> u64 {
-    (cachette_core::stable_hash(key.as_str().as_bytes()) ^ tier).wrapping_mul(0x9e37_79b9_7f4a_7c15)
-}
-
 fn index_of_hash(hash: u64) -> usize {
     // The top 6 bits: SLOTS is 64.
     usize::try_from(hash >> 58).unwrap_or(0) % SLOTS
-}
-
-fn index_of(tier: u64, key: &CacheKey) -> usize {
-    index_of_hash(hash_of(tier, key))
 }
 
 /// What a lookup found in this thread's slots.
@@ -177,19 +190,44 @@ pub(crate) struct Epochs {
     hash: u64,
 }
 
-/// Raises an epoch when dropped: at the end of a change, or when the
-/// change's future is dropped midway (moka may have applied it already).
-#[must_use = "the epoch is raised when the guard is dropped"]
+/// Where [`HotView::published_with`] is between its steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// The stripe was raised once; the index still holds the key.
+    Raised,
+    /// The index no longer holds the key; the stripe is not raised again yet.
+    Removed,
+}
+
+/// What a [`Changing`] guard changes.
+enum Change {
+    /// One key (its hash).
+    Key(u64, CacheKey),
+    /// Many keys, each also changed on its own.
+    Many,
+    /// Every key at once (moka cleared).
+    All,
+}
+
+/// Raises epochs and drops index entries when dropped: at the end of a
+/// change, or when the change's future is dropped midway (moka may have
+/// applied it already).
+#[must_use = "the change is published when the guard is dropped"]
 pub(crate) struct Changing<'a> {
     view: &'a HotView,
-    stripe: Option<usize>,
+    change: Change,
 }
 
 impl Drop for Changing<'_> {
     fn drop(&mut self) {
-        match self.stripe {
-            Some(index) => self.view.raise_stripe(index),
-            None => self.view.raise_whole(),
+        match &self.change {
+            Change::Key(hash, key) => self.view.published(*hash, key),
+            Change::Many => self.view.raise_whole(),
+            Change::All => {
+                self.view.raise_whole();
+                self.view.index.clear();
+                self.view.raise_whole();
+            }
         }
     }
 }
@@ -200,7 +238,30 @@ impl HotView {
             id: NEXT_TIER_ID.fetch_add(1, Ordering::Relaxed),
             whole: Padded::default(),
             stripes: (0..STRIPES).map(|_| Padded::default()).collect(),
+            hasher: RandomState::new(),
+            index: SharedIndex::new(),
         }
+    }
+
+    fn hash(&self, key: &CacheKey) -> u64 {
+        self.hasher.hash_one(key.as_str())
+    }
+
+    /// A change to `key` is applied in moka: raise its stripe, forget it in
+    /// the index, raise the stripe again (see the module docs for why two).
+    fn published(&self, hash: u64, key: &CacheKey) {
+        self.published_with(hash, key, |_| {});
+    }
+
+    /// [`Self::published`], with a call between its steps (for tests of
+    /// what a reader does there).
+    fn published_with(&self, hash: u64, key: &CacheKey, mut between: impl FnMut(Step)) {
+        let stripe = index_of_hash(hash);
+        self.raise_stripe(stripe);
+        between(Step::Raised);
+        self.index.remove(hash, key);
+        between(Step::Removed);
+        self.raise_stripe(stripe);
     }
 
     fn raise_stripe(&self, index: usize) {
@@ -215,26 +276,41 @@ impl HotView {
         self.whole.0.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// Records that `key` changed (call once the change is visible in moka).
-    pub(crate) fn changed(&self, key: &CacheKey) {
-        self.raise_stripe(index_of(self.id, key));
+    /// Records that moka removed `key` (its eviction listener).
+    pub(crate) fn removed(&self, key: &CacheKey) {
+        self.published(self.hash(key), key);
     }
 
-    /// A guard for a change to `key`: raises its stripe when dropped.
+    /// A guard for a change to `key`: publishes it when dropped.
     pub(crate) fn changing(&self, key: &CacheKey) -> Changing<'_> {
         Changing {
             view: self,
-            stripe: Some(index_of(self.id, key)),
+            change: Change::Key(self.hash(key), key.clone()),
         }
     }
 
-    /// A guard for a change to many keys: raises the whole-tier epoch when
-    /// dropped.
-    pub(crate) fn changing_all(&self) -> Changing<'_> {
+    /// A guard for a change to many keys, each of which also takes its own
+    /// guard: raises the whole-tier epoch when dropped.
+    pub(crate) fn changing_many(&self) -> Changing<'_> {
         Changing {
             view: self,
-            stripe: None,
+            change: Change::Many,
         }
+    }
+
+    /// A guard for clearing moka: raises the whole-tier epoch and empties
+    /// the index when dropped.
+    pub(crate) fn clearing(&self) -> Changing<'_> {
+        Changing {
+            view: self,
+            change: Change::All,
+        }
+    }
+
+    /// Whether no epoch moved since `epochs` were read.
+    fn unchanged(&self, epochs: &Epochs) -> bool {
+        let now = self.epochs(epochs.hash);
+        now.whole == epochs.whole && now.stripe == epochs.stripe
     }
 
     fn epochs(&self, hash: u64) -> Epochs {
@@ -254,9 +330,10 @@ impl HotView {
         }
     }
 
-    /// This thread's slot for `key`, if it is current.
+    /// A current entry for `key` from this thread's slot or the shared
+    /// index, or the epochs to fill them with after asking moka.
     pub(crate) fn lookup(&self, key: &CacheKey) -> Lookup {
-        let epochs = self.epochs(hash_of(self.id, key));
+        let epochs = self.epochs(self.hash(key));
         let found = SLOTS_OF_THIS_THREAD.try_with(|slots| {
             let mut slots = slots.try_borrow_mut().ok()?;
             slots.sweep_if_moved(self.id, epochs.whole);
@@ -279,18 +356,51 @@ impl HotView {
             }
             Some((ours.entry.clone(), ours.answered % SAMPLE == 0))
         });
-        match found {
-            Ok(Some((entry, touch))) => Lookup::Hit { entry, touch },
-            _ => Lookup::Miss(epochs),
+        if let Ok(Some((entry, touch))) = found {
+            return Lookup::Hit { entry, touch };
+        }
+        match self.index.get(epochs.hash, key) {
+            Some(found) => {
+                self.fill_slot(epochs, key, &found.entry, found.expires);
+                let touch = SLOTS_OF_THIS_THREAD
+                    .try_with(|slots| {
+                        let mut slots = slots.try_borrow_mut().ok()?;
+                        slots.index_hits = slots.index_hits.wrapping_add(1);
+                        Some(slots.index_hits % index::SAMPLE == 0)
+                    })
+                    .ok()
+                    .flatten()
+                    .unwrap_or(false);
+                Lookup::Hit {
+                    entry: found.entry,
+                    touch,
+                }
+            }
+            None => Lookup::Miss(epochs),
         }
     }
 
-    /// Keeps what moka answered for `key` in this thread's slot, tagged
-    /// with the epochs read before asking, if the key also missed there
-    /// last time and no epoch has moved since (the slot would never
-    /// answer). The slot holds moka's `Arc` until it has answered twice,
-    /// then this thread's own copy.
+    /// Keeps what moka answered for `key` in the shared index and in this
+    /// thread's slot, tagged with the epochs read before asking moka, if no
+    /// epoch has moved since (see the module docs).
     pub(crate) fn fill(
+        &self,
+        epochs: Epochs,
+        key: &CacheKey,
+        entry: &Arc<Entry>,
+        expires: Option<Instant>,
+    ) {
+        self.index
+            .fill(epochs.hash, key, entry, expires, || self.unchanged(&epochs));
+        self.fill_slot(epochs, key, entry, expires);
+    }
+
+    /// Keeps an entry found for `key` in this thread's slot, tagged with
+    /// the epochs read before looking, if the key also missed there last
+    /// time and no epoch has moved since (the slot would never answer). The
+    /// slot holds the shared `Arc` until it has answered twice, then this
+    /// thread's own copy.
+    fn fill_slot(
         &self,
         epochs: Epochs,
         key: &CacheKey,
@@ -316,8 +426,7 @@ impl HotView {
             if !kept_here(entry) || entry.weight() > MAX_ENTRY_WEIGHT {
                 return;
             }
-            let now = self.epochs(epochs.hash);
-            if now.whole != epochs.whole || now.stripe != epochs.stripe {
+            if !self.unchanged(&epochs) {
                 return;
             }
             if let Some(slot) = slots.slots.get_mut(epochs.index) {
@@ -386,4 +495,65 @@ fn private_response(stored: &StoredResponse) -> Option<StoredResponse> {
         headers,
         body: bytes::Bytes::copy_from_slice(&stored.body),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    //! The two windows of a change's publication, each entered on purpose
+    //! (the concurrent test in `tests/read_index.rs` rarely lands in them).
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::time::{Duration, SystemTime};
+
+    use cachette_core::EntryMeta;
+
+    use super::*;
+
+    fn old_entry() -> Arc<Entry> {
+        let meta = EntryMeta::new(SystemTime::now(), Duration::from_secs(60));
+        Arc::new(Entry::value(bytes::Bytes::from_static(b"old"), meta))
+    }
+
+    fn is_miss(view: &HotView, key: &CacheKey) -> bool {
+        matches!(view.lookup(key), Lookup::Miss(_))
+    }
+
+    #[test]
+    fn a_slot_filled_from_the_index_before_its_removal_stops_answering() {
+        let view = HotView::new();
+        let key = CacheKey::new("GET:example.com/a").unwrap();
+        let Lookup::Miss(epochs) = view.lookup(&key) else {
+            panic!("empty view answered");
+        };
+        view.fill(epochs, &key, &old_entry(), None);
+        // A first hit from the index makes the key this slot's candidate.
+        assert!(!is_miss(&view, &key));
+        let hash = view.hash(&key);
+        view.published_with(hash, &key, |step| {
+            if step == Step::Raised {
+                // The old entry is still indexed: the slot takes it, with
+                // the epoch raised once.
+                assert!(!is_miss(&view, &key));
+            }
+        });
+        assert!(is_miss(&view, &key), "the slot answered a replaced entry");
+    }
+
+    #[test]
+    fn a_fill_with_what_moka_answered_before_the_change_is_refused() {
+        let view = HotView::new();
+        let key = CacheKey::new("GET:example.com/b").unwrap();
+        // A reader read the epochs and got the old entry from moka; the
+        // change is applied in moka and published before it fills.
+        let Lookup::Miss(epochs) = view.lookup(&key) else {
+            panic!("empty view answered");
+        };
+        let hash = view.hash(&key);
+        view.published_with(hash, &key, |step| {
+            if step == Step::Removed {
+                view.fill(epochs, &key, &old_entry(), None);
+            }
+        });
+        assert!(is_miss(&view, &key), "the index kept a replaced entry");
+    }
 }

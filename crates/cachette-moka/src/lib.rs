@@ -28,6 +28,7 @@
 //! ```
 
 mod hot;
+mod index;
 mod tags;
 
 use std::{
@@ -166,15 +167,19 @@ impl MemoryTierBuilder {
             .name("cachette-memory")
             .max_capacity(self.max_bytes)
             .weigher(|key: &CacheKey, value: &Stored| {
-                u32::try_from(key.as_str().len() + value.entry.weight()).unwrap_or(u32::MAX)
+                // The shared read index's slot is counted whether or not
+                // the entry is read (see `index`).
+                u32::try_from(key.as_str().len() + value.entry.weight() + index::INDEXED_WEIGHT)
+                    .unwrap_or(u32::MAX)
             })
             .expire_after(PerEntryTtl)
             .eviction_listener(
                 move |key: Arc<CacheKey>, value: Stored, _cause: RemovalCause| {
                     unindex.remove(&key, &value.entry.meta().tags, value.generation);
-                    // Evicted, expired, replaced or removed: threads' slots
-                    // of its stripe stop answering.
-                    removed.changed(&key);
+                    // Evicted, expired, replaced or removed: the shared
+                    // index forgets it and threads' slots of its stripe
+                    // stop answering.
+                    removed.removed(&key);
                 },
             )
             .build();
@@ -340,7 +345,7 @@ impl MemoryTier {
             .filter(|(key, _)| matches(key))
             .map(|(key, _)| key)
             .collect();
-        let _all = self.hot.changing_all();
+        let _all = self.hot.changing_many();
         for key in keys {
             let _changing = self.hot.changing(&key);
             self.cache.invalidate(&*key).await;
@@ -463,7 +468,7 @@ impl Backend for MemoryTier {
     }
 
     async fn invalidate_tag(&self, tag: &str) -> Result<(), CacheError> {
-        let _all = self.hot.changing_all();
+        let _all = self.hot.changing_many();
         for key in self.tags.take(tag) {
             let tagged = self
                 .cache
@@ -576,7 +581,7 @@ impl Backend for MemoryTier {
     async fn clear(&self) -> Result<(), CacheError> {
         // Forget the registrations first: an entry stored meanwhile registers
         // again, and one stored before is removed with the rest.
-        let _all = self.hot.changing_all();
+        let _all = self.hot.clearing();
         self.tags.clear();
         self.cache.invalidate_all();
         Ok(())
