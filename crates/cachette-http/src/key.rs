@@ -52,6 +52,15 @@ fn push_shortened(out: &mut String, part: &str, max: usize) {
     let _ = write!(out, "~{:016x}", fnv1a(part.as_bytes()));
 }
 
+thread_local! {
+    /// Where [`KeyOptions::primary`] writes a key before it is copied into
+    /// the key's own allocation.
+    static KEY_BUFFER: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+/// Query parameters sorted without allocating (more are sorted in a `Vec`).
+const SORTED_IN_PLACE: usize = 16;
+
 fn is_key_safe(s: &str) -> bool {
     s.bytes().all(|b| b.is_ascii_graphic())
 }
@@ -66,30 +75,58 @@ impl KeyOptions {
             })
     }
 
-    fn normalized_query<'q>(&self, query: &'q str) -> std::borrow::Cow<'q, str> {
+    /// Appends `query` normalised: empty and ignored parameters dropped,
+    /// the rest sorted (when configured), joined with `&`. Up to
+    /// [`SORTED_IN_PLACE`] parameters are sorted on the stack: no
+    /// allocation beyond the key's own.
+    fn push_normalized_query(&self, out: &mut String, query: &str) {
         if !self.sort_query && self.ignored_query.is_empty() {
-            return query.into();
+            out.push_str(query);
+            return;
         }
-        // One parameter (the common case): nothing to sort, nothing to copy.
+        // One parameter (the common case): nothing to sort.
         if !query.contains('&') {
             let name = query.split('=').next().unwrap_or_default();
-            if self.query_param_ignored(name) {
-                return "".into();
+            if !self.query_param_ignored(name) {
+                out.push_str(query);
             }
-            return query.into();
+            return;
         }
-        let mut pairs: Vec<&str> = query
-            .split('&')
-            .filter(|pair| !pair.is_empty())
-            .filter(|pair| {
-                let name = pair.split('=').next().unwrap_or_default();
-                !self.query_param_ignored(name)
-            })
-            .collect();
+        let kept = query.split('&').filter(|pair| {
+            !pair.is_empty()
+                && !self.query_param_ignored(pair.split('=').next().unwrap_or_default())
+        });
+        let mut on_stack = [""; SORTED_IN_PLACE];
+        let mut count = 0;
+        let mut spilled: Vec<&str> = Vec::new();
+        for pair in kept {
+            match on_stack.get_mut(count) {
+                Some(slot) if spilled.is_empty() => {
+                    *slot = pair;
+                    count += 1;
+                }
+                _ => {
+                    if spilled.is_empty() {
+                        spilled.extend_from_slice(&on_stack[..count]);
+                    }
+                    spilled.push(pair);
+                }
+            }
+        }
+        let pairs: &mut [&str] = if spilled.is_empty() {
+            &mut on_stack[..count]
+        } else {
+            &mut spilled
+        };
         if self.sort_query {
             pairs.sort_unstable();
         }
-        pairs.join("&").into()
+        for (i, pair) in pairs.iter().enumerate() {
+            if i > 0 {
+                out.push('&');
+            }
+            out.push_str(pair);
+        }
     }
 
     /// Appends the request's host, lower-cased (or its hash when it is not
@@ -127,29 +164,51 @@ impl KeyOptions {
     /// The primary key of a request: prefix, method class, host, path and
     /// normalized query.
     pub fn primary(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> CacheKey {
-        let mut key = String::with_capacity(self.prefix.len() + 64);
+        // Written into this thread's buffer, then copied once into the key's
+        // own allocation: one allocation per key, not two.
+        KEY_BUFFER
+            .try_with(|buffer| match buffer.try_borrow_mut() {
+                Ok(mut key) => {
+                    key.clear();
+                    let made = self.primary_in(&mut key, method, uri, headers);
+                    // A hostile long URL must not keep a large buffer alive.
+                    if key.capacity() > 4 * 1024 {
+                        *key = String::new();
+                    }
+                    made
+                }
+                Err(_) => self.primary_in(&mut String::new(), method, uri, headers),
+            })
+            .unwrap_or_else(|_| self.primary_in(&mut String::new(), method, uri, headers))
+    }
+
+    fn primary_in(
+        &self,
+        key: &mut String,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+    ) -> CacheKey {
         key.push_str(&self.prefix);
         key.push_str(Self::method_class(method));
         key.push(':');
-        self.push_host(&mut key, uri, headers);
-        let query = uri
-            .query()
-            .map(|q| self.normalized_query(q))
-            .filter(|q| !q.is_empty());
-        match query {
-            None => push_shortened(&mut key, uri.path(), MAX_URL_PART),
-            // Short enough to keep whole: written in place.
-            Some(query) if uri.path().len() + 1 + query.len() <= MAX_URL_PART => {
-                key.push_str(uri.path());
-                key.push('?');
-                key.push_str(&query);
-            }
-            Some(query) => {
-                let url = format!("{}?{query}", uri.path());
-                push_shortened(&mut key, &url, MAX_URL_PART);
+        self.push_host(key, uri, headers);
+        let url_start = key.len();
+        key.push_str(uri.path());
+        if let Some(query) = uri.query() {
+            let query_start = key.len();
+            key.push('?');
+            self.push_normalized_query(key, query);
+            if key.len() == query_start + 1 {
+                // Nothing left of it: no query.
+                key.truncate(query_start);
             }
         }
-        CacheKey::new(&key).unwrap_or_else(|_| {
+        if key.len() - url_start > MAX_URL_PART {
+            let url = key.split_off(url_start);
+            push_shortened(key, &url, MAX_URL_PART);
+        }
+        CacheKey::new(&*key).unwrap_or_else(|_| {
             // Unreachable for URIs the http crate accepts; stay total anyway.
             let fallback = format!(
                 "{}{}:~{:016x}",
@@ -371,7 +430,53 @@ pub(crate) fn vary_names(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    /// The normalisation as it was first written (a `Vec` and a join), the
+    /// reference for the one that writes in place.
+    fn reference_query(opts: &KeyOptions, query: &str) -> String {
+        if !opts.sort_query && opts.ignored_query.is_empty() {
+            return query.to_owned();
+        }
+        if !query.contains('&') {
+            let name = query.split('=').next().unwrap_or_default();
+            return if opts.query_param_ignored(name) {
+                String::new()
+            } else {
+                query.to_owned()
+            };
+        }
+        let mut pairs: Vec<&str> = query
+            .split('&')
+            .filter(|pair| !pair.is_empty())
+            .filter(|pair| !opts.query_param_ignored(pair.split('=').next().unwrap_or_default()))
+            .collect();
+        if opts.sort_query {
+            pairs.sort_unstable();
+        }
+        pairs.join("&")
+    }
+
+    proptest! {
+        #[test]
+        fn query_normalised_in_place_as_the_reference(
+            pairs in proptest::collection::vec("(utm_[a-c]|[a-d]{0,2})(=[0-9a-z]{0,3})?", 0..40),
+            sort in any::<bool>(),
+            ignore in any::<bool>(),
+        ) {
+            let opts = KeyOptions {
+                sort_query: sort,
+                ignored_query: if ignore { vec!["utm_*".into(), "b".into()] } else { Vec::new() },
+                ..KeyOptions::default()
+            };
+            let query = pairs.join("&");
+            let mut written = String::new();
+            opts.push_normalized_query(&mut written, &query);
+            prop_assert_eq!(written, reference_query(&opts, &query));
+        }
+    }
 
     fn key(opts: &KeyOptions, uri: &str) -> String {
         let uri: Uri = uri.parse().unwrap();
