@@ -216,7 +216,7 @@ impl KeyOptions {
                 Self::method_class(method),
                 fnv1a(key.as_bytes())
             );
-            CacheKey::new(fallback).unwrap_or_else(|_| hashed_only(&key))
+            CacheKey::new(fallback).unwrap_or_else(|_| hashed_only(key))
         })
     }
 
