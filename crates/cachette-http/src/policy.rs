@@ -249,6 +249,33 @@ fn cap_delta_seconds(value: &HeaderValue) -> HeaderValue {
     HeaderValue::from_str(&items.join(",")).unwrap_or_else(|_| value.clone())
 }
 
+/// `now` as an HTTP date, formatted once per second per thread (most
+/// stored responses get one, and formatting was most of a small store's
+/// header work), copied into each response's own value.
+fn http_date(now: SystemTime) -> Option<HeaderValue> {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(u64, HeaderValue)>> = const { std::cell::RefCell::new(None) };
+    }
+    let second = now.duration_since(SystemTime::UNIX_EPOCH).ok()?.as_secs();
+    let format = || HeaderValue::from_str(&httpdate::fmt_http_date(now)).ok();
+    LAST.try_with(|last| {
+        let mut last = last.try_borrow_mut().ok()?;
+        match &*last {
+            // A copy, not a shared reference count: hits on every entry
+            // stored in this second would all write that one count.
+            Some((at, value)) if *at == second => HeaderValue::from_bytes(value.as_bytes()).ok(),
+            _ => {
+                let value = format()?;
+                *last = Some((second, value.clone()));
+                Some(value)
+            }
+        }
+    })
+    .ok()
+    .flatten()
+    .or_else(format)
+}
+
 /// Decides whether an origin response is stored, and for how long.
 pub(crate) fn evaluate(
     config: &Config,
@@ -355,7 +382,12 @@ pub(crate) fn evaluate(
     tags.dedup();
     meta = meta.with_tags(tags);
 
-    let mut stored = headers.clone();
+    // With room for the two fields added below: a clone is exactly full,
+    // and growing a map rebuilds it.
+    let mut stored = HeaderMap::with_capacity(headers.len().saturating_add(2));
+    for (name, value) in headers {
+        stored.append(name.clone(), value.clone());
+    }
     strip_hop_by_hop(&mut stored);
     let unstored: Vec<HeaderName> = stored
         .keys()
@@ -371,7 +403,7 @@ pub(crate) fn evaluate(
     }
     stored.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     if !stored.contains_key(header::DATE) {
-        if let Ok(date) = HeaderValue::from_str(&httpdate::fmt_http_date(now)) {
+        if let Some(date) = http_date(now) {
             stored.insert(header::DATE, date);
         }
     }

@@ -1027,15 +1027,6 @@ where
     }
     parts.headers = origin_headers;
     let head = parts.clone();
-    // The same request without any validator, should a 304 not apply.
-    let mut unconditional = parts.clone();
-    unconditional.headers = client.clone();
-    for name in CONDITIONAL_REQUEST_HEADERS {
-        unconditional.headers.remove(name);
-    }
-    if whole {
-        unconditional.headers.remove(header::RANGE);
-    }
     let deadline = tokio::time::Instant::now() + config.fill_timeout;
     let call = call_ready(&mut inner, Request::from_parts(parts, body));
     let limit = config
@@ -1109,9 +1100,19 @@ where
                     Some(filled),
                 );
             }
-            // A 304 the stored response cannot take: ask again, plainly.
+            // A 304 the stored response cannot take: ask again, plainly
+            // (the same request without any validator; built only here,
+            // a miss does not pay for it).
             tracing::debug!(key = %primary, "a 304 did not validate the stored response; asking again without validators");
             drop(response);
+            let mut unconditional = head;
+            unconditional.headers = client;
+            for name in CONDITIONAL_REQUEST_HEADERS {
+                unconditional.headers.remove(name);
+            }
+            if whole {
+                unconditional.headers.remove(header::RANGE);
+            }
             return Box::pin(fetch_once(
                 inner,
                 layer,
