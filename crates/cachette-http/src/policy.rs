@@ -384,10 +384,16 @@ pub(crate) fn evaluate(
 
     // With room for the two fields added below: a clone is exactly full,
     // and growing a map rebuilds it.
-    let mut stored = HeaderMap::with_capacity(headers.len().saturating_add(2));
-    for (name, value) in headers {
-        stored.append(name.clone(), value.clone());
-    }
+    // (A map near the field limit cannot be given room: cloned as it is.)
+    let mut stored = match HeaderMap::try_with_capacity(headers.len().saturating_add(2)) {
+        Ok(mut stored) => {
+            for (name, value) in headers {
+                stored.append(name.clone(), value.clone());
+            }
+            stored
+        }
+        Err(_) => headers.clone(),
+    };
     strip_hop_by_hop(&mut stored);
     let unstored: Vec<HeaderName> = stored
         .keys()
@@ -833,6 +839,38 @@ mod properties {
             "max-age=99999999999",
         ] {
             assert_eq!(fast(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn a_response_near_the_field_limit_is_evaluated_without_a_panic() {
+        let config = Config::default();
+        let (request, ()) = http::Request::get("http://h/p")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("max-age=60"),
+        );
+        // 25,000 values: room for two more fields cannot be reserved.
+        for i in 0..25_000 {
+            headers.append(
+                http::HeaderName::from_static("x-many"),
+                HeaderValue::from_str(&i.to_string()).unwrap(),
+            );
+        }
+        let outcome = evaluate(
+            &config,
+            &request,
+            StatusCode::OK,
+            &headers,
+            bytes::Bytes::from_static(b"body"),
+            SystemTime::now(),
+        );
+        if let Ok(storable) = outcome {
+            assert!(storable.response.headers.len() >= 25_000);
         }
     }
 }

@@ -200,11 +200,14 @@ enum Step {
 }
 
 /// What a [`Changing`] guard changes.
-enum Change {
+enum Change<'a> {
     /// One key (its hash).
     Key(u64, CacheKey),
     /// Many keys, each also changed on its own.
     Many,
+    /// The keys that match, each moka holds also changed on its own; the
+    /// index forgets every match (also those moka dropped already).
+    Matching(&'a (dyn Fn(&CacheKey) -> bool + Sync)),
     /// Every key at once (moka cleared).
     All,
 }
@@ -215,7 +218,7 @@ enum Change {
 #[must_use = "the change is published when the guard is dropped"]
 pub(crate) struct Changing<'a> {
     view: &'a HotView,
-    change: Change,
+    change: Change<'a>,
 }
 
 impl Drop for Changing<'_> {
@@ -223,6 +226,11 @@ impl Drop for Changing<'_> {
         match &self.change {
             Change::Key(hash, key) => self.view.published(*hash, key),
             Change::Many => self.view.raise_whole(),
+            Change::Matching(matches) => {
+                self.view.raise_whole();
+                self.view.index.forget_matching(matches);
+                self.view.raise_whole();
+            }
             Change::All => {
                 self.view.raise_whole();
                 self.view.index.clear();
@@ -295,6 +303,19 @@ impl HotView {
         Changing {
             view: self,
             change: Change::Many,
+        }
+    }
+
+    /// A guard for a change to the keys that `matches`, each of which moka
+    /// holds also taking its own guard: when dropped, raises the whole-tier
+    /// epoch, drops every match from the index, raises it again.
+    pub(crate) fn changing_matching<'a>(
+        &'a self,
+        matches: &'a (dyn Fn(&CacheKey) -> bool + Sync),
+    ) -> Changing<'a> {
+        Changing {
+            view: self,
+            change: Change::Matching(matches),
         }
     }
 
@@ -555,5 +576,21 @@ mod tests {
             }
         });
         assert!(is_miss(&view, &key), "the index kept a replaced entry");
+    }
+
+    #[test]
+    fn a_purge_forgets_indexed_keys_moka_has_already_dropped() {
+        // moka evicted the key (its listener has not run yet), so a purge
+        // finds nothing to invalidate there: the index must still forget it.
+        let view = HotView::new();
+        let key = CacheKey::new("GET:example.com/purged").unwrap();
+        let Lookup::Miss(epochs) = view.lookup(&key) else {
+            panic!("empty view answered");
+        };
+        view.fill(epochs, &key, &old_entry(), None);
+        assert!(!is_miss(&view, &key));
+        let matches = |key: &CacheKey| key.starts_with("GET:example.com/");
+        drop(view.changing_matching(&matches));
+        assert!(is_miss(&view, &key), "the index answered a purged key");
     }
 }

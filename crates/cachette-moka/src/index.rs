@@ -15,10 +15,12 @@
 //! change completed finds the new entry or nothing.
 //!
 //! **Memory**: moka decides what is held. The index holds the same
-//! `Arc<Entry>` and key as moka (no copy), and loses an entry when moka
+//! `Arc<Entry>` as moka (no copy) and the key of the read that filled it
+//! (another allocation of the same bytes), and loses an entry when moka
 //! evicts, expires or replaces it (its eviction listener). Its own bytes per
-//! entry ([`INDEXED_WEIGHT`]) are counted in every entry's weight, so the
-//! tier stays within `max_bytes`. Entries never read are not indexed.
+//! entry ([`INDEXED_WEIGHT`]) and the key's length are counted in every
+//! entry's weight, so the tier stays within `max_bytes`. Entries never read
+//! are not indexed.
 
 use std::{
     sync::{Arc, PoisonError, RwLock},
@@ -158,11 +160,22 @@ impl SharedIndex {
         }
     }
 
+    /// Forgets every key that `matches` (after moka applied a purge).
+    pub(crate) fn forget_matching(&self, matches: &dyn Fn(&CacheKey) -> bool) {
+        for shard in &*self.shards {
+            let mut table = shard.0.write().unwrap_or_else(PoisonError::into_inner);
+            table.retain(|indexed| !matches(&indexed.key));
+        }
+    }
+
     /// Forgets every key (after moka was cleared).
     pub(crate) fn clear(&self) {
         for shard in &*self.shards {
             let mut table = shard.0.write().unwrap_or_else(PoisonError::into_inner);
-            *table = HashTable::new();
+            let held = std::mem::take(&mut *table);
+            drop(table);
+            // The entries are released outside the lock.
+            drop(held);
         }
     }
 }

@@ -2,9 +2,10 @@
 //! [moka](https://docs.rs/moka).
 //!
 //! Entries are held decoded, as `Arc<Entry>`: a hit never parses anything, and
-//! a repeated hit on a thread is answered from that thread's slots in front of
-//! moka (the `hot` module: exact through epochs raised by every change; small
-//! responses are held there as the thread's own copy). Capacity is bounded in bytes (each entry
+//! is answered in front of moka, from the thread's slots (the `hot` module:
+//! small responses are held there as the thread's own copy) or from the
+//! shared read index (`index`), both exact through epochs raised around
+//! every change. Capacity is bounded in bytes (each entry
 //! weighs its approximate memory), each entry expires after its own remaining
 //! lifetime, optionally capped, and entries can be invalidated by key, by key
 //! prefix and by tag.
@@ -167,9 +168,10 @@ impl MemoryTierBuilder {
             .name("cachette-memory")
             .max_capacity(self.max_bytes)
             .weigher(|key: &CacheKey, value: &Stored| {
-                // The shared read index's slot is counted whether or not
-                // the entry is read (see `index`).
-                u32::try_from(key.as_str().len() + value.entry.weight() + index::INDEXED_WEIGHT)
+                // The shared read index's slot, and the copy of the key it
+                // may hold (a reader's), are counted whether or not the
+                // entry is read (see `index`).
+                u32::try_from(2 * key.as_str().len() + value.entry.weight() + index::INDEXED_WEIGHT)
                     .unwrap_or(u32::MAX)
             })
             .expire_after(PerEntryTtl)
@@ -198,8 +200,8 @@ impl MemoryTierBuilder {
 #[derive(Clone)]
 pub struct MemoryTier {
     cache: Cache<CacheKey, Stored>,
-    /// Per-thread slots of recent hits in front of `cache` (see `hot`);
-    /// every change below raises its epoch once made.
+    /// Per-thread slots and the shared read index in front of `cache` (see
+    /// `hot`); every change below is published to them once made.
     hot: Arc<HotView>,
     tags: Arc<TagIndex>,
     generations: Arc<std::sync::atomic::AtomicU64>,
@@ -338,14 +340,17 @@ impl MemoryTier {
     /// Removes every entry whose key matches, now: one pass over the tier
     /// (prefix and pattern purges are administrative; nothing is left for
     /// later reads to evaluate).
-    async fn invalidate_matching(&self, matches: impl Fn(&CacheKey) -> bool) {
+    async fn invalidate_matching(&self, matches: impl Fn(&CacheKey) -> bool + Sync) {
+        // The index also forgets every matching key it holds, when done: a
+        // key moka already dropped (its eviction listener still to run) is
+        // not in `iter`, and must not be answered after the purge returns.
+        let _all = self.hot.changing_matching(&matches);
         let keys: Vec<Arc<CacheKey>> = self
             .cache
             .iter()
             .filter(|(key, _)| matches(key))
             .map(|(key, _)| key)
             .collect();
-        let _all = self.hot.changing_many();
         for key in keys {
             let _changing = self.hot.changing(&key);
             self.cache.invalidate(&*key).await;
@@ -444,13 +449,18 @@ impl Backend for MemoryTier {
     }
 
     async fn soften_prefix(&self, prefix: &str) -> Result<(), CacheError> {
-        let keys = self.matching_keys(|key| key.starts_with(prefix));
+        let matches = |key: &CacheKey| key.starts_with(prefix);
+        // As for purges: the index forgets matching keys moka already dropped.
+        let _all = self.hot.changing_matching(&matches);
+        let keys = self.matching_keys(matches);
         self.soften_keys(keys).await;
         Ok(())
     }
 
     async fn soften_pattern(&self, pattern: &str) -> Result<(), CacheError> {
-        let keys = self.matching_keys(|key| glob_match(pattern, key.as_str()));
+        let matches = |key: &CacheKey| glob_match(pattern, key.as_str());
+        let _all = self.hot.changing_matching(&matches);
+        let keys = self.matching_keys(matches);
         self.soften_keys(keys).await;
         Ok(())
     }
@@ -470,13 +480,15 @@ impl Backend for MemoryTier {
     async fn invalidate_tag(&self, tag: &str) -> Result<(), CacheError> {
         let _all = self.hot.changing_many();
         for key in self.tags.take(tag) {
+            // Published whether or not moka still holds it: one it already
+            // dropped (its eviction listener still to run) may be indexed.
+            let _changing = self.hot.changing(&key);
             let tagged = self
                 .cache
                 .get(&key)
                 .await
                 .is_some_and(|stored| stored.entry.meta().tags.iter().any(|t| t == tag));
             if tagged {
-                let _changing = self.hot.changing(&key);
                 self.cache.invalidate(&key).await;
             }
         }
