@@ -270,6 +270,33 @@ impl MemoryTier {
         generation
     }
 
+    /// Stores `stored` under `key` through moka's entry API. Why not
+    /// `insert`: moka orders an entry computation only with the other
+    /// computations of its key, so a plain insert landing inside a soft
+    /// purge's (or `add`'s, or `incr`'s) read and write would be overwritten
+    /// by what it replaced.
+    async fn put_ordered(&self, key: &CacheKey, stored: Stored) {
+        let _ = self
+            .cache
+            .entry(key.clone())
+            .and_compute_with(|_| async move { Op::Put(stored) })
+            .await;
+    }
+
+    /// Removes `key` through moka's entry API (see [`Self::put_ordered`]);
+    /// what was held, if anything.
+    async fn remove_ordered(&self, key: &CacheKey) -> Option<Stored> {
+        match self
+            .cache
+            .entry(key.clone())
+            .and_compute_with(|_| async { Op::Remove })
+            .await
+        {
+            CompResult::Removed(removed) => Some(removed.into_value()),
+            _ => None,
+        }
+    }
+
     /// Keeps what moka answered in this thread's slot (see `hot`).
     fn keep_hot(&self, epochs: hot::Epochs, key: &CacheKey, stored: Stored) -> Arc<Entry> {
         self.hot.fill(epochs, key, &stored.entry, stored.expires);
@@ -307,31 +334,45 @@ impl MemoryTier {
         let now = std::time::SystemTime::now();
         for key in keys {
             let changing = self.hot.changing(&key);
-            let Some(stored) = self.cache.get(&key).await.filter(Stored::live) else {
-                continue;
-            };
-            if matches!(stored.entry.payload(), Payload::Variants(_)) {
-                continue;
-            }
-            if tag.is_some_and(|tag| !stored.entry.meta().tags.iter().any(|t| t == tag)) {
-                continue;
-            }
-            let staled = Arc::new(
-                stored
-                    .entry
-                    .with_meta(stored.entry.meta().clone().staled(now)),
+            let (tags, generations, registered, cap) = (
+                self.tags.clone(),
+                self.generations.clone(),
+                key.clone(),
+                self.max_ttl,
             );
-            // Never longer than what was left of it here (its `max_ttl` cap
-            // does not start again).
-            let ttl = self.capped(staled.remaining_ttl(now)).min(stored.left());
-            if ttl.is_zero() {
-                self.cache.invalidate(&key).await;
-                drop(changing);
-                continue;
-            }
-            let generation = self.register(&key, &staled);
-            self.cache
-                .insert(key, Stored::new(staled, ttl, generation))
+            let tag = tag.map(str::to_owned);
+            // Read and replaced in one step (moka's entry API): a write
+            // landing between a read and an insert would be overwritten by
+            // a staled copy of what it replaced.
+            let _ = self
+                .cache
+                .entry(key)
+                .and_compute_with(|current| async move {
+                    let Some(current) = current.filter(|c| c.value().live()) else {
+                        return Op::Nop;
+                    };
+                    let stored = current.into_value();
+                    if matches!(stored.entry.payload(), Payload::Variants(_)) {
+                        return Op::Nop;
+                    }
+                    let meta = stored.entry.meta();
+                    if tag.is_some_and(|tag| !meta.tags.contains(&tag)) {
+                        return Op::Nop;
+                    }
+                    let staled = Arc::new(stored.entry.with_meta(meta.clone().staled(now)));
+                    // Never longer than what was left of it here (its
+                    // `max_ttl` cap does not start again).
+                    let mut ttl = staled.remaining_ttl(now).min(stored.left());
+                    if let Some(cap) = cap {
+                        ttl = ttl.min(cap);
+                    }
+                    if ttl.is_zero() {
+                        return Op::Remove;
+                    }
+                    let generation = generations.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tags.add(&registered, &staled.meta().tags, generation);
+                    Op::Put(Stored::new(staled, ttl, generation))
+                })
                 .await;
             drop(changing);
         }
@@ -353,7 +394,7 @@ impl MemoryTier {
             .collect();
         for key in keys {
             let _changing = self.hot.changing(&key);
-            self.cache.invalidate(&*key).await;
+            self.remove_ordered(&key).await;
         }
     }
 }
@@ -424,12 +465,11 @@ impl Backend for MemoryTier {
         let _changing = self.hot.changing(key);
         if ttl.is_zero() {
             // Nothing to keep; and make sure an older value does not outlive this write.
-            self.cache.invalidate(key).await;
+            self.remove_ordered(key).await;
             return Ok(());
         }
         let generation = self.register(key, &entry);
-        self.cache
-            .insert(key.clone(), Stored::new(entry, ttl, generation))
+        self.put_ordered(key, Stored::new(entry, ttl, generation))
             .await;
         Ok(())
     }
@@ -437,8 +477,7 @@ impl Backend for MemoryTier {
     async fn delete(&self, key: &CacheKey) -> Result<bool, CacheError> {
         let _changing = self.hot.changing(key);
         Ok(self
-            .cache
-            .remove(key)
+            .remove_ordered(key)
             .await
             .is_some_and(|stored| stored.live()))
     }
@@ -489,7 +528,7 @@ impl Backend for MemoryTier {
                 .await
                 .is_some_and(|stored| stored.entry.meta().tags.iter().any(|t| t == tag));
             if tagged {
-                self.cache.invalidate(&key).await;
+                self.remove_ordered(&key).await;
             }
         }
         Ok(())

@@ -191,3 +191,66 @@ async fn the_index_is_counted_in_the_weight() {
         "{weighed} bytes"
     );
 }
+
+#[test]
+fn a_soft_purge_never_brings_back_what_a_concurrent_write_replaced() {
+    let memory = MemoryTier::default();
+    let key = CacheKey::new("GET:example.com/soft").unwrap();
+    let completed = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let older = Arc::new(AtomicU64::new(0));
+    let softener = {
+        let (memory, key, done) = (memory.clone(), key.clone(), done.clone());
+        thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            while !done.load(Ordering::Acquire) {
+                runtime.block_on(memory.soften(&key)).unwrap();
+            }
+        })
+    };
+    let reader = {
+        let (memory, key, done, completed, older) = (
+            memory.clone(),
+            key.clone(),
+            done.clone(),
+            completed.clone(),
+            older.clone(),
+        );
+        thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            while !done.load(Ordering::Acquire) {
+                let before = completed.load(Ordering::Acquire);
+                if let Some(entry) = runtime.block_on(memory.get(&key)).unwrap() {
+                    if number_of(&entry) < before {
+                        older.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        })
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let mut n = 0;
+    while started.elapsed() < Duration::from_millis(1000) {
+        n += 1;
+        runtime
+            .block_on(memory.set(&key, numbered(n), MINUTE))
+            .unwrap();
+        completed.store(n, Ordering::Release);
+    }
+    done.store(true, Ordering::Release);
+    softener.join().unwrap();
+    reader.join().unwrap();
+    assert_eq!(
+        older.load(Ordering::Relaxed),
+        0,
+        "reads of a value older than the last completed write ({n} writes, {} reads older)",
+        older.load(Ordering::Relaxed)
+    );
+}
