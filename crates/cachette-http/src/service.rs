@@ -684,7 +684,6 @@ where
     let counters = layer.cache.counters();
     count(&counters.misses);
     tracing::debug!(cache = layer.cache.name(), key = %primary, outcome = fwd.as_str());
-    let client_headers = parts.headers.clone();
     let hit_for_miss = layer.flights.is_uncacheable(&primary);
     if hit_for_miss {
         // The last response was not storable: nothing to wait for.
@@ -715,7 +714,7 @@ where
                     FleetFill::Lead(held) => lease = Some(held),
                     FleetFill::Filled => {
                         if let Some(filled) =
-                            filled_elsewhere(layer, &primary, &client_headers).await
+                            filled_elsewhere(layer, &primary, &parts.headers).await
                         {
                             // Served from it below, as every request here.
                             leader_request = Some((inner, parts, body));
@@ -785,10 +784,20 @@ where
     }
     let now = SystemTime::now();
     let storing = !matches!(shared, Shared::AloneUnstored);
+    // Here the request is still this caller's own: a follower's was never
+    // taken, and a leader's is given back by every branch that returns
+    // without its own response (no copy of its fields is made per miss).
+    let Some((inner, parts, body)) = leader_request.take() else {
+        return Ok(plain_response(
+            StatusCode::BAD_GATEWAY,
+            "origin call was lost\n",
+        ));
+    };
+    let client_headers = &parts.headers;
     if let Shared::Entry(filled) = shared {
         let matches = match &filled.variant {
             None => true,
-            Some((names, key)) => KeyOptions::variant(&primary, names, &client_headers) == *key,
+            Some((names, key)) => KeyOptions::variant(&primary, names, client_headers) == *key,
         };
         if let (true, Some(stored)) = (matches, filled.entry.as_response()) {
             let mut status = if filled.stale {
@@ -805,7 +814,7 @@ where
                 layer,
                 &filled.entry,
                 stored,
-                &client_headers,
+                client_headers,
                 false,
                 now,
                 &status,
@@ -815,12 +824,6 @@ where
     // The shared result does not fit this request (not storable, other
     // variant, origin error), or another node's fill is late: make our own
     // origin call.
-    let Some((inner, parts, body)) = leader_request.take() else {
-        return Ok(plain_response(
-            StatusCode::BAD_GATEWAY,
-            "origin call was lost\n",
-        ));
-    };
     let (response, _) = Box::pin(fetch(
         inner, layer, parts, body, &primary, stale, fwd, storing,
     ))

@@ -179,6 +179,12 @@ pub(crate) enum Lookup {
     Hit { entry: Arc<Entry>, touch: bool },
     /// Ask moka; then [`HotView::fill`] with these epochs.
     Miss(Epochs),
+    /// A miss without asking moka: the index holds the key past its
+    /// lifetime here, so moka's answer would be the same ended entry. Why
+    /// it matters: when many entries end together, every refill would
+    /// otherwise read moka once more (a recorded read, and the maintenance
+    /// it triggers) just to be told so.
+    Ended,
 }
 
 /// The epochs a lookup read before asking moka.
@@ -251,7 +257,7 @@ impl HotView {
         }
     }
 
-    fn hash(&self, key: &CacheKey) -> u64 {
+    pub(crate) fn hash(&self, key: &CacheKey) -> u64 {
         self.hasher.hash_one(key.as_str())
     }
 
@@ -381,7 +387,7 @@ impl HotView {
             return Lookup::Hit { entry, touch };
         }
         match self.index.get(epochs.hash, key) {
-            Some(found) => {
+            index::Read::Found(found) => {
                 self.fill_slot(epochs, key, &found.entry, found.expires);
                 let touch = SLOTS_OF_THIS_THREAD
                     .try_with(|slots| {
@@ -397,7 +403,8 @@ impl HotView {
                     touch,
                 }
             }
-            None => Lookup::Miss(epochs),
+            index::Read::Ended => Lookup::Ended,
+            index::Read::Absent => Lookup::Miss(epochs),
         }
     }
 
@@ -536,7 +543,7 @@ mod tests {
     }
 
     fn is_miss(view: &HotView, key: &CacheKey) -> bool {
-        matches!(view.lookup(key), Lookup::Miss(_))
+        matches!(view.lookup(key), Lookup::Miss(_) | Lookup::Ended)
     }
 
     #[test]

@@ -68,6 +68,18 @@ impl std::fmt::Debug for SharedIndex {
     }
 }
 
+/// What the index holds for a key.
+pub(crate) enum Read {
+    /// A current entry.
+    Found(Found),
+    /// An entry whose lifetime here is over: a miss, and moka holds
+    /// nothing newer for the key unless a write is publishing it (which a
+    /// reader may miss as it may miss any write still in progress).
+    Ended,
+    /// Nothing: ask moka.
+    Absent,
+}
+
 /// A found entry and when it stops being served.
 pub(crate) struct Found {
     pub(crate) entry: Arc<Entry>,
@@ -89,7 +101,7 @@ impl SharedIndex {
     }
 
     /// The live entry under `key`, if indexed.
-    pub(crate) fn get(&self, hash: u64, key: &CacheKey) -> Option<Found> {
+    pub(crate) fn get(&self, hash: u64, key: &CacheKey) -> Read {
         // A panic while a lock was held cannot leave a table half-changed
         // (hashbrown's operations complete or unwind before changing it),
         // so a poisoned lock is used as it is.
@@ -98,11 +110,13 @@ impl SharedIndex {
             .0
             .read()
             .unwrap_or_else(PoisonError::into_inner);
-        let found = table.find(hash, |indexed| indexed.key == *key)?;
+        let Some(found) = table.find(hash, |indexed| indexed.key == *key) else {
+            return Read::Absent;
+        };
         if found.expires.is_some_and(|at| Instant::now() >= at) {
-            return None;
+            return Read::Ended;
         }
-        Some(Found {
+        Read::Found(Found {
             entry: found.entry.clone(),
             expires: found.expires,
         })

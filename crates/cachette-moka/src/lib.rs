@@ -31,6 +31,7 @@
 mod hot;
 mod index;
 mod tags;
+mod writes;
 
 use std::{
     sync::Arc,
@@ -40,14 +41,9 @@ use std::{
 use cachette_core::{
     Backend, CacheError, CacheKey, Entry, Payload, TierInfo, async_trait, glob_match,
 };
-use moka::{
-    Expiry,
-    future::Cache,
-    notification::RemovalCause,
-    ops::compute::{CompResult, Op},
-};
+use moka::{Expiry, future::Cache, notification::RemovalCause};
 
-use crate::{hot::HotView, tags::TagIndex};
+use crate::{hot::HotView, tags::TagIndex, writes::WriteLocks};
 
 /// The default capacity: 64 MiB.
 pub const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
@@ -176,18 +172,22 @@ impl MemoryTierBuilder {
             })
             .expire_after(PerEntryTtl)
             .eviction_listener(
-                move |key: Arc<CacheKey>, value: Stored, _cause: RemovalCause| {
+                move |key: Arc<CacheKey>, value: Stored, cause: RemovalCause| {
                     unindex.remove(&key, &value.entry.meta().tags, value.generation);
-                    // Evicted, expired, replaced or removed: the shared
-                    // index forgets it and threads' slots of its stripe
-                    // stop answering.
-                    removed.removed(&key);
+                    // Evicted, expired or removed: the shared index forgets
+                    // it and threads' slots of its stripe stop answering.
+                    // A replacement is always this tier's own write, which
+                    // publishes itself once made (see `hot::Changing`).
+                    if cause != RemovalCause::Replaced {
+                        removed.removed(&key);
+                    }
                 },
             )
             .build();
         MemoryTier {
             cache,
             hot,
+            writes: Arc::new(WriteLocks::new()),
             tags,
             generations: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             max_ttl: self.max_ttl,
@@ -203,6 +203,8 @@ pub struct MemoryTier {
     /// Per-thread slots and the shared read index in front of `cache` (see
     /// `hot`); every change below is published to them once made.
     hot: Arc<HotView>,
+    /// Orders every change to a key with the others (see `writes`).
+    writes: Arc<WriteLocks>,
     tags: Arc<TagIndex>,
     generations: Arc<std::sync::atomic::AtomicU64>,
     max_ttl: Option<Duration>,
@@ -262,6 +264,8 @@ impl MemoryTier {
 
     /// A new write of `key`: its generation, registered under its tags
     /// before the entry is inserted (so a purge running meanwhile finds it).
+    /// Called with the key's write lock held (see [`Backend::set`]'s
+    /// implementation for why).
     fn register(&self, key: &CacheKey, entry: &Entry) -> u64 {
         let generation = self
             .generations
@@ -270,31 +274,11 @@ impl MemoryTier {
         generation
     }
 
-    /// Stores `stored` under `key` through moka's entry API. Why not
-    /// `insert`: moka orders an entry computation only with the other
-    /// computations of its key, so a plain insert landing inside a soft
-    /// purge's (or `add`'s, or `incr`'s) read and write would be overwritten
-    /// by what it replaced.
-    async fn put_ordered(&self, key: &CacheKey, stored: Stored) {
-        let _ = self
-            .cache
-            .entry(key.clone())
-            .and_compute_with(|_| async move { Op::Put(stored) })
-            .await;
-    }
-
-    /// Removes `key` through moka's entry API (see [`Self::put_ordered`]);
-    /// what was held, if anything.
+    /// Removes `key`, in order with every other change to it (see
+    /// `writes`); what was held, if anything.
     async fn remove_ordered(&self, key: &CacheKey) -> Option<Stored> {
-        match self
-            .cache
-            .entry(key.clone())
-            .and_compute_with(|_| async { Op::Remove })
-            .await
-        {
-            CompResult::Removed(removed) => Some(removed.into_value()),
-            _ => None,
-        }
+        let _write = self.writes.lock(self.hot.hash(key)).await;
+        self.cache.remove(key).await
     }
 
     /// Keeps what moka answered in this thread's slot (see `hot`).
@@ -333,48 +317,33 @@ impl MemoryTier {
     ) {
         let now = std::time::SystemTime::now();
         for key in keys {
-            let changing = self.hot.changing(&key);
-            let (tags, generations, registered, cap) = (
-                self.tags.clone(),
-                self.generations.clone(),
-                key.clone(),
-                self.max_ttl,
-            );
-            let tag = tag.map(str::to_owned);
-            // Read and replaced in one step (moka's entry API): a write
-            // landing between a read and an insert would be overwritten by
-            // a staled copy of what it replaced.
-            let _ = self
-                .cache
-                .entry(key)
-                .and_compute_with(|current| async move {
-                    let Some(current) = current.filter(|c| c.value().live()) else {
-                        return Op::Nop;
-                    };
-                    let stored = current.into_value();
-                    if matches!(stored.entry.payload(), Payload::Variants(_)) {
-                        return Op::Nop;
-                    }
-                    let meta = stored.entry.meta();
-                    if tag.is_some_and(|tag| !meta.tags.contains(&tag)) {
-                        return Op::Nop;
-                    }
-                    let staled = Arc::new(stored.entry.with_meta(meta.clone().staled(now)));
-                    // Never longer than what was left of it here (its
-                    // `max_ttl` cap does not start again).
-                    let mut ttl = staled.remaining_ttl(now).min(stored.left());
-                    if let Some(cap) = cap {
-                        ttl = ttl.min(cap);
-                    }
-                    if ttl.is_zero() {
-                        return Op::Remove;
-                    }
-                    let generation = generations.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    tags.add(&registered, &staled.meta().tags, generation);
-                    Op::Put(Stored::new(staled, ttl, generation))
-                })
+            let _changing = self.hot.changing(&key);
+            // Read and replaced under the key's write lock: a write landing
+            // between the read and the insert would be overwritten by a
+            // staled copy of what it replaced.
+            let _write = self.writes.lock(self.hot.hash(&key)).await;
+            let Some(stored) = self.cache.get(&key).await.filter(Stored::live) else {
+                continue;
+            };
+            if matches!(stored.entry.payload(), Payload::Variants(_)) {
+                continue;
+            }
+            let meta = stored.entry.meta();
+            if tag.is_some_and(|tag| !meta.tags.iter().any(|t| t == tag)) {
+                continue;
+            }
+            let staled = Arc::new(stored.entry.with_meta(meta.clone().staled(now)));
+            // Never longer than what was left of it here (its `max_ttl`
+            // cap does not start again).
+            let ttl = self.capped(staled.remaining_ttl(now)).min(stored.left());
+            if ttl.is_zero() {
+                self.cache.invalidate(&key).await;
+                continue;
+            }
+            let generation = self.register(&key, &staled);
+            self.cache
+                .insert(key, Stored::new(staled, ttl, generation))
                 .await;
-            drop(changing);
         }
     }
 
@@ -418,6 +387,7 @@ impl Backend for MemoryTier {
                 return Ok(Some(entry));
             }
             hot::Lookup::Miss(epochs) => epochs,
+            hot::Lookup::Ended => return Ok(None),
         };
         Ok(self
             .cache
@@ -440,6 +410,7 @@ impl Backend for MemoryTier {
                 return Some(Ok(Some(entry)));
             }
             hot::Lookup::Miss(epochs) => epochs,
+            hot::Lookup::Ended => return Some(Ok(None)),
         };
         // moka's lookup completes in one poll unless it must wait for its
         // own maintenance; then the caller awaits `get` instead.
@@ -463,13 +434,20 @@ impl Backend for MemoryTier {
             None => ttl,
         };
         let _changing = self.hot.changing(key);
+        // Registered and inserted under the key's write lock: a concurrent
+        // write of the same key registering in between would otherwise have
+        // its registration taken out when this value replaced it (the
+        // replaced value's generation would be the current one), and a
+        // purge of its tags would miss the value kept.
+        let _write = self.writes.lock(self.hot.hash(key)).await;
         if ttl.is_zero() {
             // Nothing to keep; and make sure an older value does not outlive this write.
-            self.remove_ordered(key).await;
+            self.cache.invalidate(key).await;
             return Ok(());
         }
         let generation = self.register(key, &entry);
-        self.put_ordered(key, Stored::new(entry, ttl, generation))
+        self.cache
+            .insert(key.clone(), Stored::new(entry, ttl, generation))
             .await;
         Ok(())
     }
@@ -522,13 +500,16 @@ impl Backend for MemoryTier {
             // Published whether or not moka still holds it: one it already
             // dropped (its eviction listener still to run) may be indexed.
             let _changing = self.hot.changing(&key);
+            // Checked and removed under the key's write lock: a write of
+            // an untagged value meanwhile is kept.
+            let _write = self.writes.lock(self.hot.hash(&key)).await;
             let tagged = self
                 .cache
                 .get(&key)
                 .await
                 .is_some_and(|stored| stored.entry.meta().tags.iter().any(|t| t == tag));
             if tagged {
-                self.remove_ordered(&key).await;
+                self.cache.invalidate(&key).await;
             }
         }
         Ok(())
@@ -551,82 +532,42 @@ impl Backend for MemoryTier {
             return Ok(false);
         }
         let _changing = self.hot.changing(key);
-        // moka's entry API runs the insertion once per key, atomically. The
-        // registration comes first, and is taken back if the key was present.
-        let generation = self.register(key, &entry);
-        let tags = entry.meta().tags.clone();
+        // Checked and inserted under the key's write lock: once per key.
+        let _write = self.writes.lock(self.hot.hash(key)).await;
         // An entry past its lifetime (held by moka for its grace) is absent.
-        let outcome = self
-            .cache
-            .entry(key.clone())
-            .and_compute_with(|current| async move {
-                match current {
-                    Some(current) if current.value().live() => Op::Nop,
-                    _ => Op::Put(Stored::new(entry, ttl, generation)),
-                }
-            })
-            .await;
-        let added = matches!(
-            outcome,
-            CompResult::Inserted(_) | CompResult::ReplacedWith(_)
-        );
-        if !added {
-            self.tags.remove(key, &tags, generation);
-            // Registering this write replaced the live entry's registration
-            // of the same tags: put that back, or a purge of its tags would
-            // no longer find it.
-            if let CompResult::Unchanged(current) = &outcome {
-                let current = current.value();
-                self.tags
-                    .add(key, &current.entry.meta().tags, current.generation);
-            }
+        if self.cache.get(key).await.is_some_and(|held| held.live()) {
+            return Ok(false);
         }
-        Ok(added)
+        let generation = self.register(key, &entry);
+        self.cache
+            .insert(key.clone(), Stored::new(entry, ttl, generation))
+            .await;
+        Ok(true)
     }
 
     async fn incr(&self, key: &CacheKey, delta: i64) -> Result<Option<i64>, CacheError> {
-        let changing = self.hot.changing(key);
-        let cap = self.max_ttl;
-        let (tags, generations, registered) =
-            (self.tags.clone(), self.generations.clone(), key.clone());
-        let outcome = self
-            .cache
-            .entry(key.clone())
-            .and_compute_with(|current| async move {
-                let Some(current) = current.filter(|c| c.value().live()) else {
-                    return Op::Nop;
-                };
-                let stored = current.into_value();
-                let Payload::Counter(value) = stored.entry.payload() else {
-                    return Op::Nop;
-                };
-                let Some(next) = value.checked_add(delta) else {
-                    return Op::Nop;
-                };
-                let now = std::time::SystemTime::now();
-                let mut ttl = stored.entry.remaining_ttl(now).min(stored.left());
-                if let Some(cap) = cap {
-                    ttl = ttl.min(cap);
-                }
-                let entry = Arc::new(Entry::counter(next, stored.entry.meta().clone()));
-                let generation = generations.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tags.add(&registered, &entry.meta().tags, generation);
-                Op::Put(Stored::new(entry, ttl, generation))
-            })
+        let _changing = self.hot.changing(key);
+        // Read and replaced under the key's write lock: no increment is lost.
+        let _write = self.writes.lock(self.hot.hash(key)).await;
+        let Some(stored) = self.cache.get(key).await.filter(Stored::live) else {
+            return Ok(None);
+        };
+        let Payload::Counter(value) = stored.entry.payload() else {
+            return Err(CacheError::NotACounter(key.to_string()));
+        };
+        let next = value
+            .checked_add(delta)
+            .ok_or_else(|| CacheError::Overflow(key.to_string()))?;
+        let now = std::time::SystemTime::now();
+        let ttl = self
+            .capped(stored.entry.remaining_ttl(now))
+            .min(stored.left());
+        let entry = Arc::new(Entry::counter(next, stored.entry.meta().clone()));
+        let generation = self.register(key, &entry);
+        self.cache
+            .insert(key.clone(), Stored::new(entry, ttl, generation))
             .await;
-        drop(changing);
-        match outcome {
-            CompResult::ReplacedWith(stored) => match stored.into_value().entry.payload() {
-                Payload::Counter(value) => Ok(Some(*value)),
-                _ => Err(CacheError::NotACounter(key.to_string())),
-            },
-            CompResult::Unchanged(stored) if !stored.value().live() => Ok(None),
-            CompResult::Unchanged(stored) => match stored.into_value().entry.payload() {
-                Payload::Counter(_) => Err(CacheError::Overflow(key.to_string())),
-                _ => Err(CacheError::NotACounter(key.to_string())),
-            },
-            _ => Ok(None),
-        }
+        Ok(Some(next))
     }
 
     async fn clear(&self) -> Result<(), CacheError> {

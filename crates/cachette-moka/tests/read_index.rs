@@ -254,3 +254,26 @@ fn a_soft_purge_never_brings_back_what_a_concurrent_write_replaced() {
         older.load(Ordering::Relaxed)
     );
 }
+
+/// A key read past its lifetime is a miss at once (the index holds the
+/// ended entry; moka is not asked), and its refill is answered.
+#[tokio::test]
+async fn an_ended_entry_is_a_miss_and_its_refill_is_answered() {
+    let memory = MemoryTier::default();
+    let key = CacheKey::new("GET:example.com/ending").unwrap();
+    memory
+        .set(&key, numbered(1), Duration::from_millis(100))
+        .await
+        .unwrap();
+    // Two reads: the first fills the index from moka, the second is its hit.
+    for _ in 0..2 {
+        assert_eq!(number_of(&memory.get(&key).await.unwrap().unwrap()), 1);
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(memory.get(&key).await.unwrap().is_none());
+    assert!(memory.get_now(&key).unwrap().unwrap().is_none());
+    memory.set(&key, numbered(2), MINUTE).await.unwrap();
+    for _ in 0..2 {
+        assert_eq!(number_of(&memory.get(&key).await.unwrap().unwrap()), 2);
+    }
+}
