@@ -276,13 +276,13 @@ fn http_date(now: SystemTime) -> Option<HeaderValue> {
     .or_else(format)
 }
 
-/// Decides whether an origin response is stored, and for how long.
+/// Decides whether an origin response is stored, and for how long, from its
+/// head (its body and `Content-Length` come with [`Storable::with_body`]).
 pub(crate) fn evaluate(
     config: &Config,
     request: &request::Parts,
     status: StatusCode,
     headers: &HeaderMap,
-    body: bytes::Bytes,
     now: SystemTime,
 ) -> Result<Storable, NotStorable> {
     if status == StatusCode::PARTIAL_CONTENT || status == StatusCode::NOT_MODIFIED {
@@ -382,8 +382,8 @@ pub(crate) fn evaluate(
     tags.dedup();
     meta = meta.with_tags(tags);
 
-    // With room for the two fields added below: a clone is exactly full,
-    // and growing a map rebuilds it.
+    // With room for the two fields added here and by `with_body`: a clone
+    // is exactly full, and growing a map rebuilds it.
     // (A map near the field limit cannot be given room: cloned as it is.)
     let mut stored = match HeaderMap::try_with_capacity(headers.len().saturating_add(2)) {
         Ok(mut stored) => {
@@ -407,7 +407,6 @@ pub(crate) fn evaluate(
     for name in unstored {
         stored.remove(name);
     }
-    stored.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     if !stored.contains_key(header::DATE) {
         if let Some(date) = http_date(now) {
             stored.insert(header::DATE, date);
@@ -417,7 +416,7 @@ pub(crate) fn evaluate(
         response: StoredResponse {
             status,
             headers: stored,
-            body,
+            body: bytes::Bytes::new(),
         },
         meta,
         vary,
@@ -619,15 +618,9 @@ pub(crate) fn revalidated(
             merged.insert(name.clone(), value.clone());
         }
     }
-    let mut updated = evaluate(
-        config,
-        request,
-        stored.status,
-        &merged,
-        stored.body.clone(),
-        now,
-    )
-    .ok()?;
+    let mut updated = evaluate(config, request, stored.status, &merged, now)
+        .ok()?
+        .with_body(stored.body.clone());
     // The tag fields were consumed when the response was stored (they are
     // not kept in its headers): its tags carry over, with any the 304 adds.
     // (A URL's variants tag is added again by the store.)
@@ -715,7 +708,7 @@ mod properties {
             let config = Config::default();
             let (request, ()) = http::Request::get("http://h/p").body(()).unwrap().into_parts();
             let now = SystemTime::now();
-            if let Ok(storable) = evaluate(&config, &request, StatusCode::OK, &headers, bytes::Bytes::new(), now) {
+            if let Ok(storable) = evaluate(&config, &request, StatusCode::OK, &headers, now) {
                 let entry = Entry::response(storable.response.clone(), storable.meta.clone());
                 for offset in [0, 1, later % (1 << 40), later] {
                     let then = now.checked_add(Duration::from_secs(offset)).unwrap_or(now);
@@ -866,9 +859,9 @@ mod properties {
             &request,
             StatusCode::OK,
             &headers,
-            bytes::Bytes::from_static(b"body"),
             SystemTime::now(),
-        );
+        )
+        .map(|storable| storable.with_body(bytes::Bytes::from_static(b"body")));
         if let Ok(storable) = outcome {
             assert!(storable.response.headers.len() >= 25_000);
         }

@@ -1139,14 +1139,8 @@ where
     let (res_parts, res_body) = response.into_parts();
     // Storability depends on the head only: a response that will not be
     // stored streams through at once instead of being buffered first.
-    let storable = match policy::evaluate(
-        config,
-        &head,
-        res_parts.status,
-        &res_parts.headers,
-        Bytes::new(),
-        now,
-    ) {
+    let storable = match policy::evaluate(config, &head, res_parts.status, &res_parts.headers, now)
+    {
         Ok(storable) => storable,
         Err(reason) => {
             count(&counters.not_stored);
