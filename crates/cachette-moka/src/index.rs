@@ -17,7 +17,8 @@
 //! **Memory**: moka decides what is held. The index holds the same
 //! `Arc<Entry>` as moka (no copy) and the key of the read that filled it
 //! (another allocation of the same bytes), and loses an entry when moka
-//! evicts, expires or replaces it (its eviction listener). Its own bytes per
+//! evicts, expires or removes it (its eviction listener) and when the tier
+//! replaces it (the write's own publication). Its own bytes per
 //! entry ([`INDEXED_WEIGHT`]) and the key's length are counted in every
 //! entry's weight, so the tier stays within `max_bytes`. Entries never read
 //! are not indexed.

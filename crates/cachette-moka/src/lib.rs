@@ -39,7 +39,7 @@ use std::{
 };
 
 use cachette_core::{
-    Backend, CacheError, CacheKey, Entry, Payload, TierInfo, async_trait, glob_match,
+    Backend, CacheError, CacheKey, Entry, EntryMeta, Payload, TierInfo, async_trait, glob_match,
 };
 use moka::{Expiry, future::Cache, notification::RemovalCause};
 
@@ -460,6 +460,29 @@ impl Backend for MemoryTier {
             .is_some_and(|stored| stored.live()))
     }
 
+    async fn touch(&self, key: &CacheKey, meta: EntryMeta) -> Result<bool, CacheError> {
+        let _changing = self.hot.changing(key);
+        // Read and replaced under the key's write lock (the trait's default
+        // reads, then writes: a delete or purge completing in between was
+        // undone by the touched copy).
+        let _write = self.writes.lock(self.hot.hash(key)).await;
+        let Some(stored) = self.cache.get(key).await.filter(Stored::live) else {
+            return Ok(false);
+        };
+        let meta = meta.with_tags(stored.entry.meta().tags.iter().cloned());
+        let touched = Arc::new(stored.entry.with_meta(meta));
+        let ttl = self.capped(touched.remaining_ttl(std::time::SystemTime::now()));
+        if ttl.is_zero() {
+            self.cache.invalidate(key).await;
+            return Ok(true);
+        }
+        let generation = self.register(key, &touched);
+        self.cache
+            .insert(key.clone(), Stored::new(touched, ttl, generation))
+            .await;
+        Ok(true)
+    }
+
     async fn soften(&self, key: &CacheKey) -> Result<(), CacheError> {
         self.soften_keys(std::iter::once(key.clone())).await;
         Ok(())
@@ -571,9 +594,11 @@ impl Backend for MemoryTier {
     }
 
     async fn clear(&self) -> Result<(), CacheError> {
-        // Forget the registrations first: an entry stored meanwhile registers
-        // again, and one stored before is removed with the rest.
         let _all = self.hot.clearing();
+        // With every write lock held, no write registers its tags between
+        // the registry's reset and moka's (one that did would keep its
+        // value unregistered: a purge of its tags would miss it).
+        let _writes = self.writes.lock_all().await;
         self.tags.clear();
         self.cache.invalidate_all();
         Ok(())

@@ -11,8 +11,11 @@
 //! entries expire together). An uncontended lock here is one atomic
 //! exchange.
 //!
-//! No lock is held while waiting for another one, and moka's eviction
-//! listener takes none, so they cannot deadlock.
+//! They cannot deadlock: a change holds one stripe at a time (only `clear`
+//! holds them all, taken in order), and nothing that a stripe's holder
+//! waits for inside moka (its own per-key lock, room in its write queue,
+//! its maintenance) ever waits for a stripe: the eviction listener, which
+//! moka runs inside those, must never take one.
 
 use async_lock::{Mutex, MutexGuard};
 
@@ -46,6 +49,16 @@ impl WriteLocks {
         // bounds by construction.
         let index = (hash % STRIPES as u64) as usize;
         self.stripes[index].0.lock().await
+    }
+
+    /// Waits for every stripe, in order, and holds them all: nothing else
+    /// changes the tier until the guards are dropped.
+    pub(crate) async fn lock_all(&self) -> Vec<MutexGuard<'_, ()>> {
+        let mut guards = Vec::with_capacity(STRIPES);
+        for stripe in self.stripes.iter() {
+            guards.push(stripe.0.lock().await);
+        }
+        guards
     }
 }
 

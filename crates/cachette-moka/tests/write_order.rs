@@ -133,3 +133,85 @@ fn of_concurrent_adds_of_a_key_exactly_one_succeeds() {
     let added: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
     assert_eq!(added, KEYS);
 }
+
+/// A touch running beside deletes of its key: once a delete has returned,
+/// the key reads as absent. Before touches held the key's write lock, a
+/// touch that had read the value before the delete wrote it back after
+/// (the trait's default reads, then writes).
+#[test]
+fn a_touch_never_brings_back_what_a_delete_removed() {
+    let memory = MemoryTier::default();
+    let key = CacheKey::new("GET:example.com/touched").unwrap();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let toucher = {
+        let (memory, key, done) = (memory.clone(), key.clone(), done.clone());
+        thread::spawn(move || {
+            let runtime = new_runtime();
+            while !done.load(std::sync::atomic::Ordering::Acquire) {
+                let meta = EntryMeta::new(SystemTime::now(), MINUTE);
+                runtime.block_on(memory.touch(&key, meta)).unwrap();
+            }
+        })
+    };
+    let runtime = new_runtime();
+    let mut back = 0;
+    for _ in 0..10_000 {
+        runtime
+            .block_on(memory.set(&key, tagged(b"v"), MINUTE))
+            .unwrap();
+        runtime.block_on(memory.delete(&key)).unwrap();
+        if runtime.block_on(memory.get(&key)).unwrap().is_some() {
+            back += 1;
+        }
+    }
+    done.store(true, std::sync::atomic::Ordering::Release);
+    toucher.join().unwrap();
+    assert_eq!(
+        back, 0,
+        "reads after a delete returned that found the value again"
+    );
+}
+
+/// A write racing a `clear`, then a purge of the write's tag: the value
+/// must be gone. Before `clear` held every write lock, a write could
+/// register its tags after the registry's reset and insert after moka's,
+/// keeping its value unregistered: the purge missed it.
+#[test]
+fn a_tag_purge_after_a_write_racing_a_clear_removes_the_value() {
+    const ROUNDS: usize = 3_000;
+    let memory = MemoryTier::default();
+    let key = CacheKey::new("GET:example.com/cleared").unwrap();
+    let barrier = Arc::new(Barrier::new(2));
+    let writer = {
+        let (memory, key, barrier) = (memory.clone(), key.clone(), barrier.clone());
+        thread::spawn(move || {
+            let runtime = new_runtime();
+            for _ in 0..ROUNDS {
+                barrier.wait();
+                runtime
+                    .block_on(memory.set(&key, tagged(b"w"), MINUTE))
+                    .unwrap();
+                barrier.wait();
+                barrier.wait();
+            }
+        })
+    };
+    let runtime = new_runtime();
+    let mut kept = 0;
+    for _ in 0..ROUNDS {
+        barrier.wait();
+        runtime.block_on(memory.clear()).unwrap();
+        barrier.wait();
+        runtime.block_on(memory.invalidate_tag("t")).unwrap();
+        if runtime.block_on(memory.get(&key)).unwrap().is_some() {
+            kept += 1;
+            runtime.block_on(memory.delete(&key)).unwrap();
+        }
+        barrier.wait();
+    }
+    writer.join().unwrap();
+    assert_eq!(
+        kept, 0,
+        "values kept through a purge of their tag, of {ROUNDS} rounds"
+    );
+}
