@@ -728,3 +728,63 @@ async fn a_hit_serves_every_stored_field_with_one_age_and_the_origins_cache_stat
         assert_eq!(hit.header("content-type"), "text/plain; charset=utf-8");
     }
 }
+
+/// Fresh hits from the memory tier are answered in the service's `call`
+/// itself; whatever it does not answer (a `Vary` marker, a stale entry)
+/// goes the full way. Either way each request is counted once: one layer
+/// hit per hit, one tier hit per entry read (the marker and the variant
+/// behind it are two reads).
+#[tokio::test]
+async fn hits_answered_at_once_or_the_full_way_are_counted_once() {
+    let cache = memory_cache();
+    let (plain, varied, short) = (Counter::default(), Counter::default(), Counter::default());
+    let app = Router::new()
+        .route(
+            "/plain",
+            counting_get(&plain, &[("cache-control", "max-age=60")]),
+        )
+        .route(
+            "/varied",
+            counting_get(
+                &varied,
+                &[("cache-control", "max-age=60"), ("vary", "accept-language")],
+            ),
+        )
+        .route(
+            "/short",
+            counting_get(
+                &short,
+                &[("cache-control", "max-age=1, stale-while-revalidate=60")],
+            ),
+        )
+        .layer(CacheLayer::new(cache.clone()));
+    let en = [("accept-language", "en")];
+    for _ in 0..4 {
+        assert_eq!(fetch(&app, "/plain").await.text(), "1");
+        assert_eq!(send(&app, get_with("/varied", &en)).await.text(), "1");
+    }
+    let stats = cache.snapshot();
+    assert_eq!((plain.get(), varied.get()), (1, 1));
+    assert_eq!(stats.cache.hits, 6, "three hits on each URL");
+    assert_eq!(stats.cache.misses, 2);
+    // /plain: 3 hits; /varied: 3 x (marker + variant).
+    assert_eq!(stats.tiers[0].counters.hits, 3 + 3 * 2);
+
+    // Stale within stale-while-revalidate: served by the full path.
+    assert!(!fetch(&app, "/short").await.is_hit());
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    let before = cache.snapshot();
+    let stale = fetch(&app, "/short").await;
+    assert!(
+        stale.cache_status().contains("stale-while-revalidate"),
+        "{}",
+        stale.cache_status()
+    );
+    let after = cache.snapshot();
+    assert_eq!(after.cache.stale_served - before.cache.stale_served, 1);
+    assert_eq!(after.cache.hits - before.cache.hits, 0);
+    assert_eq!(
+        after.tiers[0].counters.hits - before.tiers[0].counters.hits,
+        1
+    );
+}

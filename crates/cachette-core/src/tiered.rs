@@ -416,6 +416,40 @@ impl Tiered {
         result
     }
 
+    /// A hit in the first tier, answered without waiting, when that tier is
+    /// in-process (it answers without a future: see
+    /// [`Backend::get_now`](crate::Backend::get_now)) and `accept` takes the
+    /// entry; counted as [`get`](Self::get) counts a first-tier hit.
+    ///
+    /// `None` is not a miss, and nothing is counted for it: the caller goes
+    /// on with [`get`](Self::get), which asks the first tier again. Why:
+    /// a caller that can answer a hit at once (the HTTP layer's fresh hits)
+    /// skips the state machine of an asynchronous lookup, and an entry it
+    /// would not serve as it is (a `Vary` marker, a stale entry) is left to
+    /// the full path with nothing counted twice.
+    pub fn get_now_if(&self, key: &CacheKey, accept: impl FnOnce(&Entry) -> bool) -> Option<Hit> {
+        let tier = self.inner.tiers.first()?;
+        if tier.options.timeout.is_some() {
+            return None;
+        }
+        let Some(Ok(Some(entry))) = tier.backend.get_now(key) else {
+            return None;
+        };
+        if Self::behind_own_journal(tier, key) || self.hidden_by_journal(key, &entry) {
+            return None;
+        }
+        if !accept(&entry) {
+            return None;
+        }
+        tier.breaker.record_success();
+        tier.stats.counters.hits.incr();
+        Some(Hit {
+            entry,
+            tier: 0,
+            tier_name: tier.static_name,
+        })
+    }
+
     /// Reads `key` through the tiers in order. The first entry found wins and is
     /// copied into every tier above it with its remaining lifetime. Errors,
     /// timeouts, open breakers and unreadable entries count as misses.

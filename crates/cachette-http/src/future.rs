@@ -11,12 +11,22 @@ use http::Response;
 
 use crate::CacheBody;
 
-type Inner<B, E> = Pin<Box<dyn Future<Output = Result<Response<CacheBody<B>>, E>> + Send>>;
+type Boxed<B, E> = Pin<Box<dyn Future<Output = Result<Response<CacheBody<B>>, E>> + Send>>;
+
+enum Inner<B, E> {
+    /// Answered already (a fresh hit from an in-process tier): taken at
+    /// the first poll.
+    Ready(Option<Result<Response<CacheBody<B>>, E>>),
+    /// The lookup, and whatever follows it, still to run.
+    Boxed(Boxed<B, E>),
+}
 
 /// The response future of [`CacheService`](crate::CacheService).
 ///
-/// A cache lookup awaits the tiers before (maybe) calling the inner service,
-/// so the work is one boxed async state machine, as in axum's own futures.
+/// A fresh hit from an in-process tier is answered before the future is
+/// made (nothing is allocated for it); otherwise the lookup awaits the
+/// tiers before (maybe) calling the inner service, and the work is one
+/// boxed async state machine, as in axum's own futures.
 pub struct ResponseFuture<B, E> {
     inner: Inner<B, E>,
 }
@@ -26,16 +36,35 @@ impl<B, E> ResponseFuture<B, E> {
         future: impl Future<Output = Result<Response<CacheBody<B>>, E>> + Send + 'static,
     ) -> Self {
         Self {
-            inner: Box::pin(future),
+            inner: Inner::Boxed(Box::pin(future)),
+        }
+    }
+
+    /// A future answering `result` at its first poll.
+    pub(crate) fn ready(result: Result<Response<CacheBody<B>>, E>) -> Self {
+        Self {
+            inner: Inner::Ready(Some(result)),
         }
     }
 }
 
+// The answer held is only ever moved out whole, never pinned: the future
+// is movable whatever the body and error types are (as the boxed one was).
+impl<B, E> Unpin for ResponseFuture<B, E> {}
+
 impl<B, E> Future for ResponseFuture<B, E> {
     type Output = Result<Response<CacheBody<B>>, E>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.inner.as_mut().poll(cx)
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.get_mut().inner {
+            Inner::Boxed(future) => future.as_mut().poll(cx),
+            // Polled again after it answered: a contract breach by the
+            // caller; it gets nothing more (as a fused future would).
+            Inner::Ready(result) => match result.take() {
+                Some(result) => Poll::Ready(result),
+                None => Poll::Pending,
+            },
+        }
     }
 }
 
