@@ -788,3 +788,29 @@ async fn hits_answered_at_once_or_the_full_way_are_counted_once() {
         1
     );
 }
+
+/// A request carrying `Cache-Control: no-store` is forwarded even when a
+/// fresh response is stored (its answer must not come from, or go to, the
+/// cache); the next plain request is still a hit.
+#[tokio::test]
+async fn a_no_store_request_is_forwarded_past_a_fresh_entry() {
+    let counter = Counter::default();
+    let app = Router::new()
+        .route(
+            "/p",
+            counting_get(&counter, &[("cache-control", "max-age=60")]),
+        )
+        .layer(layer());
+    assert_eq!(fetch(&app, "/p").await.text(), "1");
+    assert!(fetch(&app, "/p").await.is_hit());
+    let forwarded = send(&app, get_with("/p", &[("cache-control", "no-store")])).await;
+    assert_eq!(forwarded.text(), "2");
+    assert!(
+        forwarded.cache_status().contains("fwd=request"),
+        "{}",
+        forwarded.cache_status()
+    );
+    let again = fetch(&app, "/p").await;
+    assert!(again.is_hit());
+    assert_eq!(again.text(), "1", "the forwarded answer was not stored");
+}

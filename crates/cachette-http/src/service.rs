@@ -146,11 +146,20 @@ fn fresh_hit_now<ReqBody, ResBody>(
 ) -> Option<Response<CacheBody<ResBody>>> {
     let method = request.method();
     let head = *method == Method::HEAD;
+    // One pass over the request's fields instead of a lookup per rule:
+    // most requests carry none of these, and then neither a 304 nor a
+    // range is possible, and no field forbids storing or needs
+    // authorisation checks.
+    let plain = !request
+        .headers()
+        .keys()
+        .any(|name| SERVED_DIFFERENTLY.contains(name));
     if !(head || *method == Method::GET)
         // `unless` is given the request's parts, which only `handle` takes apart.
         || layer.config.unless.is_some()
-        || request_forbids_store(request.headers())
-        || request.headers().contains_key(header::AUTHORIZATION)
+        || (!plain
+            && (request_forbids_store(request.headers())
+                || request.headers().contains_key(header::AUTHORIZATION)))
     {
         return None;
     }
@@ -160,20 +169,32 @@ fn fresh_hit_now<ReqBody, ResBody>(
         .primary(method, request.uri(), request.headers());
     let now = SystemTime::now();
     let refresh_ahead = layer.config.refresh_ahead;
+    let mut fresh = None;
     let hit = layer.cache.get_now_if(&primary, |entry| {
-        entry.as_response().is_some()
-            && match entry.freshness(now) {
-                Freshness::Fresh { ttl } => {
-                    !refresh_ahead.is_some_and(|fraction| due_for_refresh(entry, ttl, fraction))
-                }
-                Freshness::Stale { .. } => false,
+        if entry.as_response().is_none() {
+            return false;
+        }
+        let freshness = entry.freshness(now);
+        let serve = match freshness {
+            Freshness::Fresh { ttl } => {
+                !refresh_ahead.is_some_and(|fraction| due_for_refresh(entry, ttl, fraction))
             }
+            Freshness::Stale { .. } => false,
+        };
+        fresh = Some(freshness);
+        serve
     })?;
     let stored = hit.entry.as_response()?;
-    let freshness = hit.entry.freshness(now);
+    let freshness = fresh?;
     count(&layer.cache.counters().hits);
     tracing::debug!(cache = layer.cache.name(), key = %primary, tier = %hit.tier_name(), outcome = "hit");
     let status = CacheStatus::hit(ttl_seconds(freshness), Some(hit.tier_name()));
+    if plain {
+        if let Some(fields) = hit.entry.serving_fields() {
+            let age = crate::status::age_value(hit.entry.age(now).as_secs());
+            return Some(serve_full(layer, stored, fields, head, age, &status));
+        }
+    }
     Some(serve_entry(
         layer,
         &hit.entry,
@@ -184,6 +205,18 @@ fn fresh_hit_now<ReqBody, ResBody>(
         &status,
     ))
 }
+
+/// Request fields after which a stored response may be answered other than
+/// in full (a 304, a range) or not at all from the cache (`no-store`,
+/// credentials): see [`fresh_hit_now`].
+/// (`If-Range` matters only with `Range`.)
+const SERVED_DIFFERENTLY: [HeaderName; 5] = [
+    header::CACHE_CONTROL,
+    header::AUTHORIZATION,
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::RANGE,
+];
 
 fn count(counter: &cachette_core::Counter) {
     counter.incr();
