@@ -68,6 +68,15 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
         None
     }
 
+    /// [`get_now`](Backend::get_now) by the key's text, for a caller that
+    /// has not built a [`CacheKey`] (a hit path would allocate one only to
+    /// look it up). A text that is not a valid key is never found. The
+    /// default always says `None`.
+    fn get_now_str(&self, key: &str) -> Option<Result<Option<Arc<Entry>>, CacheError>> {
+        let _ = key;
+        None
+    }
+
     /// Stores `entry` under `key` for `ttl`. A zero `ttl` stores nothing.
     async fn set(&self, key: &CacheKey, entry: Arc<Entry>, ttl: Duration)
     -> Result<(), CacheError>;

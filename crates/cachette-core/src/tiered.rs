@@ -416,10 +416,11 @@ impl Tiered {
         result
     }
 
-    /// A hit in the first tier, answered without waiting, when that tier is
-    /// in-process (it answers without a future: see
-    /// [`Backend::get_now`](crate::Backend::get_now)) and `accept` takes the
-    /// entry; counted as [`get`](Self::get) counts a first-tier hit.
+    /// A hit in the first tier for the key whose text is `key`, answered
+    /// without waiting, when that tier is in-process (it answers without a
+    /// future: see [`Backend::get_now_str`](crate::Backend::get_now_str))
+    /// and `accept` takes the entry; counted as [`get`](Self::get) counts a
+    /// first-tier hit. No [`CacheKey`] is built for it.
     ///
     /// `None` is not a miss, and nothing is counted for it: the caller goes
     /// on with [`get`](Self::get), which asks the first tier again. Why:
@@ -427,16 +428,23 @@ impl Tiered {
     /// skips the state machine of an asynchronous lookup, and an entry it
     /// would not serve as it is (a `Vary` marker, a stale entry) is left to
     /// the full path with nothing counted twice.
-    pub fn get_now_if(&self, key: &CacheKey, accept: impl FnOnce(&Entry) -> bool) -> Option<Hit> {
+    pub fn get_now_if(&self, key: &str, accept: impl FnOnce(&Entry) -> bool) -> Option<Hit> {
         let tier = self.inner.tiers.first()?;
         if tier.options.timeout.is_some() {
             return None;
         }
-        let Some(Ok(Some(entry))) = tier.backend.get_now(key) else {
+        let Some(Ok(Some(entry))) = tier.backend.get_now_str(key) else {
             return None;
         };
-        if Self::behind_own_journal(tier, key) || self.hidden_by_journal(key, &entry) {
-            return None;
+        // The journals' checks take a key; one is built only while a
+        // journal holds something.
+        let pending = tier.options.journal.as_ref().is_some_and(|j| j.depth() > 0)
+            || self.inner.journals.iter().any(|j| j.depth() > 0);
+        if pending {
+            let owned = CacheKey::new(key).ok()?;
+            if Self::behind_own_journal(tier, &owned) || self.hidden_by_journal(&owned, &entry) {
+                return None;
+            }
         }
         if !accept(&entry) {
             return None;

@@ -182,6 +182,41 @@ impl KeyOptions {
             .unwrap_or_else(|_| self.primary_in(&mut String::new(), method, uri, headers))
     }
 
+    /// Calls `f` with the text of the primary key [`Self::primary`] makes
+    /// for the request, written into this thread's buffer: nothing is
+    /// allocated for a lookup. (A request whose text would not be a valid
+    /// key gets another key from `primary`; nothing is stored under its
+    /// text.) `None` when `f` answers none, or, in a thread tearing down
+    /// its locals, without calling `f`.
+    pub(crate) fn with_primary_text<T>(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        f: impl FnOnce(&str) -> Option<T>,
+    ) -> Option<T> {
+        KEY_BUFFER
+            .try_with(|buffer| match buffer.try_borrow_mut() {
+                Ok(mut key) => {
+                    key.clear();
+                    self.write_primary(&mut key, method, uri, headers);
+                    let answer = f(&key);
+                    // A hostile long URL must not keep a large buffer alive.
+                    if key.capacity() > 4 * 1024 {
+                        *key = String::new();
+                    }
+                    answer
+                }
+                Err(_) => {
+                    let mut key = String::new();
+                    self.write_primary(&mut key, method, uri, headers);
+                    f(&key)
+                }
+            })
+            .ok()
+            .flatten()
+    }
+
     fn primary_in(
         &self,
         key: &mut String,
@@ -189,6 +224,21 @@ impl KeyOptions {
         uri: &Uri,
         headers: &HeaderMap,
     ) -> CacheKey {
+        self.write_primary(key, method, uri, headers);
+        CacheKey::new(&*key).unwrap_or_else(|_| {
+            // Unreachable for URIs the http crate accepts; stay total anyway.
+            let fallback = format!(
+                "{}{}:~{:016x}",
+                self.prefix,
+                Self::method_class(method),
+                fnv1a(key.as_bytes())
+            );
+            CacheKey::new(fallback).unwrap_or_else(|_| hashed_only(key))
+        })
+    }
+
+    /// The text of the primary key, appended to `key`.
+    fn write_primary(&self, key: &mut String, method: &Method, uri: &Uri, headers: &HeaderMap) {
         key.push_str(&self.prefix);
         key.push_str(Self::method_class(method));
         key.push(':');
@@ -208,16 +258,6 @@ impl KeyOptions {
             let url = key.split_off(url_start);
             push_shortened(key, &url, MAX_URL_PART);
         }
-        CacheKey::new(&*key).unwrap_or_else(|_| {
-            // Unreachable for URIs the http crate accepts; stay total anyway.
-            let fallback = format!(
-                "{}{}:~{:016x}",
-                self.prefix,
-                Self::method_class(method),
-                fnv1a(key.as_bytes())
-            );
-            CacheKey::new(fallback).unwrap_or_else(|_| hashed_only(key))
-        })
     }
 
     /// The key prefix under which every stored variant of `primary` lives.

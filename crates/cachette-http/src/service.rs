@@ -163,14 +163,10 @@ fn fresh_hit_now<ReqBody, ResBody>(
     {
         return None;
     }
-    let primary = layer
-        .config
-        .keys
-        .primary(method, request.uri(), request.headers());
     let now = SystemTime::now();
     let refresh_ahead = layer.config.refresh_ahead;
     let mut fresh = None;
-    let hit = layer.cache.get_now_if(&primary, |entry| {
+    let accept = |entry: &Entry| {
         if entry.as_response().is_none() {
             return false;
         }
@@ -183,11 +179,21 @@ fn fresh_hit_now<ReqBody, ResBody>(
         };
         fresh = Some(freshness);
         serve
-    })?;
+    };
+    // Looked up by the key's text: no key is built for a hit.
+    let hit = layer.config.keys.with_primary_text(
+        method,
+        request.uri(),
+        request.headers(),
+        |key| {
+            let hit = layer.cache.get_now_if(key, accept)?;
+            tracing::debug!(cache = layer.cache.name(), key, tier = %hit.tier_name(), outcome = "hit");
+            Some(hit)
+        },
+    )?;
     let stored = hit.entry.as_response()?;
     let freshness = fresh?;
     count(&layer.cache.counters().hits);
-    tracing::debug!(cache = layer.cache.name(), key = %primary, tier = %hit.tier_name(), outcome = "hit");
     let status = CacheStatus::hit(ttl_seconds(freshness), Some(hit.tier_name()));
     if plain {
         if let Some(fields) = hit.entry.serving_fields() {

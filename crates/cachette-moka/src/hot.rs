@@ -258,7 +258,12 @@ impl HotView {
     }
 
     pub(crate) fn hash(&self, key: &CacheKey) -> u64 {
-        self.hasher.hash_one(key.as_str())
+        self.hash_str(key.as_str())
+    }
+
+    /// The keyed hash of a key's text (the same as [`Self::hash`]).
+    fn hash_str(&self, key: &str) -> u64 {
+        self.hasher.hash_one(key)
     }
 
     /// A change to `key` is applied in moka: raise its stripe, forget it in
@@ -359,8 +364,8 @@ impl HotView {
 
     /// A current entry for `key` from this thread's slot or the shared
     /// index, or the epochs to fill them with after asking moka.
-    pub(crate) fn lookup(&self, key: &CacheKey) -> Lookup {
-        let epochs = self.epochs(self.hash(key));
+    pub(crate) fn lookup(&self, key: &str) -> Lookup {
+        let epochs = self.epochs(self.hash_str(key));
         let found = SLOTS_OF_THIS_THREAD.try_with(|slots| {
             let mut slots = slots.try_borrow_mut().ok()?;
             slots.sweep_if_moved(self.id, epochs.whole);
@@ -371,7 +376,7 @@ impl HotView {
                 *slot = None;
                 return None;
             }
-            if ours.key != *key {
+            if ours.key.as_str() != key {
                 return None;
             }
             ours.answered = ours.answered.wrapping_add(1);
@@ -388,7 +393,7 @@ impl HotView {
         }
         match self.index.get(epochs.hash, key) {
             index::Read::Found(found) => {
-                self.fill_slot(epochs, key, &found.entry, found.expires);
+                self.fill_slot(epochs, KeyText::Text(key), &found.entry, found.expires);
                 let touch = SLOTS_OF_THIS_THREAD
                     .try_with(|slots| {
                         let mut slots = slots.try_borrow_mut().ok()?;
@@ -420,7 +425,7 @@ impl HotView {
     ) {
         self.index
             .fill(epochs.hash, key, entry, expires, || self.unchanged(&epochs));
-        self.fill_slot(epochs, key, entry, expires);
+        self.fill_slot(epochs, KeyText::Key(key), entry, expires);
     }
 
     /// Keeps an entry found for `key` in this thread's slot, tagged with
@@ -431,7 +436,7 @@ impl HotView {
     fn fill_slot(
         &self,
         epochs: Epochs,
-        key: &CacheKey,
+        key: KeyText<'_>,
         entry: &Arc<Entry>,
         expires: Option<Instant>,
     ) {
@@ -457,12 +462,16 @@ impl HotView {
             if !self.unchanged(&epochs) {
                 return;
             }
+            // Made only now for a lookup by text: a slot is filled rarely.
+            let Some(key) = key.owned() else {
+                return;
+            };
             if let Some(slot) = slots.slots.get_mut(epochs.index) {
                 *slot = Some(Slot {
                     tier: self.id,
                     whole: epochs.whole,
                     stripe: epochs.stripe,
-                    key: key.clone(),
+                    key,
                     entry: entry.clone(),
                     expires,
                     answered: 0,
@@ -470,6 +479,25 @@ impl HotView {
                 });
             }
         });
+    }
+}
+
+/// The key a slot is filled for: built already, or only its text (a
+/// lookup by text).
+#[derive(Clone, Copy)]
+enum KeyText<'a> {
+    Key(&'a CacheKey),
+    Text(&'a str),
+}
+
+impl KeyText<'_> {
+    /// The key to keep (a text that is no valid key is never kept: no
+    /// entry is stored under it).
+    fn owned(self) -> Option<CacheKey> {
+        match self {
+            Self::Key(key) => Some(key.clone()),
+            Self::Text(text) => CacheKey::new(text).ok(),
+        }
     }
 }
 
@@ -543,14 +571,14 @@ mod tests {
     }
 
     fn is_miss(view: &HotView, key: &CacheKey) -> bool {
-        matches!(view.lookup(key), Lookup::Miss(_) | Lookup::Ended)
+        matches!(view.lookup(key.as_str()), Lookup::Miss(_) | Lookup::Ended)
     }
 
     #[test]
     fn a_slot_filled_from_the_index_before_its_removal_stops_answering() {
         let view = HotView::new();
         let key = CacheKey::new("GET:example.com/a").unwrap();
-        let Lookup::Miss(epochs) = view.lookup(&key) else {
+        let Lookup::Miss(epochs) = view.lookup(key.as_str()) else {
             panic!("empty view answered");
         };
         view.fill(epochs, &key, &old_entry(), None);
@@ -573,7 +601,7 @@ mod tests {
         let key = CacheKey::new("GET:example.com/b").unwrap();
         // A reader read the epochs and got the old entry from moka; the
         // change is applied in moka and published before it fills.
-        let Lookup::Miss(epochs) = view.lookup(&key) else {
+        let Lookup::Miss(epochs) = view.lookup(key.as_str()) else {
             panic!("empty view answered");
         };
         let hash = view.hash(&key);
@@ -591,7 +619,7 @@ mod tests {
         // finds nothing to invalidate there: the index must still forget it.
         let view = HotView::new();
         let key = CacheKey::new("GET:example.com/purged").unwrap();
-        let Lookup::Miss(epochs) = view.lookup(&key) else {
+        let Lookup::Miss(epochs) = view.lookup(key.as_str()) else {
             panic!("empty view answered");
         };
         view.fill(epochs, &key, &old_entry(), None);

@@ -101,8 +101,8 @@ impl SharedIndex {
         &self.shards[index % self.shards.len()]
     }
 
-    /// The live entry under `key`, if indexed.
-    pub(crate) fn get(&self, hash: u64, key: &CacheKey) -> Read {
+    /// The live entry under the key whose text is `key`, if indexed.
+    pub(crate) fn get(&self, hash: u64, key: &str) -> Read {
         // A panic while a lock was held cannot leave a table half-changed
         // (hashbrown's operations complete or unwind before changing it),
         // so a poisoned lock is used as it is.
@@ -111,7 +111,7 @@ impl SharedIndex {
             .0
             .read()
             .unwrap_or_else(PoisonError::into_inner);
-        let Some(found) = table.find(hash, |indexed| indexed.key == *key) else {
+        let Some(found) = table.find(hash, |indexed| indexed.key.as_str() == key) else {
             return Read::Absent;
         };
         if found.expires.is_some_and(|at| Instant::now() >= at) {

@@ -281,6 +281,52 @@ impl MemoryTier {
         self.cache.remove(key).await
     }
 
+    /// [`Backend::get_now`] for the key whose text is `text` (`key`: the
+    /// key itself when the caller has one; otherwise one is made only to
+    /// index what moka answered).
+    fn answer_now(
+        &self,
+        text: &str,
+        key: Option<&CacheKey>,
+    ) -> Option<Result<Option<Arc<Entry>>, CacheError>> {
+        let noop = || std::task::Context::from_waker(std::task::Waker::noop());
+        let epoch = match self.hot.lookup(text) {
+            hot::Lookup::Hit { entry, touch } => {
+                if touch {
+                    // Counted by moka's policy; should its lookup have to
+                    // wait for maintenance, this one read goes uncounted.
+                    let lookup = std::pin::pin!(self.cache.get(text));
+                    let _ = lookup.poll(&mut noop());
+                }
+                return Some(Ok(Some(entry)));
+            }
+            hot::Lookup::Miss(epochs) => epochs,
+            hot::Lookup::Ended => return Some(Ok(None)),
+        };
+        // moka's lookup completes in one poll unless it must wait for its
+        // own maintenance; then the caller awaits `get` instead.
+        let lookup = std::pin::pin!(self.cache.get(text));
+        let std::task::Poll::Ready(found) = lookup.poll(&mut noop()) else {
+            return None;
+        };
+        let Some(stored) = found.filter(Stored::live) else {
+            return Some(Ok(None));
+        };
+        let made;
+        let key = match key {
+            Some(key) => key,
+            None => match CacheKey::new(text) {
+                Ok(key) => {
+                    made = key;
+                    &made
+                }
+                // Unreachable: moka holds only valid keys.
+                Err(_) => return Some(Ok(Some(stored.entry))),
+            },
+        };
+        Some(Ok(Some(self.keep_hot(epoch, key, stored))))
+    }
+
     /// Keeps what moka answered in this thread's slot (see `hot`).
     fn keep_hot(&self, epochs: hot::Epochs, key: &CacheKey, stored: Stored) -> Arc<Entry> {
         self.hot.fill(epochs, key, &stored.entry, stored.expires);
@@ -379,7 +425,7 @@ impl Backend for MemoryTier {
     }
 
     async fn get(&self, key: &CacheKey) -> Result<Option<Arc<Entry>>, CacheError> {
-        let epoch = match self.hot.lookup(key) {
+        let epoch = match self.hot.lookup(key.as_str()) {
             hot::Lookup::Hit { entry, touch } => {
                 if touch {
                     let _ = self.cache.get(key).await;
@@ -398,29 +444,11 @@ impl Backend for MemoryTier {
     }
 
     fn get_now(&self, key: &CacheKey) -> Option<Result<Option<Arc<Entry>>, CacheError>> {
-        let epoch = match self.hot.lookup(key) {
-            hot::Lookup::Hit { entry, touch } => {
-                if touch {
-                    // Counted by moka's policy; should its lookup have to
-                    // wait for maintenance, this one read goes uncounted.
-                    let lookup = std::pin::pin!(self.cache.get(key));
-                    let _ =
-                        lookup.poll(&mut std::task::Context::from_waker(std::task::Waker::noop()));
-                }
-                return Some(Ok(Some(entry)));
-            }
-            hot::Lookup::Miss(epochs) => epochs,
-            hot::Lookup::Ended => return Some(Ok(None)),
-        };
-        // moka's lookup completes in one poll unless it must wait for its
-        // own maintenance; then the caller awaits `get` instead.
-        let lookup = std::pin::pin!(self.cache.get(key));
-        match lookup.poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
-            std::task::Poll::Ready(found) => Some(Ok(found
-                .filter(Stored::live)
-                .map(|stored| self.keep_hot(epoch, key, stored)))),
-            std::task::Poll::Pending => None,
-        }
+        self.answer_now(key.as_str(), Some(key))
+    }
+
+    fn get_now_str(&self, key: &str) -> Option<Result<Option<Arc<Entry>>, CacheError>> {
+        self.answer_now(key, None)
     }
 
     async fn set(

@@ -277,3 +277,33 @@ async fn an_ended_entry_is_a_miss_and_its_refill_is_answered() {
         assert_eq!(number_of(&memory.get(&key).await.unwrap().unwrap()), 2);
     }
 }
+
+/// A lookup by the key's text answers what one by the key answers: from
+/// moka at first (then indexed), from the index after, nothing once the
+/// key is deleted; a text that is no valid key finds nothing.
+#[tokio::test]
+async fn a_lookup_by_text_answers_as_one_by_key() {
+    let memory = MemoryTier::default();
+    let key = CacheKey::new("GET:example.com/text?k=1").unwrap();
+    memory.set(&key, numbered(7), MINUTE).await.unwrap();
+    for _ in 0..3 {
+        let found = memory.get_now_str(key.as_str()).unwrap().unwrap().unwrap();
+        assert_eq!(number_of(&found), 7);
+    }
+    assert!(
+        memory
+            .get_now_str("GET:example.com/text?k=2")
+            .unwrap()
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        memory
+            .get_now_str("GET:example.com/text k=1")
+            .unwrap()
+            .unwrap()
+            .is_none()
+    );
+    assert!(memory.delete(&key).await.unwrap());
+    assert!(memory.get_now_str(key.as_str()).unwrap().unwrap().is_none());
+}
