@@ -769,6 +769,9 @@ async fn hits_answered_at_once_or_the_full_way_are_counted_once() {
     assert_eq!(stats.cache.misses, 2);
     // /plain: 3 hits; /varied: 3 x (marker + variant).
     assert_eq!(stats.tiers[0].counters.hits, 3 + 3 * 2);
+    // The first request of each: the tier asked once (the full path looks
+    // below the first tier only, after the fast path found nothing there).
+    assert_eq!(stats.tiers[0].counters.misses, 2);
 
     // Stale within stale-while-revalidate: served by the full path.
     assert!(!fetch(&app, "/short").await.is_hit());

@@ -37,7 +37,9 @@ pub use stats::{
     CacheCounters, CacheCountersSnapshot, Counter, LatencyHistogram, LatencySnapshot,
     StatsSnapshot, TierCounters, TierCountersSnapshot, TierSnapshot, TierStats,
 };
-pub use tiered::{Hit, TierFailure, TierOptions, TierProbe, Tiered, TieredBuilder, WriteReport};
+pub use tiered::{
+    FirstTier, Hit, TierFailure, TierOptions, TierProbe, Tiered, TieredBuilder, WriteReport,
+};
 
 /// Re-exported so that backends implement [`Backend`] with the same macro version.
 pub use async_trait::async_trait;

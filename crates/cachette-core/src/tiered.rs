@@ -209,6 +209,18 @@ pub struct Hit {
     tier_name: &'static str,
 }
 
+/// What [`Tiered::get_now_if`] found in the first tier.
+#[derive(Debug)]
+pub enum FirstTier {
+    /// An entry the caller accepted (counted as a first-tier hit).
+    Hit(Hit),
+    /// Nothing for the key (counted as a first-tier miss).
+    Missed,
+    /// No answer without waiting, an entry the caller did not accept, or a
+    /// pending journal entry for the key: nothing counted.
+    Declined,
+}
+
 impl Hit {
     /// The index of the tier that answered (0 = first).
     pub fn tier(&self) -> usize {
@@ -422,47 +434,74 @@ impl Tiered {
     /// and `accept` takes the entry; counted as [`get`](Self::get) counts a
     /// first-tier hit. No [`CacheKey`] is built for it.
     ///
-    /// `None` is not a miss, and nothing is counted for it: the caller goes
-    /// on with [`get`](Self::get), which asks the first tier again. Why:
+    /// [`FirstTier::Missed`]: the first tier holds nothing for it (counted
+    /// as a first-tier miss; go on with [`get_below_first`](Self::get_below_first)).
+    /// [`FirstTier::Declined`] is not a miss, and nothing is counted for it:
+    /// the caller goes on with [`get`](Self::get), which asks the first tier
+    /// again. Why:
     /// a caller that can answer a hit at once (the HTTP layer's fresh hits)
     /// skips the state machine of an asynchronous lookup, and an entry it
     /// would not serve as it is (a `Vary` marker, a stale entry) is left to
     /// the full path with nothing counted twice.
-    pub fn get_now_if(&self, key: &str, accept: impl FnOnce(&Entry) -> bool) -> Option<Hit> {
-        let tier = self.inner.tiers.first()?;
+    pub fn get_now_if(&self, key: &str, accept: impl FnOnce(&Entry) -> bool) -> FirstTier {
+        let Some(tier) = self.inner.tiers.first() else {
+            return FirstTier::Declined;
+        };
         if tier.options.timeout.is_some() {
-            return None;
+            return FirstTier::Declined;
         }
-        let Some(Ok(Some(entry))) = tier.backend.get_now_str(key) else {
-            return None;
+        let entry = match tier.backend.get_now_str(key) {
+            Some(Ok(Some(entry))) => entry,
+            Some(Ok(None)) => {
+                // Counted as `get` counts a first-tier miss.
+                tier.breaker.record_success();
+                tier.stats.counters.misses.incr();
+                return FirstTier::Missed;
+            }
+            Some(Err(_)) | None => return FirstTier::Declined,
         };
         // The journals' checks take a key; one is built only while a
         // journal holds something.
         let pending = tier.options.journal.as_ref().is_some_and(|j| j.depth() > 0)
             || self.inner.journals.iter().any(|j| j.depth() > 0);
         if pending {
-            let owned = CacheKey::new(key).ok()?;
+            let Ok(owned) = CacheKey::new(key) else {
+                return FirstTier::Declined;
+            };
             if Self::behind_own_journal(tier, &owned) || self.hidden_by_journal(&owned, &entry) {
-                return None;
+                return FirstTier::Declined;
             }
         }
         if !accept(&entry) {
-            return None;
+            return FirstTier::Declined;
         }
         tier.breaker.record_success();
         tier.stats.counters.hits.incr();
-        Some(Hit {
+        FirstTier::Hit(Hit {
             entry,
             tier: 0,
             tier_name: tier.static_name,
         })
     }
 
+    /// [`get`](Self::get) past the first tier, for a caller that was just
+    /// told by [`get_now_if`](Self::get_now_if) that the first tier holds
+    /// nothing for `key` (and counted so): a hit below is still copied into
+    /// the first tier.
+    pub async fn get_below_first(&self, key: &CacheKey) -> Option<Hit> {
+        self.get_from(key, 1).await
+    }
+
     /// Reads `key` through the tiers in order. The first entry found wins and is
     /// copied into every tier above it with its remaining lifetime. Errors,
     /// timeouts, open breakers and unreadable entries count as misses.
     pub async fn get(&self, key: &CacheKey) -> Option<Hit> {
-        for (index, tier) in self.inner.tiers.iter().enumerate() {
+        self.get_from(key, 0).await
+    }
+
+    /// [`get`](Self::get) from the tier at `start` down.
+    async fn get_from(&self, key: &CacheKey, start: usize) -> Option<Hit> {
+        for (index, tier) in self.inner.tiers.iter().enumerate().skip(start) {
             // An in-process first tier answers without a future or a timer
             // (its calls are not timed: they cannot block).
             let now = match (index, &tier.options.timeout) {

@@ -13,8 +13,8 @@ use std::{
 
 use bytes::Bytes;
 use cachette_core::{
-    CacheKey, Entry, EntryMeta, FleetFill, Freshness, LeaseEnd, Payload, Role, StoredResponse,
-    Tiered,
+    CacheKey, Entry, EntryMeta, FirstTier, FleetFill, Freshness, LeaseEnd, Payload, Role,
+    StoredResponse, Tiered,
 };
 use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, header, request,
@@ -121,13 +121,20 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        if let Some(response) = fresh_hit_now(&self.state, &request) {
-            return ResponseFuture::ready(Ok(response));
-        }
+        let first_tier_missed = match fresh_hit_now(&self.state, &request) {
+            Now::Served(response) => return ResponseFuture::ready(Ok(response)),
+            Now::Missed => true,
+            Now::Declined => false,
+        };
         // The ready service handles this request; the clone waits for the next.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture::new(handle(inner, self.state.clone(), request))
+        ResponseFuture::new(handle(
+            inner,
+            self.state.clone(),
+            request,
+            first_tier_missed,
+        ))
     }
 }
 
@@ -136,14 +143,16 @@ where
 /// and fresh. No future is boxed, no state machine is moved, the inner
 /// service is not cloned. `None`: anything else (a miss, a stale or
 /// `Vary`-marked entry, a request the layer does not simply answer), which
-/// [`handle`] takes from the start; nothing has been counted for it.
+/// [`handle`] takes from the start; nothing has been counted for it (or,
+/// when the first tier has nothing for the key, [`Now::Missed`]: counted as
+/// its miss, and `handle` looks below it only).
 ///
 /// The checks are [`handle`]'s, in its order, for the requests it answers
 /// with a fresh hit; requests it would treat in any other way fall back.
 fn fresh_hit_now<ReqBody, ResBody>(
     layer: &CacheLayer,
     request: &Request<ReqBody>,
-) -> Option<Response<CacheBody<ResBody>>> {
+) -> Now<Response<CacheBody<ResBody>>> {
     let method = request.method();
     let head = *method == Method::HEAD;
     // One pass over the request's fields instead of a lookup per rule:
@@ -161,7 +170,7 @@ fn fresh_hit_now<ReqBody, ResBody>(
             && (request_forbids_store(request.headers())
                 || request.headers().contains_key(header::AUTHORIZATION)))
     {
-        return None;
+        return Now::Declined;
     }
     let now = SystemTime::now();
     let refresh_ahead = layer.config.refresh_ahead;
@@ -181,27 +190,37 @@ fn fresh_hit_now<ReqBody, ResBody>(
         serve
     };
     // Looked up by the key's text: no key is built for a hit.
-    let hit = layer.config.keys.with_primary_text(
+    let found = layer.config.keys.with_primary_text(
         method,
         request.uri(),
         request.headers(),
-        |key| {
-            let hit = layer.cache.get_now_if(key, accept)?;
-            tracing::debug!(cache = layer.cache.name(), key, tier = %hit.tier_name(), outcome = "hit");
-            Some(hit)
+        |key| match layer.cache.get_now_if(key, accept) {
+            FirstTier::Hit(hit) => {
+                tracing::debug!(cache = layer.cache.name(), key = %key, tier = %hit.tier_name(), outcome = "hit");
+                Some(Ok(hit))
+            }
+            FirstTier::Missed => Some(Err(Now::Missed)),
+            FirstTier::Declined => None,
         },
-    )?;
-    let stored = hit.entry.as_response()?;
-    let freshness = fresh?;
+    );
+    let hit = match found {
+        Some(Ok(hit)) => hit,
+        Some(Err(missed)) => return missed,
+        None => return Now::Declined,
+    };
+    // Both hold: `accept` took a stored response and said how fresh.
+    let (Some(stored), Some(freshness)) = (hit.entry.as_response(), fresh) else {
+        return Now::Declined;
+    };
     count(&layer.cache.counters().hits);
     let status = CacheStatus::hit(ttl_seconds(freshness), Some(hit.tier_name()));
     if plain {
         if let Some(fields) = hit.entry.serving_fields() {
             let age = crate::status::age_value(hit.entry.age(now).as_secs());
-            return Some(serve_full(layer, stored, fields, head, age, &status));
+            return Now::Served(serve_full(layer, stored, fields, head, age, &status));
         }
     }
-    Some(serve_entry(
+    Now::Served(serve_entry(
         layer,
         &hit.entry,
         stored,
@@ -210,6 +229,19 @@ fn fresh_hit_now<ReqBody, ResBody>(
         now,
         &status,
     ))
+}
+
+/// What [`fresh_hit_now`] did with a request.
+enum Now<R> {
+    /// Answered: a fresh hit.
+    Served(R),
+    /// The in-process first tier holds nothing for the request's key
+    /// (counted): the full path looks below it only, rather than ask it
+    /// again (which would count twice and record the miss twice in moka's
+    /// policy).
+    Missed,
+    /// Anything else: the full path from the start; nothing counted.
+    Declined,
 }
 
 /// Request fields after which a stored response may be answered other than
@@ -435,8 +467,20 @@ enum Lookup {
     Miss,
 }
 
-async fn lookup(cache: &Tiered, primary: &CacheKey, headers: &HeaderMap) -> Lookup {
-    let Some(hit) = cache.get(primary).await else {
+/// `first_tier_missed`: the first tier was asked for `primary` already and
+/// holds nothing (see [`fresh_hit_now`]).
+async fn lookup(
+    cache: &Tiered,
+    primary: &CacheKey,
+    headers: &HeaderMap,
+    first_tier_missed: bool,
+) -> Lookup {
+    let found = if first_tier_missed {
+        cache.get_below_first(primary).await
+    } else {
+        cache.get(primary).await
+    };
+    let Some(hit) = found else {
         return Lookup::Miss;
     };
     match hit.entry.payload() {
@@ -492,6 +536,7 @@ async fn handle<S, ReqBody, ResBody>(
     inner: S,
     state: Arc<CacheLayer>,
     request: Request<ReqBody>,
+    first_tier_missed: bool,
 ) -> Result<Response<CacheBody<ResBody>>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
@@ -536,7 +581,14 @@ where
         .keys
         .primary(&method, &parts.uri, &parts.headers);
     let authorized = parts.headers.contains_key(header::AUTHORIZATION);
-    let (fwd, fill_key, stale) = match lookup(&layer.cache, &primary, &parts.headers).await {
+    let (fwd, fill_key, stale) = match lookup(
+        &layer.cache,
+        &primary,
+        &parts.headers,
+        first_tier_missed,
+    )
+    .await
+    {
         Lookup::Found { entry, tier, key } => {
             let Some(stored) = entry.as_response() else {
                 return Ok(plain_response(
