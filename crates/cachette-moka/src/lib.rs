@@ -274,6 +274,15 @@ impl MemoryTier {
         generation
     }
 
+    /// Registers `entry`'s tags under a new generation, then inserts it.
+    /// Called with the key's write lock held (see [`Self::register`]).
+    async fn insert_locked(&self, key: &CacheKey, entry: Arc<Entry>, ttl: Duration) {
+        let generation = self.register(key, &entry);
+        self.cache
+            .insert(key.clone(), Stored::new(entry, ttl, generation))
+            .await;
+    }
+
     /// Removes `key`, in order with every other change to it (see
     /// `writes`); what was held, if anything.
     async fn remove_ordered(&self, key: &CacheKey) -> Option<Stored> {
@@ -386,10 +395,7 @@ impl MemoryTier {
                 self.cache.invalidate(&key).await;
                 continue;
             }
-            let generation = self.register(&key, &staled);
-            self.cache
-                .insert(key, Stored::new(staled, ttl, generation))
-                .await;
+            self.insert_locked(&key, staled, ttl).await;
         }
     }
 
@@ -473,10 +479,7 @@ impl Backend for MemoryTier {
             self.cache.invalidate(key).await;
             return Ok(());
         }
-        let generation = self.register(key, &entry);
-        self.cache
-            .insert(key.clone(), Stored::new(entry, ttl, generation))
-            .await;
+        self.insert_locked(key, entry, ttl).await;
         Ok(())
     }
 
@@ -504,10 +507,7 @@ impl Backend for MemoryTier {
             self.cache.invalidate(key).await;
             return Ok(true);
         }
-        let generation = self.register(key, &touched);
-        self.cache
-            .insert(key.clone(), Stored::new(touched, ttl, generation))
-            .await;
+        self.insert_locked(key, touched, ttl).await;
         Ok(true)
     }
 
@@ -589,10 +589,7 @@ impl Backend for MemoryTier {
         if self.cache.get(key).await.is_some_and(|held| held.live()) {
             return Ok(false);
         }
-        let generation = self.register(key, &entry);
-        self.cache
-            .insert(key.clone(), Stored::new(entry, ttl, generation))
-            .await;
+        self.insert_locked(key, entry, ttl).await;
         Ok(true)
     }
 
@@ -614,10 +611,7 @@ impl Backend for MemoryTier {
             .capped(stored.entry.remaining_ttl(now))
             .min(stored.left());
         let entry = Arc::new(Entry::counter(next, stored.entry.meta().clone()));
-        let generation = self.register(key, &entry);
-        self.cache
-            .insert(key.clone(), Stored::new(entry, ttl, generation))
-            .await;
+        self.insert_locked(key, entry, ttl).await;
         Ok(Some(next))
     }
 
