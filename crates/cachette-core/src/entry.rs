@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 
-use crate::{DecodeError, codec};
+use crate::{DecodeError, ServingFields, codec};
 
 /// The largest age or delta-seconds value cachette works with: 2^31 s (68
 /// years). RFC 9111 §1.2.2: a recipient must treat a larger delta-seconds
@@ -230,7 +230,7 @@ pub struct Entry {
 /// entries are equal whether or not either was prepared, and it is never
 /// encoded.
 #[derive(Clone, Default)]
-struct Prepared(std::sync::OnceLock<Option<HeaderMap>>);
+struct Prepared(std::sync::OnceLock<Option<ServingFields>>);
 
 impl PartialEq for Prepared {
     fn eq(&self, _: &Self) -> bool {
@@ -250,20 +250,6 @@ impl std::fmt::Debug for Prepared {
     }
 }
 
-/// See [`Entry::serving_fields`].
-fn serving_fields(stored: &StoredResponse) -> Option<HeaderMap> {
-    const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
-    let placeholder = HeaderValue::from_static("0");
-    let mut fields = HeaderMap::try_with_capacity(stored.headers.len().saturating_add(2)).ok()?;
-    for (name, value) in &stored.headers {
-        fields.try_append(name.clone(), value.clone()).ok()?;
-    }
-    fields.try_insert(header::AGE, placeholder.clone()).ok()?;
-    // After any the origin sent: a cache adds its member last (RFC 9211).
-    fields.try_append(CACHE_STATUS, placeholder).ok()?;
-    Some(fields)
-}
-
 impl Entry {
     /// An entry holding any payload.
     pub fn new(payload: Payload, meta: EntryMeta) -> Self {
@@ -274,15 +260,11 @@ impl Entry {
         }
     }
 
-    /// The fields to serve this entry's response with, built once and kept
-    /// with the entry: the stored fields in order, with one `age` field
-    /// (replacing a stored one) and one more `cache-status` value after any
-    /// the stored response has, both holding the placeholder `0`, for the
-    /// server to overwrite in place (`get_mut`, `iter_mut`) in the clone it
-    /// sends. A server
-    /// answering many hits clones one ready map instead of building one per
-    /// response. `None` when the entry holds no response, or its fields
-    /// cannot be laid out with two more (a map's size limit).
+    /// The fields to serve this entry's response with, laid out once and
+    /// kept with the entry ([`ServingFields`]): a server answering many
+    /// hits builds each response's map from them instead of cloning the
+    /// stored one. `None` when the entry holds no response, or its fields
+    /// cannot be laid out that way (a map's size limit).
     ///
     /// ```
     /// use std::time::{Duration, SystemTime};
@@ -294,16 +276,16 @@ impl Entry {
     /// headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     /// let stored = StoredResponse { status: StatusCode::OK, headers, body: Bytes::from_static(b"hi") };
     /// let entry = Entry::response(stored, EntryMeta::new(SystemTime::now(), Duration::from_secs(60)));
-    /// let mut fields = entry.serving_fields().unwrap().clone();
-    /// *fields.get_mut(header::AGE).unwrap() = HeaderValue::from(12);
-    /// assert_eq!(fields.len(), 3);
-    /// assert_eq!(fields["cache-status"], "0");
+    /// let fields = entry.serving_fields().unwrap();
+    /// let map = fields.to_map(HeaderValue::from(12), HeaderValue::from_static("cachette; hit"));
+    /// assert_eq!(map.len(), 3);
+    /// assert_eq!(map[header::AGE], "12");
     /// ```
-    pub fn serving_fields(&self) -> Option<&HeaderMap> {
+    pub fn serving_fields(&self) -> Option<&ServingFields> {
         let stored = self.as_response()?;
         self.prepared
             .0
-            .get_or_init(|| serving_fields(stored))
+            .get_or_init(|| ServingFields::new(&stored.headers))
             .as_ref()
     }
 
@@ -405,10 +387,12 @@ impl Entry {
         let tags: usize = self.meta.tags.iter().map(|t| t.len() + 24).sum();
         let payload = match &self.payload {
             Payload::Response(r) => {
-                // The fields prepared for serving (`serving_fields`) share
-                // the values but hold a map of their own: about a hundred
-                // bytes per field, counted whether or not it is built yet.
-                let prepared = (r.headers.len() + 2) * 104;
+                // The fields prepared for serving (`serving_fields`): a
+                // copy of the values and a name and value handle (about
+                // eighty bytes) per field, counted whether or not they are
+                // laid out yet.
+                let prepared =
+                    r.headers.len() * 80 + r.headers.values().map(HeaderValue::len).sum::<usize>();
                 r.body.len()
                     + prepared
                     + r.headers

@@ -14,6 +14,7 @@ mod glob;
 mod journal;
 mod key;
 mod lease;
+mod serving;
 mod single_flight;
 mod stats;
 pub mod sweep;
@@ -32,6 +33,7 @@ pub use lease::{
     DEFAULT_FILL_LEASE, FillLease, FillWakers, FillWatch, FleetFill, LeaseEnd, LeaseHolder,
     LeaseOptions, LeaseState,
 };
+pub use serving::ServingFields;
 pub use single_flight::{Role, SingleFlight};
 pub use stats::{
     CacheCounters, CacheCountersSnapshot, Counter, LatencyHistogram, LatencySnapshot,
