@@ -717,6 +717,28 @@ async fn a_hit_serves_every_stored_field_with_one_age_and_the_origins_cache_stat
         assert_eq!(hit.header("x-one"), "1");
         assert_eq!(hit.header("set-cookie-like"), "a");
         assert_eq!(hit.text(), "doc");
+        // Every field as the origin sent it (and `Content-Length` for the
+        // body), in its order.
+        let served: Vec<(String, String)> = hit
+            .headers
+            .iter()
+            .filter(|(name, _)| *name != "age" && *name != "date")
+            .map(|(name, value)| (name.to_string(), value.to_str().unwrap().to_owned()))
+            .collect();
+        let expected = [
+            ("content-type", "text/plain; charset=utf-8"),
+            ("cache-control", "max-age=60"),
+            ("x-one", "1"),
+            ("set-cookie-like", "a"),
+            ("cache-status", "OriginCache; hit"),
+            ("content-length", "3"),
+        ];
+        let without_ours: Vec<_> = served
+            .iter()
+            .filter(|(name, value)| !(name == "cache-status" && value.starts_with("cachette")))
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+            .collect();
+        assert_eq!(without_ours, expected);
     }
     fetch(&app, "/plain").await;
     for _ in 0..3 {

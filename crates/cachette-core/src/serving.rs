@@ -6,9 +6,16 @@
 //! many entries none of that is in the CPU's caches, and such a hit waited
 //! on more cache lines than it computed with (callgrind with a 4 MiB
 //! last-level cache, 100,000 entries: 23 lines missed per hit, 10 of them
-//! in the clone). [`ServingFields`] keeps one array of names and value
-//! handles, the values slices of one buffer: a hit reads a few adjacent
-//! lines and takes one reference count, and builds its map from them.
+//! in the clone). [`ServingFields`] splits a response's fields in two: a
+//! template map of its names (with placeholder values), shared by every
+//! entry whose fields have the same names and so kept in the caches by
+//! every hit on any of them; and the entry's own values, one array of
+//! handles that are slices of one buffer. A hit clones the template and
+//! puts the values in place: a few adjacent lines read, one reference
+//! count taken.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, header};
@@ -38,7 +45,17 @@ const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServingFields {
-    fields: Box<[(HeaderName, HeaderValue)]>,
+    /// The response's field names with placeholder values, in serving
+    /// order, `age` and `cache-status` included: shared by every entry
+    /// whose fields have the same names ([`template`]), so the map a hit
+    /// clones is in the CPU's caches however many entries there are.
+    template: Arc<HeaderMap>,
+    /// The stored values, in the template's iteration order, `age` and
+    /// `cache-status` left out.
+    values: Box<[HeaderValue]>,
+    /// Where in that order `age` and this cache's `cache-status` come.
+    age_at: usize,
+    status_at: usize,
 }
 
 impl ServingFields {
@@ -49,6 +66,18 @@ impl ServingFields {
         if stored.len() > MAX_FIELDS {
             return None;
         }
+        let names: Vec<HeaderName> = stored
+            .keys()
+            .flat_map(|name| {
+                let count = if name == header::AGE {
+                    0
+                } else {
+                    stored.get_all(name).iter().count()
+                };
+                std::iter::repeat_n(name.clone(), count)
+            })
+            .collect();
+        let template = template(names)?;
         // Every value a slice of one buffer: one reference count for a hit
         // to take and release, next to the bytes the server then writes.
         let total: usize = stored.values().map(HeaderValue::len).sum();
@@ -60,52 +89,116 @@ impl ServingFields {
         }
         let bytes = Bytes::from(bytes);
         let mut start = 0;
-        let mut fields = Vec::with_capacity(stored.len());
-        for (name, stored_value) in stored {
+        let mut stored_values =
+            stored
+                .iter()
+                .filter(|(name, _)| *name != header::AGE)
+                .map(|(_, stored_value)| {
+                    let end = start + stored_value.len();
+                    // Valid as stored, so this cannot fail; were it to, the
+                    // stored value is kept as it is.
+                    let mut value = HeaderValue::from_maybe_shared(bytes.slice(start..end))
+                        .unwrap_or_else(|_| stored_value.clone());
+                    value.set_sensitive(stored_value.is_sensitive());
+                    start = end;
+                    value
+                });
+        // The template lists the stored values in the stored order, each
+        // name's values together (as a map iterates), with `age` and this
+        // cache's `cache-status` after the last of their name.
+        let statuses = stored.get_all(CACHE_STATUS).iter().count();
+        let mut seen_statuses = 0;
+        let (mut age_at, mut status_at) = (usize::MAX, usize::MAX);
+        let mut values = Vec::with_capacity(template.len());
+        let names = template
+            .keys()
+            .flat_map(|name| std::iter::repeat_n(name, template.get_all(name).iter().count()));
+        for (at, name) in names.enumerate() {
             if name == header::AGE {
-                continue;
+                age_at = at;
+            } else if name == CACHE_STATUS && seen_statuses == statuses {
+                status_at = at;
+            } else {
+                if name == CACHE_STATUS {
+                    seen_statuses += 1;
+                }
+                values.push(stored_values.next()?);
             }
-            let end = start + stored_value.len();
-            // Valid as stored, so this cannot fail; were it to, the stored
-            // value is kept as it is.
-            let mut value = HeaderValue::from_maybe_shared(bytes.slice(start..end))
-                .unwrap_or_else(|_| stored_value.clone());
-            value.set_sensitive(stored_value.is_sensitive());
-            fields.push((name.clone(), value));
-            start = end;
         }
         Some(Self {
-            fields: fields.into_boxed_slice(),
+            template,
+            values: values.into_boxed_slice(),
+            age_at,
+            status_at,
         })
     }
 
     /// The map for one response: the stored fields, then `age` and, after
     /// any the origin sent, this cache's `cache-status` member (RFC 9211).
     pub fn to_map(&self, age: HeaderValue, cache_status: HeaderValue) -> HeaderMap {
-        let mut map = match HeaderMap::try_with_capacity(self.fields.len().saturating_add(2)) {
-            Ok(map) => map,
-            // Unreachable for a map `new` accepted; served without fields
-            // rather than a panic.
-            Err(_) => HeaderMap::new(),
-        };
-        for (name, value) in self.fields.iter() {
-            let _ = map.try_append(name.clone(), value.clone());
+        let mut map = HeaderMap::clone(&self.template);
+        let (mut age, mut cache_status) = (Some(age), Some(cache_status));
+        let mut values = self.values.iter();
+        for (at, (_, field)) in map.iter_mut().enumerate() {
+            let value = if at == self.age_at {
+                age.take()
+            } else if at == self.status_at {
+                cache_status.take()
+            } else {
+                values.next().cloned()
+            };
+            if let Some(value) = value {
+                *field = value;
+            }
         }
-        let _ = map.try_append(header::AGE, age);
-        let _ = map.try_append(CACHE_STATUS, cache_status);
         map
     }
 
     /// The number of stored fields served (all but `age`).
     pub fn len(&self) -> usize {
-        self.fields.len()
+        self.values.len()
     }
 
     /// Whether no stored field is served.
     pub fn is_empty(&self) -> bool {
-        self.fields.is_empty()
+        self.len() == 0
     }
 }
+
+/// The shared template for responses whose fields have these names (in
+/// the order a map iterates them, `age` left out): the names with
+/// placeholder values, then `age`, and `cache-status` after any stored one.
+///
+/// Templates are kept for the life of the process, up to [`MAX_TEMPLATES`]
+/// shapes (responses of one application have few); beyond that each entry
+/// gets one of its own, which serves the same but is not shared.
+fn template(names: Vec<HeaderName>) -> Option<Arc<HeaderMap>> {
+    static TEMPLATES: OnceLock<Mutex<HashMap<Vec<HeaderName>, Arc<HeaderMap>>>> = OnceLock::new();
+    let templates = TEMPLATES.get_or_init(Mutex::default);
+    if let Some(shared) = templates
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(&names)
+    {
+        return Some(shared.clone());
+    }
+    let placeholder = HeaderValue::from_static("0");
+    let mut map = HeaderMap::try_with_capacity(names.len().saturating_add(2)).ok()?;
+    for name in &names {
+        map.try_append(name.clone(), placeholder.clone()).ok()?;
+    }
+    map.try_append(header::AGE, placeholder.clone()).ok()?;
+    map.try_append(CACHE_STATUS, placeholder).ok()?;
+    let map = Arc::new(map);
+    let mut shared = templates.lock().unwrap_or_else(PoisonError::into_inner);
+    if shared.len() < MAX_TEMPLATES {
+        return Some(shared.entry(names).or_insert(map).clone());
+    }
+    Some(map)
+}
+
+/// How many field-name shapes share templates.
+const MAX_TEMPLATES: usize = 1024;
 
 /// A [`HeaderMap`] holds at most 32,768 fields; a hit adds two.
 const MAX_FIELDS: usize = (1 << 15) - 2;
@@ -146,5 +239,40 @@ mod tests {
         let map = fields.to_map(HeaderValue::from(0), HeaderValue::from_static("c; hit"));
         assert_eq!(map.len(), 2);
         assert_eq!(map["cache-status"], "c; hit");
+    }
+
+    #[test]
+    fn entries_sharing_a_template_keep_their_own_values() {
+        let fields: Vec<_> = ["a", "b"]
+            .iter()
+            .map(|tag| {
+                let mut stored = HeaderMap::new();
+                stored.append(header::ETAG, HeaderValue::from_str(tag).unwrap());
+                stored.append(CACHE_STATUS, HeaderValue::from_str(tag).unwrap());
+                ServingFields::new(&stored).unwrap()
+            })
+            .collect();
+        assert!(Arc::ptr_eq(&fields[0].template, &fields[1].template));
+        for (fields, tag) in fields.iter().zip(["a", "b"]) {
+            let map = fields.to_map(HeaderValue::from(1), HeaderValue::from_static("c; hit"));
+            assert_eq!(map[header::ETAG], tag);
+            let statuses: Vec<_> = map.get_all(CACHE_STATUS).iter().collect();
+            assert_eq!(statuses, [tag, "c; hit"]);
+        }
+    }
+
+    #[test]
+    fn shapes_beyond_the_shared_ones_are_served_the_same() {
+        for n in 0..MAX_TEMPLATES + 50 {
+            let mut stored = HeaderMap::new();
+            let name = HeaderName::from_bytes(format!("x-shape-{n}").as_bytes()).unwrap();
+            stored.append(name.clone(), HeaderValue::from(n));
+            let map = ServingFields::new(&stored)
+                .unwrap()
+                .to_map(HeaderValue::from(3), HeaderValue::from_static("c; hit"));
+            assert_eq!(map[&name], n.to_string().as_str());
+            assert_eq!(map.len(), 3);
+            assert_eq!(map[header::AGE], "3");
+        }
     }
 }
