@@ -260,11 +260,13 @@ impl Entry {
         }
     }
 
-    /// The fields to serve this entry's response with, laid out once and
-    /// kept with the entry ([`ServingFields`]): a server answering many
-    /// hits builds each response's map from them instead of cloning the
-    /// stored one. `None` when the entry holds no response, or its fields
-    /// cannot be laid out that way (a map's size limit).
+    /// The fields to serve this entry's response with, if they have been
+    /// laid out ([`Entry::prepare_for_serving`], which the memory tier does
+    /// for every response it keeps): a server answering many hits builds
+    /// each response's map from them instead of cloning the stored one.
+    /// `None` when the entry holds no response, was not prepared (an entry
+    /// read from Redis is served once, from its stored fields), or its
+    /// fields cannot be laid out that way (a map's size limit).
     ///
     /// ```
     /// use std::time::{Duration, SystemTime};
@@ -276,17 +278,27 @@ impl Entry {
     /// headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     /// let stored = StoredResponse { status: StatusCode::OK, headers, body: Bytes::from_static(b"hi") };
     /// let entry = Entry::response(stored, EntryMeta::new(SystemTime::now(), Duration::from_secs(60)));
+    /// assert!(entry.serving_fields().is_none());
+    /// entry.prepare_for_serving();
     /// let fields = entry.serving_fields().unwrap();
     /// let map = fields.to_map(HeaderValue::from(12), HeaderValue::from_static("cachette; hit"));
     /// assert_eq!(map.len(), 3);
     /// assert_eq!(map[header::AGE], "12");
     /// ```
     pub fn serving_fields(&self) -> Option<&ServingFields> {
-        let stored = self.as_response()?;
-        self.prepared
-            .0
-            .get_or_init(|| ServingFields::new(&stored.headers))
-            .as_ref()
+        self.prepared.0.get()?.as_ref()
+    }
+
+    /// Lays out a response's fields for serving ([`ServingFields`]), once;
+    /// nothing for other payloads. For entries that will be served many
+    /// times: laying out costs more than serving once from the stored
+    /// fields.
+    pub fn prepare_for_serving(&self) {
+        if let Some(stored) = self.as_response() {
+            self.prepared
+                .0
+                .get_or_init(|| ServingFields::new(&stored.headers));
+        }
     }
 
     /// An entry holding an HTTP response.
@@ -306,7 +318,12 @@ impl Entry {
 
     /// The same payload with new metadata (e.g. a new lifetime after `touch`).
     pub fn with_meta(&self, meta: EntryMeta) -> Self {
-        Self::new(self.payload.clone(), meta)
+        Self {
+            payload: self.payload.clone(),
+            meta,
+            // The same payload: its fields as laid out, if they are.
+            prepared: self.prepared.clone(),
+        }
     }
 
     /// An entry recording that responses for a key vary on `headers`.

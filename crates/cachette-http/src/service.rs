@@ -353,8 +353,17 @@ fn serve_entry<B>(
         // (`try_`: a stored map near the 32,768-field limit is served
         // without what does not fit, never a panic.)
         let _ = headers.try_reserve(stored.headers.len().saturating_add(2));
+        // An entry not laid out for serving was read for this request
+        // (from Redis): no other core shares its values' reference count,
+        // and taking it is cheaper than a copy.
+        let shared_by_hits = entry.serving_fields().is_some();
         for (name, value) in &stored.headers {
-            let _ = headers.try_append(name.clone(), own_copy(value));
+            let value = if shared_by_hits {
+                own_copy(value)
+            } else {
+                value.clone()
+            };
+            let _ = headers.try_append(name.clone(), value);
         }
         let total = stored.body.len();
         match ranged {

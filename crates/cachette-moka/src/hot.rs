@@ -518,7 +518,9 @@ fn private_copy(entry: &Entry) -> Option<Arc<Entry>> {
     let meta = entry.meta().clone();
     let copy = match entry.payload() {
         Payload::Response(stored) if stored.body.len() <= MAX_BODY => {
-            Entry::response(private_response(stored)?, meta)
+            let copy = Entry::response(private_response(stored)?, meta);
+            copy.prepare_for_serving();
+            copy
         }
         Payload::Value(value) if value.len() <= MAX_BODY => {
             Entry::value(bytes::Bytes::copy_from_slice(value), meta)

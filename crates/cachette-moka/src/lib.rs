@@ -467,6 +467,8 @@ impl Backend for MemoryTier {
             Some(cap) => ttl.min(cap),
             None => ttl,
         };
+        // Laid out for its hits before the key's write lock is taken.
+        entry.prepare_for_serving();
         let _changing = self.hot.changing(key);
         // Registered and inserted under the key's write lock: a concurrent
         // write of the same key registering in between would otherwise have
@@ -582,6 +584,7 @@ impl Backend for MemoryTier {
         if ttl.is_zero() {
             return Ok(false);
         }
+        entry.prepare_for_serving();
         let _changing = self.hot.changing(key);
         // Checked and inserted under the key's write lock: once per key.
         let _write = self.writes.lock(self.hot.hash(key)).await;
