@@ -404,12 +404,18 @@ impl Entry {
         let tags: usize = self.meta.tags.iter().map(|t| t.len() + 24).sum();
         let payload = match &self.payload {
             Payload::Response(r) => {
-                // The fields prepared for serving (`serving_fields`): a
-                // copy of the values and a name and value handle (about
-                // eighty bytes) per field, counted whether or not they are
-                // laid out yet.
-                let prepared =
-                    r.headers.len() * 80 + r.headers.values().map(HeaderValue::len).sum::<usize>();
+                // The fields laid out for serving (`serving_fields`; the
+                // memory tier lays them out before it weighs an entry):
+                // as laid out, or as if they were, with a shared template.
+                let prepared = match self.prepared.0.get() {
+                    Some(Some(fields)) => fields.weight(),
+                    Some(None) => 0,
+                    None => {
+                        r.headers.len() * 48
+                            + r.headers.values().map(HeaderValue::len).sum::<usize>()
+                            + 64
+                    }
+                };
                 r.body.len()
                     + prepared
                     + r.headers

@@ -56,6 +56,8 @@ pub struct ServingFields {
     /// Where in that order `age` and this cache's `cache-status` come.
     age_at: usize,
     status_at: usize,
+    /// Whether the template is shared (interned) or this entry's own.
+    shared: bool,
 }
 
 impl ServingFields {
@@ -77,7 +79,7 @@ impl ServingFields {
                 std::iter::repeat_n(name.clone(), count)
             })
             .collect();
-        let template = template(names)?;
+        let (template, shared) = template(names)?;
         // Every value a slice of one buffer: one reference count for a hit
         // to take and release, next to the bytes the server then writes.
         let total: usize = stored.values().map(HeaderValue::len).sum();
@@ -130,6 +132,7 @@ impl ServingFields {
             values: values.into_boxed_slice(),
             age_at,
             status_at,
+            shared,
         })
     }
 
@@ -163,45 +166,116 @@ impl ServingFields {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Approximate memory this entry holds for its layout (for the memory
+    /// tier's byte bound): the value handles and bytes, and the template
+    /// when it is the entry's own (a shared one belongs to no entry).
+    pub fn weight(&self) -> usize {
+        let values = self.values.len() * std::mem::size_of::<HeaderValue>()
+            + self.values.iter().map(HeaderValue::len).sum::<usize>()
+            + 64;
+        let template = if self.shared {
+            0
+        } else {
+            self.template.len() * TEMPLATE_FIELD_BYTES
+        };
+        values + template
+    }
 }
 
-/// The shared template for responses whose fields have these names (in
-/// the order a map iterates them, `age` left out): the names with
-/// placeholder values, then `age`, and `cache-status` after any stored one.
+/// What a template holds per field: a map bucket (name, value handle,
+/// links, hash) and its index.
+const TEMPLATE_FIELD_BYTES: usize = 120;
+
+/// The template for responses whose fields have these names (in the
+/// order a map iterates them, `age` left out): the names with placeholder
+/// values, then `age`, and `cache-status` after any stored one; and
+/// whether it is shared.
 ///
-/// Templates are kept for the life of the process, up to [`MAX_TEMPLATES`]
-/// shapes (responses of one application have few); beyond that each entry
-/// gets one of its own, which serves the same but is not shared.
-fn template(names: Vec<HeaderName>) -> Option<Arc<HeaderMap>> {
-    static TEMPLATES: OnceLock<Mutex<HashMap<Vec<HeaderName>, Arc<HeaderMap>>>> = OnceLock::new();
-    let templates = TEMPLATES.get_or_init(Mutex::default);
-    if let Some(shared) = templates
+/// Up to [`MAX_TEMPLATES`] shapes are shared, for the life of the process
+/// (an application's responses have few); their names are ones that carry
+/// no reference count (each distinct name's text is kept once, up to
+/// [`MAX_NAME_BYTES`] in all), so that cloning a shared template writes no
+/// line another core's hits also write. Beyond either bound an entry gets
+/// a template of its own, which serves the same, is counted in its weight
+/// and shares nothing.
+fn template(names: Vec<HeaderName>) -> Option<(Arc<HeaderMap>, bool)> {
+    static INTERNED: OnceLock<Mutex<Interned>> = OnceLock::new();
+    let mut interned = INTERNED
+        .get_or_init(Mutex::default)
         .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .get(&names)
-    {
-        return Some(shared.clone());
+        .unwrap_or_else(PoisonError::into_inner);
+    if let Some(shared) = interned.templates.get(&names) {
+        return Some((shared.clone(), true));
     }
+    let static_names: Option<Vec<HeaderName>> = if interned.templates.len() < MAX_TEMPLATES {
+        names
+            .iter()
+            .map(|name| interned.static_name(name))
+            .collect()
+    } else {
+        None
+    };
     let placeholder = HeaderValue::from_static("0");
-    let mut map = HeaderMap::try_with_capacity(names.len().saturating_add(2)).ok()?;
-    for name in &names {
+    let in_template = static_names.as_ref().unwrap_or(&names);
+    let mut map = HeaderMap::try_with_capacity(in_template.len().saturating_add(2)).ok()?;
+    for name in in_template {
         map.try_append(name.clone(), placeholder.clone()).ok()?;
     }
     map.try_append(header::AGE, placeholder.clone()).ok()?;
     map.try_append(CACHE_STATUS, placeholder).ok()?;
     let map = Arc::new(map);
-    let mut shared = templates.lock().unwrap_or_else(PoisonError::into_inner);
-    if shared.len() < MAX_TEMPLATES {
-        return Some(shared.entry(names).or_insert(map).clone());
+    if static_names.is_some() {
+        interned.templates.insert(names, map.clone());
+        return Some((map, true));
     }
-    Some(map)
+    Some((map, false))
+}
+
+/// The shared templates and the names they are made of.
+#[derive(Default)]
+struct Interned {
+    templates: HashMap<Vec<HeaderName>, Arc<HeaderMap>>,
+    /// Each name as one whose text is static: cloning it takes no
+    /// reference count.
+    names: HashMap<HeaderName, HeaderName>,
+    name_bytes: usize,
+}
+
+impl Interned {
+    /// `name` over static text (kept for the life of the process), or
+    /// `None` once [`MAX_NAME_BYTES`] are kept.
+    fn static_name(&mut self, name: &HeaderName) -> Option<HeaderName> {
+        if let Some(kept) = self.names.get(name) {
+            return Some(kept.clone());
+        }
+        let text = name.as_str();
+        // A name's text is lower-case token characters, which is what
+        // `from_static` takes (it panics on anything else): checked anyway.
+        let valid = !text.is_empty()
+            && text.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&b)
+            });
+        if !valid || self.name_bytes.saturating_add(text.len()) > MAX_NAME_BYTES {
+            return None;
+        }
+        let text: &'static str = Box::leak(text.to_owned().into_boxed_str());
+        self.name_bytes += text.len();
+        let kept = HeaderName::from_static(text);
+        self.names.insert(name.clone(), kept.clone());
+        Some(kept)
+    }
 }
 
 /// How many field-name shapes share templates.
 const MAX_TEMPLATES: usize = 1024;
 
-/// A [`HeaderMap`] holds at most 32,768 fields; a hit adds two.
-const MAX_FIELDS: usize = (1 << 15) - 2;
+/// How much name text shared templates keep (for the life of the process).
+const MAX_NAME_BYTES: usize = 64 * 1024;
+
+/// A [`HeaderMap`] can be made with room for at most 24,576 fields (three
+/// quarters of its 32,768 slots); a hit adds two.
+const MAX_FIELDS: usize = 24_576 - 2;
 
 #[cfg(test)]
 mod tests {
@@ -258,21 +332,6 @@ mod tests {
             assert_eq!(map[header::ETAG], tag);
             let statuses: Vec<_> = map.get_all(CACHE_STATUS).iter().collect();
             assert_eq!(statuses, [tag, "c; hit"]);
-        }
-    }
-
-    #[test]
-    fn shapes_beyond_the_shared_ones_are_served_the_same() {
-        for n in 0..MAX_TEMPLATES + 50 {
-            let mut stored = HeaderMap::new();
-            let name = HeaderName::from_bytes(format!("x-shape-{n}").as_bytes()).unwrap();
-            stored.append(name.clone(), HeaderValue::from(n));
-            let map = ServingFields::new(&stored)
-                .unwrap()
-                .to_map(HeaderValue::from(3), HeaderValue::from_static("c; hit"));
-            assert_eq!(map[&name], n.to_string().as_str());
-            assert_eq!(map.len(), 3);
-            assert_eq!(map[header::AGE], "3");
         }
     }
 }

@@ -310,7 +310,7 @@ fn origin_response<B>(
 /// preconditions match, else the stored response (body shared, not copied).
 fn serve_entry<B>(
     layer: &CacheLayer,
-    entry: &Entry,
+    entry: &Arc<Entry>,
     stored: &StoredResponse,
     client: &HeaderMap,
     head: bool,
@@ -353,10 +353,10 @@ fn serve_entry<B>(
         // (`try_`: a stored map near the 32,768-field limit is served
         // without what does not fit, never a panic.)
         let _ = headers.try_reserve(stored.headers.len().saturating_add(2));
-        // An entry not laid out for serving was read for this request
-        // (from Redis): no other core shares its values' reference count,
-        // and taking it is cheaper than a copy.
-        let shared_by_hits = entry.serving_fields().is_some();
+        // An entry held by this request only (read from Redis for it) has
+        // values whose reference count no other core takes: cloning them
+        // is cheaper than a copy.
+        let shared_by_hits = Arc::strong_count(entry) > 1;
         for (name, value) in &stored.headers {
             let value = if shared_by_hits {
                 own_copy(value)

@@ -468,7 +468,9 @@ impl Backend for MemoryTier {
             None => ttl,
         };
         // Laid out for its hits before the key's write lock is taken.
-        entry.prepare_for_serving();
+        if !ttl.is_zero() {
+            entry.prepare_for_serving();
+        }
         let _changing = self.hot.changing(key);
         // Registered and inserted under the key's write lock: a concurrent
         // write of the same key registering in between would otherwise have
