@@ -331,8 +331,21 @@ async fn resharding_slots_under_load_fails_no_request_and_loses_no_write() {
             "{k} ({incomplete} writes were not complete during the reshard)"
         );
     }
-    // A purge after the reshard still reaches every slot.
-    assert!(cache.invalidate_prefix("m").await.is_complete());
+    // A purge after the reshard still reaches every slot. (On a starved
+    // host one attempt can exceed the 400 ms master timeout: it is
+    // reported, and with no journal here it is tried again; a purge sent
+    // to the wrong nodes would fail every attempt.)
+    let (mut attempts, mut complete) = (Vec::new(), false);
+    for _ in 0..3 {
+        let report = cache.invalidate_prefix("m").await;
+        complete = report.is_complete();
+        attempts.push(format!("{report:?}"));
+        if complete {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(complete, "{attempts:?}");
     for k in &moving {
         assert_eq!(master_body(&redis, k).await, None);
     }
