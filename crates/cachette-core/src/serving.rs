@@ -68,16 +68,12 @@ impl ServingFields {
         if stored.len() > MAX_FIELDS {
             return None;
         }
+        // One name per value, in the map's order (each name's values
+        // together), `age` left out.
         let names: Vec<HeaderName> = stored
-            .keys()
-            .flat_map(|name| {
-                let count = if name == header::AGE {
-                    0
-                } else {
-                    stored.get_all(name).iter().count()
-                };
-                std::iter::repeat_n(name.clone(), count)
-            })
+            .iter()
+            .filter(|(name, _)| *name != header::AGE)
+            .map(|(name, _)| name.clone())
             .collect();
         let (template, shared) = template(names)?;
         // Every value a slice of one buffer: one reference count for a hit
@@ -112,10 +108,7 @@ impl ServingFields {
         let mut seen_statuses = 0;
         let (mut age_at, mut status_at) = (usize::MAX, usize::MAX);
         let mut values = Vec::with_capacity(template.len());
-        let names = template
-            .keys()
-            .flat_map(|name| std::iter::repeat_n(name, template.get_all(name).iter().count()));
-        for (at, name) in names.enumerate() {
+        for (at, (name, _)) in template.iter().enumerate() {
             if name == header::AGE {
                 age_at = at;
             } else if name == CACHE_STATUS && seen_statuses == statuses {
